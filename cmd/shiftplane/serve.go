@@ -1,0 +1,332 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+
+	"github.com/shiftplane/shiftplane/policy"
+	"github.com/shiftplane/shiftplane/policy/boltstore"
+	"github.com/shiftplane/shiftplane/xds"
+)
+
+func serveCmd() *cobra.Command {
+	var plans []string
+	cmd := &cobra.Command{
+		Use:   "serve [--config FILE] [--plan FILE_OR_DIR ...]",
+		Short: "Run the control plane",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := loadConfig(cmd.Flags())
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return serve(ctx, cfg, plans, newLogger(cfg))
+		},
+	}
+	addConfigFlags(cmd.Flags())
+	cmd.Flags().StringArrayVar(&plans, "plan", nil, "plan file or folder of plans (repeatable); watched for changes")
+	return cmd
+}
+
+func newLogger(cfg Config) *slog.Logger {
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(cfg.Log.Level))
+	opts := &slog.HandlerOptions{Level: lvl}
+	if cfg.Log.Format == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}
+
+// serve runs the control plane until ctx ends. Order matters: the store is
+// read and its weights published before any xDS stream is served, so a
+// restart never moves traffic.
+func serve(ctx context.Context, cfg Config, planPaths []string, log *slog.Logger) error {
+	store, err := boltstore.Open(cfg.Store.Path)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+
+	// Check the plan files before anything is published.
+	loaded, ps := policy.LoadPaths(planPaths, cfg.ValidateOptions())
+	if len(ps) > 0 {
+		return fmt.Errorf("invalid plans:\n%w", ps)
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	now := time.Now
+	fleet := xds.NewFleet(log, xds.NewMetrics(reg), now)
+	cache := xds.NewCache()
+	pub := xds.NewPublisher(cache, store, now, fleet.Published)
+	deps, err := newSignalDeps(ctx, cfg, reg, log)
+	if err != nil {
+		return err
+	}
+
+	engine, err := policy.New(ctx, policy.Options{
+		Store: store, Publisher: pub, Fleet: fleet, Gate: deps.gate,
+		Hooks:    policy.CommandHooks{AllowExec: cfg.Hooks.AllowExec, AllowHosts: cfg.Hooks.AllowHosts},
+		Clock:    policy.SystemClock{},
+		Log:      log,
+		Validate: cfg.ValidateOptions(),
+		// A crash loses at most this much counted hold time.
+		PersistEvery: time.Second,
+	})
+	if err != nil {
+		return err
+	}
+	registerRolloutMetrics(reg, engine)
+
+	files := newPlanFiles(engine, cfg.ValidateOptions(), log)
+	if err := files.applyInitial(loaded, store); err != nil {
+		return err
+	}
+
+	xdsLis, err := net.Listen("tcp", cfg.XDS.Address)
+	if err != nil {
+		return fmt.Errorf("xds.address: %w", err)
+	}
+	gs := xds.NewGRPCServer()
+	xds.Register(ctx, gs, cache, fleet, log)
+	deps.registerSink(gs)
+
+	apiSrv, err := startAPI(ctx, cfg, engine, fleet, deps, log)
+	if err != nil {
+		xdsLis.Close()
+		return err
+	}
+
+	var ready atomic.Bool
+	httpSrv := &http.Server{Addr: cfg.HTTP.Address, Handler: httpMux(reg, engine, pub, &ready), ReadHeaderTimeout: 5 * time.Second}
+	httpLis, err := net.Listen("tcp", cfg.HTTP.Address)
+	if err != nil {
+		xdsLis.Close()
+		apiSrv.stop()
+		return fmt.Errorf("http.address: %w", err)
+	}
+
+	errc := make(chan error, 4)
+	go func() { errc <- gs.Serve(xdsLis) }()
+	go func() { errc <- httpSrv.Serve(httpLis) }()
+	go engine.Run(ctx, cfg.Engine.Tick)
+	go deps.run(ctx)
+	if len(planPaths) > 0 {
+		go files.watch(ctx, planPaths)
+	}
+	ready.Store(true)
+	log.Info("shiftplane serving", "xds", cfg.XDS.Address, "api", cfg.API.Address, "http", cfg.HTTP.Address, "store", cfg.Store.Path, "rollouts", len(engine.List()))
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	ready.Store(false)
+	log.Info("shiftplane stopping")
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = httpSrv.Shutdown(shutdownCtx)
+	apiSrv.stop()
+	stopped := make(chan struct{})
+	go func() { gs.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-shutdownCtx.Done():
+		// xDS streams never end on their own; cut them after the grace period.
+		gs.Stop()
+	}
+	engine.WaitHooks()
+	if runErr != nil && !errors.Is(runErr, http.ErrServerClosed) {
+		return runErr
+	}
+	return nil
+}
+
+func httpMux(reg *prometheus.Registry, engine *policy.Engine, pub *xds.Publisher, ready *atomic.Bool) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !ready.Load() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/" {
+			http.NotFound(w, r)
+			return
+		}
+		writeStatusPage(w, engine.List(), pub.History())
+	})
+	return mux
+}
+
+func registerRolloutMetrics(reg prometheus.Registerer, engine *policy.Engine) {
+	weight := prometheus.NewDesc("shiftplane_rollout_canary_weight", "Canary weight last sent to the fleet.", []string{"rollout"}, nil)
+	phase := prometheus.NewDesc("shiftplane_rollout_phase", "1 for the rollout's current phase.", []string{"rollout", "phase"}, nil)
+	reg.MustRegister(collectorFunc{descs: []*prometheus.Desc{weight, phase}, collect: func(ch chan<- prometheus.Metric) {
+		for _, s := range engine.List() {
+			ch <- prometheus.MustNewConstMetric(weight, prometheus.GaugeValue, float64(s.State.Weight), s.Plan.Name)
+			for _, p := range policy.Phases {
+				v := 0.0
+				if p == s.State.Phase {
+					v = 1
+				}
+				ch <- prometheus.MustNewConstMetric(phase, prometheus.GaugeValue, v, s.Plan.Name, string(p))
+			}
+		}
+	}})
+}
+
+type collectorFunc struct {
+	descs   []*prometheus.Desc
+	collect func(chan<- prometheus.Metric)
+}
+
+func (c collectorFunc) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range c.descs {
+		ch <- d
+	}
+}
+
+func (c collectorFunc) Collect(ch chan<- prometheus.Metric) { c.collect(ch) }
+
+// planFiles applies plan files to the engine and re-applies a file when its
+// content changes. A file that disappears does not delete its rollout.
+type planFiles struct {
+	engine *policy.Engine
+	opts   policy.ValidateOptions
+	log    *slog.Logger
+	hashes map[string][32]byte
+}
+
+func newPlanFiles(e *policy.Engine, opts policy.ValidateOptions, log *slog.Logger) *planFiles {
+	return &planFiles{engine: e, opts: opts, log: log, hashes: map[string][32]byte{}}
+}
+
+// applyInitial applies the plans read at start. A plan the API replaced
+// after the file was last written keeps the API's version.
+func (f *planFiles) applyInitial(loaded []policy.SourcedPlan, store policy.Store) error {
+	stored := map[string]policy.Rollout{}
+	rs, err := store.Load()
+	if err != nil {
+		return err
+	}
+	for _, r := range rs {
+		stored[r.Plan.Name] = r
+	}
+	for _, sp := range loaded {
+		f.remember(sp.File)
+		if r, ok := stored[sp.Plan.Name]; ok && r.Source == "api" {
+			if st, err := os.Stat(sp.File); err == nil && st.ModTime().Before(r.AppliedAt) {
+				f.log.Info("plan file older than the API's apply; keeping the API's plan", "rollout", sp.Plan.Name, "file", sp.File)
+				continue
+			}
+		}
+		if _, err := f.engine.Apply(sp.Plan, "file:"+sp.File); err != nil {
+			return fmt.Errorf("%s: %w", sp.File, err)
+		}
+	}
+	return nil
+}
+
+func (f *planFiles) remember(file string) bool {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return false
+	}
+	h := sha256.Sum256(data)
+	changed := f.hashes[file] != h
+	f.hashes[file] = h
+	return changed
+}
+
+// watch re-reads the plan paths when a file in them changes and applies the
+// plans of changed files. Invalid plans are logged and change nothing.
+func (f *planFiles) watch(ctx context.Context, paths []string) {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		f.log.Error("plan watcher", "error", err)
+		return
+	}
+	defer w.Close()
+	for _, p := range paths {
+		dir := p
+		if st, err := os.Stat(p); err == nil && !st.IsDir() {
+			dir = filepath.Dir(p)
+		}
+		if err := w.Add(dir); err != nil {
+			f.log.Error("watch plan path", "path", dir, "error", err)
+		}
+	}
+	var debounce <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev, ok := <-w.Events:
+			if !ok {
+				return
+			}
+			if ev.Has(fsnotify.Write) || ev.Has(fsnotify.Create) || ev.Has(fsnotify.Rename) {
+				debounce = time.After(200 * time.Millisecond)
+			}
+		case err, ok := <-w.Errors:
+			if !ok {
+				return
+			}
+			f.log.Error("plan watcher", "error", err)
+		case <-debounce:
+			f.reload(paths)
+		}
+	}
+}
+
+func (f *planFiles) reload(paths []string) {
+	loaded, ps := policy.LoadPaths(paths, f.opts)
+	if len(ps) > 0 {
+		for _, p := range ps {
+			f.log.Error("plan rejected; the running rollouts are unchanged", "problem", p.String())
+		}
+		return
+	}
+	changed := map[string]bool{}
+	for _, sp := range loaded {
+		if _, seen := changed[sp.File]; !seen {
+			changed[sp.File] = f.remember(sp.File)
+		}
+	}
+	for _, sp := range loaded {
+		if !changed[sp.File] {
+			continue
+		}
+		if _, err := f.engine.Apply(sp.Plan, "file:"+sp.File); err != nil {
+			f.log.Error("plan rejected; the running rollout is unchanged", "rollout", sp.Plan.Name, "file", sp.File, "error", err)
+			continue
+		}
+		f.log.Info("plan applied from file", "rollout", sp.Plan.Name, "file", sp.File)
+	}
+}

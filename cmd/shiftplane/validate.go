@@ -1,0 +1,57 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/spf13/cobra"
+
+	"github.com/shiftplane/shiftplane/policy"
+)
+
+// errProblems makes validate exit non-zero after it printed the problems.
+var errProblems = errors.New("invalid plans")
+
+func validateCmd() *cobra.Command {
+	var verbose bool
+	cmd := &cobra.Command{
+		Use:   "validate FILE_OR_DIR...",
+		Short: "Check rollout plans; prints one line per problem and exits non-zero if any",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := loadConfig(cmd.Flags())
+			if err != nil {
+				return err
+			}
+			plans, ps := policy.LoadPaths(args, cfg.ValidateOptions())
+			for _, p := range ps {
+				fmt.Fprintln(cmd.OutOrStdout(), p.String())
+			}
+			if len(ps) > 0 {
+				cmd.SilenceErrors = true
+				return errProblems
+			}
+			if verbose {
+				printSchedules(cmd.OutOrStdout(), plans)
+			}
+			return nil
+		},
+	}
+	addConfigFlags(cmd.Flags())
+	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "print each plan's steps (generated ones too)")
+	return cmd
+}
+
+func printSchedules(w io.Writer, plans []policy.SourcedPlan) {
+	for _, sp := range plans {
+		fmt.Fprintf(w, "%s (%s):\n", sp.Plan.Name, sp.File)
+		for i, s := range sp.Plan.WithDefaults().Schedule() {
+			if s.Pause != nil {
+				fmt.Fprintf(w, "  steps[%d]: pause (manual gate)\n", i)
+				continue
+			}
+			fmt.Fprintf(w, "  steps[%d]: weight %d, hold %s\n", i, *s.Weight, s.Hold)
+		}
+	}
+}

@@ -1,0 +1,264 @@
+// Package policy holds shiftplane's rollout plans and their validation, the
+// rollout state machine and engine, signal gates, and the store interface.
+// Nothing here builds Envoy protos: the engine's output is DesiredState,
+// which package xds translates.
+package policy
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Plan is one rollout, as written in YAML or sent through the API.
+// The YAML and JSON names are the outside contract of DESIGN.md.
+type Plan struct {
+	Name             string            `yaml:"name" json:"name"`
+	Listener         Listener          `yaml:"listener" json:"listener"`
+	Stable           Backend           `yaml:"stable" json:"stable"`
+	Canary           Backend           `yaml:"canary" json:"canary"`
+	OutlierDetection *OutlierDetection `yaml:"outlierDetection,omitempty" json:"outlierDetection,omitempty"`
+	Steps            []Step            `yaml:"steps,omitempty" json:"steps,omitempty"`
+	Linear           *Linear           `yaml:"linear,omitempty" json:"linear,omitempty"`
+	Exponential      *Exponential      `yaml:"exponential,omitempty" json:"exponential,omitempty"`
+	Analysis         Analysis          `yaml:"analysis,omitempty" json:"analysis,omitempty"`
+	Hooks            Hooks             `yaml:"hooks,omitempty" json:"hooks,omitempty"`
+}
+
+// Listener is where Envoy accepts the service's traffic.
+type Listener struct {
+	Address    string   `yaml:"address" json:"address"`
+	Domains    []string `yaml:"domains,omitempty" json:"domains,omitempty"`
+	PathPrefix string   `yaml:"pathPrefix,omitempty" json:"pathPrefix,omitempty"`
+}
+
+// Backend is one version of the service: an Envoy cluster and its hosts.
+type Backend struct {
+	Cluster   string   `yaml:"cluster" json:"cluster"`
+	Endpoints []string `yaml:"endpoints" json:"endpoints"`
+}
+
+// OutlierDetection is Envoy's outlier detection on the canary cluster.
+type OutlierDetection struct {
+	Consecutive5xx     uint32   `yaml:"consecutive5xx" json:"consecutive5xx"`
+	Interval           Duration `yaml:"interval" json:"interval"`
+	BaseEjectionTime   Duration `yaml:"baseEjectionTime" json:"baseEjectionTime"`
+	MaxEjectionPercent uint32   `yaml:"maxEjectionPercent" json:"maxEjectionPercent"`
+}
+
+// Step is one entry of the schedule: a weight and its hold, or a manual gate.
+type Step struct {
+	Weight *int     `yaml:"weight,omitempty" json:"weight,omitempty"`
+	Hold   Duration `yaml:"hold,omitempty" json:"hold,omitempty"`
+	Pause  *Pause   `yaml:"pause,omitempty" json:"pause,omitempty"`
+}
+
+// Pause is a manual gate: the rollout waits for promote or resume.
+type Pause struct{}
+
+// Linear generates steps of `step` percent, each held for `every`.
+type Linear struct {
+	Step  int      `yaml:"step" json:"step"`
+	Every Duration `yaml:"every" json:"every"`
+}
+
+// Exponential generates steps start, start*factor, ... up to 100.
+type Exponential struct {
+	Start  int      `yaml:"start" json:"start"`
+	Factor float64  `yaml:"factor" json:"factor"`
+	Every  Duration `yaml:"every" json:"every"`
+}
+
+// Analysis says how the signal gates the schedule.
+type Analysis struct {
+	// StableFor is how long the signal must stay clear before a hold counts again.
+	StableFor *Duration `yaml:"stableFor,omitempty" json:"stableFor,omitempty"`
+	// StaleAfter is how long without fresh signal data before the signal is stale.
+	StaleAfter Duration `yaml:"staleAfter,omitempty" json:"staleAfter,omitempty"`
+	// RollbackAfter is how long firing without a break before rolling back; 0 disables.
+	RollbackAfter *Duration `yaml:"rollbackAfter,omitempty" json:"rollbackAfter,omitempty"`
+	// MaxErrorRate is the canary 5xx share (0..1) above which the signal fires; 0 disables.
+	MaxErrorRate float64 `yaml:"maxErrorRate,omitempty" json:"maxErrorRate,omitempty"`
+	// MinRequests is the fewest canary requests in the window for MaxErrorRate to judge.
+	MinRequests int `yaml:"minRequests,omitempty" json:"minRequests,omitempty"`
+	// DrainTimeout bounds the wait for the stable cluster to drain after promotion
+	// when no stats arrive.
+	DrainTimeout Duration `yaml:"drainTimeout,omitempty" json:"drainTimeout,omitempty"`
+}
+
+// Hooks run at fixed points of a rollout.
+type Hooks struct {
+	BeforeShift  []Hook `yaml:"beforeShift,omitempty" json:"beforeShift,omitempty"`
+	AfterPromote []Hook `yaml:"afterPromote,omitempty" json:"afterPromote,omitempty"`
+}
+
+// Hook is a command or a webhook; exactly one is set.
+type Hook struct {
+	Exec    []string `yaml:"exec,omitempty" json:"exec,omitempty"`
+	Webhook *Webhook `yaml:"webhook,omitempty" json:"webhook,omitempty"`
+	Timeout Duration `yaml:"timeout,omitempty" json:"timeout,omitempty"`
+}
+
+// Webhook is a POST of the rollout's status JSON; 2xx means go on.
+type Webhook struct {
+	URL     string   `yaml:"url" json:"url"`
+	Timeout Duration `yaml:"timeout,omitempty" json:"timeout,omitempty"`
+}
+
+// Defaults applied to fields a plan leaves out.
+const (
+	DefaultStaleAfter    = 10 * time.Second
+	DefaultStableFor     = 10 * time.Second
+	DefaultRollbackAfter = 2 * time.Minute
+	DefaultDrainTimeout  = 30 * time.Second
+	DefaultHookTimeout   = 2 * time.Minute
+	DefaultMinRequests   = 20
+)
+
+// DefaultOutlierDetection is used when a plan names none. It ejects a
+// one-host canary (maxEjectionPercent 100), unlike Envoy's own default.
+func DefaultOutlierDetection() OutlierDetection {
+	return OutlierDetection{
+		Consecutive5xx:     5,
+		Interval:           Duration(time.Second),
+		BaseEjectionTime:   Duration(30 * time.Second),
+		MaxEjectionPercent: 100,
+	}
+}
+
+// WithDefaults returns a copy of p with every optional field filled in.
+// The copy is what the engine and the translator work from.
+func (p Plan) WithDefaults() Plan {
+	if len(p.Listener.Domains) == 0 {
+		p.Listener.Domains = []string{"*"}
+	}
+	if p.Listener.PathPrefix == "" {
+		p.Listener.PathPrefix = "/"
+	}
+	if p.OutlierDetection == nil {
+		od := DefaultOutlierDetection()
+		p.OutlierDetection = &od
+	}
+	a := &p.Analysis
+	if a.StaleAfter == 0 {
+		a.StaleAfter = Duration(DefaultStaleAfter)
+	}
+	if a.StableFor == nil {
+		d := Duration(DefaultStableFor)
+		a.StableFor = &d
+	}
+	if a.RollbackAfter == nil {
+		d := Duration(DefaultRollbackAfter)
+		a.RollbackAfter = &d
+	}
+	if a.DrainTimeout == 0 {
+		a.DrainTimeout = Duration(DefaultDrainTimeout)
+	}
+	if a.MinRequests == 0 {
+		a.MinRequests = DefaultMinRequests
+	}
+	return p
+}
+
+// Schedule returns the plan's steps: the explicit ones, or those generated
+// from linear or exponential.
+func (p Plan) Schedule() []Step {
+	switch {
+	case p.Linear != nil && p.Linear.Step > 0:
+		var steps []Step
+		for w := p.Linear.Step; ; w += p.Linear.Step {
+			if w >= 100 {
+				steps = append(steps, weightStep(100, 0))
+				return steps
+			}
+			steps = append(steps, weightStep(w, p.Linear.Every))
+		}
+	case p.Exponential != nil && p.Exponential.Start > 0 && p.Exponential.Factor > 1:
+		var steps []Step
+		for w := float64(p.Exponential.Start); ; w *= p.Exponential.Factor {
+			if w >= 100 {
+				steps = append(steps, weightStep(100, 0))
+				return steps
+			}
+			// Rounding can repeat a weight for small factors; weights only move forward.
+			iw := int(w)
+			if n := len(steps); n > 0 && *steps[n-1].Weight >= iw {
+				continue
+			}
+			steps = append(steps, weightStep(iw, p.Exponential.Every))
+		}
+	}
+	return p.Steps
+}
+
+func weightStep(w int, hold Duration) Step { return Step{Weight: &w, Hold: hold} }
+
+// StableForDuration is analysis.stableFor with its default applied.
+func (a Analysis) StableForDuration() time.Duration {
+	if a.StableFor == nil {
+		return DefaultStableFor
+	}
+	return a.StableFor.D()
+}
+
+// RollbackAfterDuration is analysis.rollbackAfter with its default applied; 0 disables.
+func (a Analysis) RollbackAfterDuration() time.Duration {
+	if a.RollbackAfter == nil {
+		return DefaultRollbackAfter
+	}
+	return a.RollbackAfter.D()
+}
+
+// Duration is a time.Duration written as "30s" or "1m" in YAML and JSON.
+type Duration time.Duration
+
+// D returns d as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// UnmarshalYAML accepts Go duration strings ("1m30s"); a bare 0 means zero.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return err
+	}
+	if err := d.parse(s); err != nil {
+		// A TypeError carrying the line lets the loader name the field.
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: %v", n.Line, err)}}
+	}
+	return nil
+}
+
+// MarshalYAML writes the duration as a Go duration string.
+func (d Duration) MarshalYAML() (any, error) { return d.String(), nil }
+
+// MarshalJSON writes the duration as a Go duration string.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(d.String()) }
+
+// UnmarshalJSON reads a Go duration string.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("duration must be a string like \"30s\": %w", err)
+	}
+	return d.parse(s)
+}
+
+func (d *Duration) parse(s string) error {
+	if s == "0" {
+		*d = 0
+		return nil
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("invalid duration %q (want e.g. 30s, 1m, 1h30m)", s)
+	}
+	if v < 0 {
+		return fmt.Errorf("duration %q must not be negative", s)
+	}
+	*d = Duration(v)
+	return nil
+}

@@ -1,0 +1,338 @@
+package policy
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// ErrInvalidPlan is wrapped by every validation error, so callers can tell a
+// user's mistake from an internal fault with errors.Is.
+var ErrInvalidPlan = errors.New("invalid plan")
+
+// Problem is one thing wrong with a plan: the field path and what is wrong.
+type Problem struct {
+	File  string // empty when the plan did not come from a file
+	Field string // e.g. steps[2].weight
+	Msg   string
+}
+
+func (p Problem) String() string {
+	s := p.Field + ": " + p.Msg
+	if p.Field == "" {
+		s = p.Msg
+	}
+	if p.File != "" {
+		return p.File + ": " + s
+	}
+	return s
+}
+
+// Problems is a list of validation problems; as an error it reads one line
+// per problem and wraps ErrInvalidPlan.
+type Problems []Problem
+
+func (ps Problems) Error() string {
+	lines := make([]string, len(ps))
+	for i, p := range ps {
+		lines[i] = p.String()
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Unwrap lets errors.Is(err, ErrInvalidPlan) hold.
+func (ps Problems) Unwrap() error { return ErrInvalidPlan }
+
+// Err returns ps as an error, or nil when there are no problems.
+func (ps Problems) Err() error {
+	if len(ps) == 0 {
+		return nil
+	}
+	return ps
+}
+
+// ValidateOptions carries the server settings that decide what plans may do.
+type ValidateOptions struct {
+	// AllowExec permits exec hooks (hooks.allowExec in the server config).
+	AllowExec bool
+	// AllowHosts lists the hosts webhook hooks may call; empty means loopback only.
+	AllowHosts []string
+}
+
+var (
+	nameRE    = regexp.MustCompile(`^[a-z0-9-]{1,63}$`)
+	clusterRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,128}$`)
+)
+
+type checker struct{ ps Problems }
+
+func (c *checker) add(field, format string, args ...any) {
+	c.ps = append(c.ps, Problem{Field: field, Msg: fmt.Sprintf(format, args...)})
+}
+
+// Validate checks one plan on its own and returns every problem found.
+func (p Plan) Validate(opts ValidateOptions) Problems {
+	c := &checker{}
+	if !nameRE.MatchString(p.Name) {
+		c.add("name", "must match [a-z0-9-]{1,63}, got %q", p.Name)
+	}
+	if p.Listener.Address == "" {
+		c.add("listener.address", "is required")
+	} else if err := checkIPPort(p.Listener.Address); err != nil {
+		c.add("listener.address", "%v", err)
+	}
+	for i, d := range p.Listener.Domains {
+		if d == "" {
+			c.add(fmt.Sprintf("listener.domains[%d]", i), "must not be empty")
+		}
+	}
+	if pp := p.Listener.PathPrefix; pp != "" && !strings.HasPrefix(pp, "/") {
+		c.add("listener.pathPrefix", "must start with /, got %q", pp)
+	}
+	c.backend("stable", p.Stable)
+	c.backend("canary", p.Canary)
+	if p.Stable.Cluster != "" && p.Stable.Cluster == p.Canary.Cluster {
+		c.add("canary.cluster", "must differ from stable.cluster, both are %q", p.Canary.Cluster)
+	}
+	if od := p.OutlierDetection; od != nil {
+		if od.Interval <= 0 {
+			c.add("outlierDetection.interval", "must be > 0")
+		}
+		if od.BaseEjectionTime <= 0 {
+			c.add("outlierDetection.baseEjectionTime", "must be > 0")
+		}
+		if od.MaxEjectionPercent > 100 {
+			c.add("outlierDetection.maxEjectionPercent", "must be within 0..100, got %d", od.MaxEjectionPercent)
+		}
+	}
+	c.schedule(p)
+	c.analysis(p.Analysis)
+	c.hooks("hooks.beforeShift", p.Hooks.BeforeShift, opts)
+	c.hooks("hooks.afterPromote", p.Hooks.AfterPromote, opts)
+	return c.ps
+}
+
+func (c *checker) backend(field string, b Backend) {
+	if b.Cluster == "" {
+		c.add(field+".cluster", "is required")
+	} else if !clusterRE.MatchString(b.Cluster) {
+		c.add(field+".cluster", "must match [A-Za-z0-9_-]{1,128} (no dots), got %q", b.Cluster)
+	}
+	if len(b.Endpoints) == 0 {
+		c.add(field+".endpoints", "needs at least one host:port")
+	}
+	seen := map[string]bool{}
+	for i, e := range b.Endpoints {
+		f := fmt.Sprintf("%s.endpoints[%d]", field, i)
+		if err := checkIPPort(e); err != nil {
+			c.add(f, "%v", err)
+		} else if seen[e] {
+			c.add(f, "duplicate endpoint %q", e)
+		}
+		seen[e] = true
+	}
+}
+
+func (c *checker) schedule(p Plan) {
+	given := 0
+	for _, set := range []bool{len(p.Steps) > 0, p.Linear != nil, p.Exponential != nil} {
+		if set {
+			given++
+		}
+	}
+	switch {
+	case given == 0:
+		c.add("steps", "is required (or linear, or exponential)")
+		return
+	case given > 1:
+		c.add("steps", "give only one of steps, linear and exponential")
+		return
+	}
+	if l := p.Linear; l != nil {
+		if l.Step < 1 || l.Step > 100 {
+			c.add("linear.step", "must be within 1..100, got %d", l.Step)
+		}
+		if l.Every <= 0 {
+			c.add("linear.every", "must be > 0")
+		}
+		return
+	}
+	if e := p.Exponential; e != nil {
+		if e.Start < 1 || e.Start > 100 {
+			c.add("exponential.start", "must be within 1..100, got %d", e.Start)
+		}
+		if e.Factor <= 1 {
+			c.add("exponential.factor", "must be > 1, got %g", e.Factor)
+		}
+		if e.Every <= 0 {
+			c.add("exponential.every", "must be > 0")
+		}
+		return
+	}
+	last, lastWeight := -1, -1
+	for i, s := range p.Steps {
+		f := fmt.Sprintf("steps[%d]", i)
+		switch {
+		case s.Weight != nil && s.Pause != nil:
+			c.add(f, "give either weight or pause, not both")
+		case s.Weight == nil && s.Pause == nil:
+			c.add(f, "needs a weight or a pause")
+		case s.Pause != nil && s.Hold != 0:
+			c.add(f+".hold", "a pause waits for promote or resume; it takes no hold")
+		case s.Weight != nil:
+			w := *s.Weight
+			if w < 0 || w > 100 {
+				c.add(f+".weight", "must be within 0..100, got %d", w)
+			} else if w < lastWeight {
+				c.add(f+".weight", "must not be below the previous step's %d, got %d", lastWeight, w)
+			}
+			lastWeight, last = w, i
+		}
+	}
+	if last >= 0 && lastWeight != 100 && lastWeight >= 0 && lastWeight <= 100 {
+		c.add(fmt.Sprintf("steps[%d].weight", last), "the last weight must be 100, got %d", lastWeight)
+	}
+	if last == -1 && len(p.Steps) > 0 {
+		c.add("steps", "needs at least one weight step, ending at 100")
+	}
+}
+
+func (c *checker) analysis(a Analysis) {
+	if a.MaxErrorRate < 0 || a.MaxErrorRate > 1 {
+		c.add("analysis.maxErrorRate", "must be within 0..1 (a share of requests), got %g", a.MaxErrorRate)
+	}
+	if a.MinRequests < 0 {
+		c.add("analysis.minRequests", "must be >= 0, got %d", a.MinRequests)
+	}
+}
+
+func (c *checker) hooks(field string, hs []Hook, opts ValidateOptions) {
+	for i, h := range hs {
+		f := fmt.Sprintf("%s[%d]", field, i)
+		switch {
+		case len(h.Exec) > 0 && h.Webhook != nil:
+			c.add(f, "give either exec or webhook, not both")
+		case len(h.Exec) == 0 && h.Webhook == nil:
+			c.add(f, "needs exec or webhook")
+		case len(h.Exec) > 0:
+			if !opts.AllowExec {
+				c.add(f+".exec", "exec hooks are disabled on this server (set hooks.allowExec: true in its config)")
+			} else if h.Exec[0] == "" {
+				c.add(f+".exec[0]", "the command must not be empty")
+			}
+		default:
+			c.webhook(f+".webhook", h.Webhook, opts)
+		}
+	}
+}
+
+func (c *checker) webhook(field string, w *Webhook, opts ValidateOptions) {
+	u, err := url.Parse(w.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		c.add(field+".url", "must be an http or https URL, got %q", w.URL)
+		return
+	}
+	if !HostAllowed(u.Hostname(), opts.AllowHosts) {
+		c.add(field+".url", "host %q is not in hooks.allowHosts %v", u.Hostname(), allowHostsOrDefault(opts.AllowHosts))
+	}
+}
+
+// HostAllowed reports whether a webhook may call host; an empty allow list
+// means loopback only.
+func HostAllowed(host string, allow []string) bool {
+	for _, a := range allowHostsOrDefault(allow) {
+		if strings.EqualFold(a, host) {
+			return true
+		}
+	}
+	return false
+}
+
+func allowHostsOrDefault(allow []string) []string {
+	if len(allow) == 0 {
+		return []string{"127.0.0.1", "::1", "localhost"}
+	}
+	return allow
+}
+
+// checkIPPort accepts ip:port only: Envoy's EDS endpoints and listener
+// addresses are not resolved by DNS.
+func checkIPPort(s string) error {
+	if err := checkHostPort(s); err != nil {
+		return err
+	}
+	host, _, _ := net.SplitHostPort(s)
+	if net.ParseIP(host) == nil {
+		return fmt.Errorf("host must be an IP address (Envoy does not resolve names here), got %q", host)
+	}
+	return nil
+}
+
+func checkHostPort(s string) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("must be host:port, got %q", s)
+	}
+	if host == "" {
+		return fmt.Errorf("needs a host, got %q", s)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("port must be within 1..65535, got %q", port)
+	}
+	return nil
+}
+
+// ValidateSet checks what only a set of plans can get wrong: duplicate
+// names, a cluster name used twice, and two plans claiming the same domain
+// on one listener (Envoy would reject the route configuration).
+// files[i] names where plans[i] came from and may be empty.
+func ValidateSet(plans []Plan, files []string) Problems {
+	var ps Problems
+	file := func(i int) string {
+		if i < len(files) {
+			return files[i]
+		}
+		return ""
+	}
+	names := map[string]int{}
+	clusters := map[string]string{}
+	domains := map[string]string{}
+	for i, p := range plans {
+		if j, ok := names[p.Name]; ok {
+			ps = append(ps, Problem{File: file(i), Field: "name", Msg: fmt.Sprintf("%q is also the name of a plan in %s", p.Name, orHere(file(j)))})
+		}
+		names[p.Name] = i
+		for _, b := range []struct{ field, cluster string }{{"stable.cluster", p.Stable.Cluster}, {"canary.cluster", p.Canary.Cluster}} {
+			if b.cluster == "" {
+				continue
+			}
+			if other, ok := clusters[b.cluster]; ok {
+				ps = append(ps, Problem{File: file(i), Field: b.field, Msg: fmt.Sprintf("cluster %q is already used by plan %q", b.cluster, other)})
+			}
+			clusters[b.cluster] = p.Name
+		}
+		wp := p.WithDefaults()
+		for _, d := range wp.Listener.Domains {
+			key := wp.Listener.Address + " " + d
+			if other, ok := domains[key]; ok && other != p.Name {
+				ps = append(ps, Problem{File: file(i), Field: "listener.domains", Msg: fmt.Sprintf("domain %q on %s is already served by plan %q", d, wp.Listener.Address, other)})
+			}
+			domains[key] = p.Name
+		}
+	}
+	sort.SliceStable(ps, func(a, b int) bool { return ps[a].File < ps[b].File })
+	return ps
+}
+
+func orHere(f string) string {
+	if f == "" {
+		return "the same set"
+	}
+	return f
+}

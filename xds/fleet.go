@@ -1,0 +1,401 @@
+package xds
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+
+	"github.com/shiftplane/shiftplane/policy"
+)
+
+// TypeStatus is one node's view of one resource type.
+type TypeStatus struct {
+	TypeURL   string
+	Sent      string // last version sent
+	Acked     string // last version the node accepted
+	Nacked    string // last version the node rejected, "" if none since
+	NackError string
+	NackTime  time.Time
+}
+
+// NodeStatus is what the fleet knows of one connected xDS stream's node.
+type NodeStatus struct {
+	ID             string
+	Cluster        string
+	Protocol       string // "sotw" or "delta"
+	StreamID       int64
+	ConnectedSince time.Time
+	Types          []TypeStatus // sorted by type URL
+	// Converged is true when the node has ACKed the latest version of every
+	// type it subscribes to.
+	Converged bool
+}
+
+// Fleet tracks every xDS stream: who is connected, what each node ACKed and
+// NACKed per type, and when a published version has reached every node. It
+// implements go-control-plane's server callbacks. Safe for concurrent use.
+type Fleet struct {
+	log     *slog.Logger
+	metrics *Metrics
+	now     func() time.Time
+
+	mu      sync.Mutex
+	streams map[int64]*streamState
+	types   map[string]*typeProgress
+}
+
+type streamState struct {
+	id       int64
+	node     *corev3.Node
+	protocol string
+	since    time.Time
+	types    map[string]*streamType
+}
+
+type streamType struct {
+	sent      string
+	sentN     uint64
+	nonces    [2]nonceVersion // the last two responses sent
+	acked     string
+	ackedN    uint64
+	nacked    string
+	nackErr   string
+	nackTime  time.Time
+	nackedLog string // version whose NACK was logged, so each is logged once
+	upToDate  bool   // ackedN >= latest of this type
+}
+
+type nonceVersion struct{ nonce, version string }
+
+// typeProgress follows the latest version of one type through the fleet.
+type typeProgress struct {
+	latest    uint64
+	published time.Time
+	lagging   int  // subscribed streams that have not ACKed latest
+	pending   bool // latest not yet seen converged
+}
+
+// NewFleet returns an empty fleet tracker.
+func NewFleet(log *slog.Logger, m *Metrics, now func() time.Time) *Fleet {
+	return &Fleet{log: log, metrics: m, now: now, streams: map[int64]*streamState{}, types: map[string]*typeProgress{}}
+}
+
+var _ serverv3.Callbacks = (*Fleet)(nil)
+
+func (f *Fleet) progress(typeURL string) *typeProgress {
+	tp, ok := f.types[typeURL]
+	if !ok {
+		tp = &typeProgress{}
+		f.types[typeURL] = tp
+	}
+	return tp
+}
+
+// Published records a newly set snapshot: every subscribed stream is now
+// behind on the changed types until it ACKs.
+func (f *Fleet) Published(p Published) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, t := range p.Changed {
+		tp := f.progress(t)
+		tp.latest = p.Version
+		tp.published = p.Time
+		tp.pending = true
+		tp.lagging = 0
+		for _, s := range f.streams {
+			if st, ok := s.types[t]; ok {
+				st.upToDate = st.ackedN >= tp.latest
+				if !st.upToDate {
+					tp.lagging++
+				}
+			}
+		}
+		f.maybeConverged(t, tp)
+	}
+}
+
+func (f *Fleet) maybeConverged(typeURL string, tp *typeProgress) {
+	if tp.pending && tp.lagging == 0 && len(f.streams) > 0 {
+		tp.pending = false
+		if f.metrics != nil {
+			f.metrics.convergence.Observe(f.now().Sub(tp.published).Seconds())
+		}
+	}
+}
+
+// Converged reports whether every connected stream subscribed to typeURL has
+// ACKed version (or a later one), and how many streams subscribe to it.
+func (f *Fleet) Converged(typeURL, version string) (bool, int) {
+	v, err := strconv.ParseUint(version, 10, 64)
+	if err != nil {
+		return false, 0
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	all := true
+	for _, s := range f.streams {
+		st, ok := s.types[typeURL]
+		if !ok {
+			continue
+		}
+		n++
+		if st.ackedN < v {
+			all = false
+		}
+	}
+	return all, n
+}
+
+// Convergence implements policy.FleetView. Clusters count as converged only
+// when their endpoints are too: a cluster is usable once both arrived.
+func (f *Fleet) Convergence(kind policy.ResourceKind, version string) policy.Convergence {
+	types := []string{resourcev3.RouteType}
+	if kind == policy.KindClusters {
+		types = []string{resourcev3.ClusterType, resourcev3.EndpointType}
+	}
+	v := parseVersion(version)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c := policy.Convergence{Converged: true}
+	for _, s := range f.streams {
+		subscribed := false
+		for _, t := range types {
+			st, ok := s.types[t]
+			if !ok {
+				continue
+			}
+			subscribed = true
+			if st.nacked != "" && parseVersion(st.nacked) >= v && st.ackedN < v {
+				c.Nacks = append(c.Nacks, fmt.Sprintf("node %s rejected %s version %s: %s", s.node.GetId(), shortType(t), st.nacked, st.nackErr))
+			}
+			// Endpoints keep their own version: only the version current
+			// when clusters moved matters, so compare against it loosely.
+			if t == resourcev3.EndpointType {
+				if st.ackedN < f.progress(t).latest && st.ackedN < v {
+					c.Converged = false
+				}
+				continue
+			}
+			if st.ackedN < v {
+				c.Converged = false
+			}
+		}
+		if subscribed {
+			c.Nodes++
+		}
+	}
+	sort.Strings(c.Nacks)
+	return c
+}
+
+// Nodes returns the status of every connected stream, sorted by node id.
+func (f *Fleet) Nodes() []NodeStatus {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]NodeStatus, 0, len(f.streams))
+	for _, s := range f.streams {
+		ns := NodeStatus{
+			ID:             s.node.GetId(),
+			Cluster:        s.node.GetCluster(),
+			Protocol:       s.protocol,
+			StreamID:       s.id,
+			ConnectedSince: s.since,
+			Converged:      true,
+		}
+		for t, st := range s.types {
+			ns.Types = append(ns.Types, TypeStatus{TypeURL: t, Sent: st.sent, Acked: st.acked, Nacked: st.nacked, NackError: st.nackErr, NackTime: st.nackTime})
+			if st.ackedN < f.progress(t).latest {
+				ns.Converged = false
+			}
+		}
+		sort.Slice(ns.Types, func(i, j int) bool { return ns.Types[i].TypeURL < ns.Types[j].TypeURL })
+		out = append(out, ns)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].ID != out[j].ID {
+			return out[i].ID < out[j].ID
+		}
+		return out[i].StreamID < out[j].StreamID
+	})
+	return out
+}
+
+func (f *Fleet) open(id int64, protocol string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.streams[id] = &streamState{id: id, protocol: protocol, since: f.now(), types: map[string]*streamType{}}
+	if f.metrics != nil {
+		f.metrics.streams.Inc()
+	}
+}
+
+func (f *Fleet) closed(id int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s, ok := f.streams[id]
+	if !ok {
+		return
+	}
+	delete(f.streams, id)
+	for t, st := range s.types {
+		tp := f.progress(t)
+		if !st.upToDate {
+			tp.lagging--
+		}
+		f.maybeConverged(t, tp)
+	}
+	if f.metrics != nil {
+		f.metrics.streams.Dec()
+	}
+}
+
+// request records an ACK or NACK. version is what the node ACKed (SotW's
+// version_info); for delta it is "" and the nonce's version is used.
+func (f *Fleet) request(id int64, node *corev3.Node, typeURL, nonce, version string, errDetail string, isNack bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s, ok := f.streams[id]
+	if !ok {
+		return
+	}
+	if node != nil && s.node == nil {
+		s.node = node
+	}
+	tp := f.progress(typeURL)
+	st, ok := s.types[typeURL]
+	if !ok {
+		st = &streamType{}
+		s.types[typeURL] = st
+		st.upToDate = tp.latest == 0
+		if !st.upToDate {
+			tp.lagging++
+		}
+	}
+	sentVersion := ""
+	for _, nv := range st.nonces {
+		if nonce != "" && nv.nonce == nonce {
+			sentVersion = nv.version
+		}
+	}
+	if isNack {
+		st.nacked, st.nackErr, st.nackTime = sentVersion, errDetail, f.now()
+		if f.metrics != nil {
+			f.metrics.nacks.WithLabelValues(shortType(typeURL)).Inc()
+		}
+		if st.nackedLog != sentVersion {
+			st.nackedLog = sentVersion
+			f.log.Warn("xds NACK", "node", s.node.GetId(), "type", shortType(typeURL), "version", sentVersion, "error", errDetail)
+		}
+		return
+	}
+	// SotW carries the accepted version on every request, including the
+	// first one after a reconnect; delta names it only through the nonce.
+	if version == "" {
+		version = sentVersion
+	}
+	if version == "" {
+		return
+	}
+	n, err := strconv.ParseUint(version, 10, 64)
+	if err != nil {
+		return
+	}
+	st.acked, st.ackedN = version, n
+	if st.nacked != "" && n >= parseVersion(st.nacked) {
+		st.nacked, st.nackErr = "", ""
+	}
+	if !st.upToDate && n >= tp.latest {
+		st.upToDate = true
+		tp.lagging--
+		f.maybeConverged(typeURL, tp)
+	}
+}
+
+func (f *Fleet) response(id int64, typeURL, nonce, version string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s, ok := f.streams[id]
+	if !ok {
+		return
+	}
+	st, ok := s.types[typeURL]
+	if !ok {
+		st = &streamType{}
+		s.types[typeURL] = st
+	}
+	st.sent, st.sentN = version, parseVersion(version)
+	st.nonces[0], st.nonces[1] = st.nonces[1], nonceVersion{nonce: nonce, version: version}
+	if f.metrics != nil {
+		f.metrics.pushes.WithLabelValues(shortType(typeURL)).Inc()
+	}
+}
+
+func parseVersion(v string) uint64 {
+	n, _ := strconv.ParseUint(v, 10, 64)
+	return n
+}
+
+// OnStreamOpen implements serverv3.Callbacks.
+func (f *Fleet) OnStreamOpen(_ context.Context, id int64, _ string) error {
+	f.open(id, "sotw")
+	return nil
+}
+
+// OnStreamClosed implements serverv3.Callbacks.
+func (f *Fleet) OnStreamClosed(id int64, _ *corev3.Node) { f.closed(id) }
+
+// OnStreamRequest implements serverv3.Callbacks.
+func (f *Fleet) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
+	f.request(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetVersionInfo(), req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil)
+	return nil
+}
+
+// OnStreamResponse implements serverv3.Callbacks.
+func (f *Fleet) OnStreamResponse(_ context.Context, id int64, _ *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
+	f.response(id, resp.GetTypeUrl(), resp.GetNonce(), resp.GetVersionInfo())
+}
+
+// OnDeltaStreamOpen implements serverv3.Callbacks.
+func (f *Fleet) OnDeltaStreamOpen(_ context.Context, id int64, _ string) error {
+	f.open(id, "delta")
+	return nil
+}
+
+// OnDeltaStreamClosed implements serverv3.Callbacks.
+func (f *Fleet) OnDeltaStreamClosed(id int64, _ *corev3.Node) { f.closed(id) }
+
+// OnStreamDeltaRequest implements serverv3.Callbacks.
+func (f *Fleet) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
+	f.request(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), "", req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil)
+	return nil
+}
+
+// OnStreamDeltaResponse implements serverv3.Callbacks.
+func (f *Fleet) OnStreamDeltaResponse(id int64, _ *discoveryv3.DeltaDiscoveryRequest, resp *discoveryv3.DeltaDiscoveryResponse) {
+	f.response(id, resp.GetTypeUrl(), resp.GetNonce(), resp.GetSystemVersionInfo())
+}
+
+// OnFetchRequest implements serverv3.Callbacks; REST fetches are not tracked.
+func (f *Fleet) OnFetchRequest(context.Context, *discoveryv3.DiscoveryRequest) error { return nil }
+
+// OnFetchResponse implements serverv3.Callbacks.
+func (f *Fleet) OnFetchResponse(*discoveryv3.DiscoveryRequest, *discoveryv3.DiscoveryResponse) {}
+
+func shortType(typeURL string) string {
+	for i := len(typeURL) - 1; i >= 0; i-- {
+		if typeURL[i] == '.' {
+			return typeURL[i+1:]
+		}
+	}
+	return typeURL
+}

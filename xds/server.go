@@ -1,0 +1,86 @@
+package xds
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	clusterservice "github.com/envoyproxy/go-control-plane/envoy/service/cluster/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	endpointservice "github.com/envoyproxy/go-control-plane/envoy/service/endpoint/v3"
+	listenerservice "github.com/envoyproxy/go-control-plane/envoy/service/listener/v3"
+	routeservice "github.com/envoyproxy/go-control-plane/envoy/service/route/v3"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/protobuf/proto"
+)
+
+// fleetHash keys every node to the one fleet snapshot.
+type fleetHash struct{}
+
+func (fleetHash) ID(*corev3.Node) string { return FleetKey }
+
+// NewCache returns the snapshot cache shiftplane serves from. It is not in
+// ADS "superset" mode: in that mode go-control-plane withholds responses
+// from clients that name only some resources of a type (proxyless gRPC).
+func NewCache() cachev3.SnapshotCache {
+	return cachev3.NewSnapshotCache(false, fleetHash{}, nil)
+}
+
+// nackGuard stops go-control-plane's resend loop after a NACK. The
+// SnapshotCache answers any request whose version_info differs from the
+// snapshot's, and a NACK carries the last *accepted* version, so a rejected
+// snapshot would be resent at once, forever. For a NACK we present the
+// version the node was sent as its version: the cache then holds the watch
+// until a newer snapshot is set, and the node keeps the config it accepted.
+type nackGuard struct {
+	cachev3.SnapshotCache
+}
+
+func (g nackGuard) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, ch chan cachev3.Response) (func(), error) {
+	if req.GetErrorDetail() != nil {
+		sent := ""
+		for _, v := range sub.ReturnedResources() {
+			sent = v // SotW: every returned resource carries the response's version
+			break
+		}
+		if sent != "" {
+			req = proto.Clone(req).(*discoveryv3.DiscoveryRequest)
+			req.VersionInfo = sent
+		}
+	}
+	return g.SnapshotCache.CreateWatch(req, sub, ch)
+}
+
+// NewGRPCServer returns a gRPC server with the keepalive settings an xDS
+// server needs: long-lived streams from many proxies, pings to find dead ones.
+func NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
+	base := []grpc.ServerOption{
+		grpc.MaxConcurrentStreams(1 << 20),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			Time:    30 * time.Second,
+			Timeout: 5 * time.Second,
+		}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
+			MinTime:             15 * time.Second,
+			PermitWithoutStream: true,
+		}),
+	}
+	return grpc.NewServer(append(base, opts...)...)
+}
+
+// Register serves ADS (SotW and delta) and the per-type xDS services from
+// cache on gs, with fleet receiving every stream event.
+func Register(ctx context.Context, gs *grpc.Server, cache cachev3.SnapshotCache, fleet *Fleet, log *slog.Logger) serverv3.Server {
+	srv := serverv3.NewServer(ctx, nackGuard{cache}, fleet)
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, srv)
+	clusterservice.RegisterClusterDiscoveryServiceServer(gs, srv)
+	endpointservice.RegisterEndpointDiscoveryServiceServer(gs, srv)
+	listenerservice.RegisterListenerDiscoveryServiceServer(gs, srv)
+	routeservice.RegisterRouteDiscoveryServiceServer(gs, srv)
+	log.Debug("xds services registered")
+	return srv
+}

@@ -1,0 +1,178 @@
+package xds
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/shiftplane/shiftplane/policy"
+)
+
+// FleetKey is the one snapshot key every node shares: the whole fleet gets
+// the same configuration, so one SetSnapshot serves every stream.
+const FleetKey = "shiftplane-fleet"
+
+// VersionCounter hands out snapshot versions that stay unique across
+// restarts. Implementations persist the counter before returning.
+type VersionCounter interface {
+	NextVersion() (uint64, error)
+}
+
+// Published describes one publish: its version per type and why it happened.
+type Published struct {
+	Version  uint64
+	Time     time.Time
+	Reason   string
+	Changed  []string          // type URLs whose content changed
+	Versions map[string]string // type URL → version now served
+}
+
+// Publisher translates desired state and sets it in the cache. Each resource
+// type carries its own version, moved only when that type's content
+// changes, so a weight step sends RDS alone. Safe for concurrent use.
+type Publisher struct {
+	cache   cachev3.SnapshotCache
+	counter VersionCounter
+	now     func() time.Time
+	onSet   func(Published)
+
+	mu       sync.Mutex
+	last     map[string][]types.Resource
+	versions map[string]string
+	history  []Published
+	keep     int
+}
+
+// NewPublisher returns a publisher over cache. onSet, if not nil, is called
+// after each snapshot is set (the fleet tracker uses it to time convergence).
+func NewPublisher(cache cachev3.SnapshotCache, counter VersionCounter, now func() time.Time, onSet func(Published)) *Publisher {
+	return &Publisher{
+		cache:    cache,
+		counter:  counter,
+		now:      now,
+		onSet:    onSet,
+		last:     map[string][]types.Resource{},
+		versions: map[string]string{},
+		keep:     32,
+	}
+}
+
+var publishedTypes = []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType}
+
+// Publish implements policy.Publisher.
+func (p *Publisher) Publish(ctx context.Context, ds policy.DesiredState, reason string) (policy.PublishResult, error) {
+	rec, err := p.Set(ctx, ds, reason)
+	if err != nil {
+		return policy.PublishResult{}, err
+	}
+	return policy.PublishResult{ClusterVersion: rec.Versions[resourcev3.ClusterType], RouteVersion: rec.Versions[resourcev3.RouteType]}, nil
+}
+
+// Set translates ds and sets it as the fleet's snapshot. It returns the
+// publish record; when nothing changed it sets nothing and reports no
+// changed types. An error leaves the fleet on the last good snapshot.
+func (p *Publisher) Set(ctx context.Context, ds policy.DesiredState, reason string) (Published, error) {
+	res, err := Translate(ds)
+	if err != nil {
+		return Published{}, fmt.Errorf("translate: %w", err)
+	}
+	byType := map[string][]types.Resource{
+		resourcev3.ClusterType:  res.Clusters,
+		resourcev3.EndpointType: res.Endpoints,
+		resourcev3.ListenerType: res.Listeners,
+		resourcev3.RouteType:    res.Routes,
+	}
+
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var changed []string
+	for _, t := range publishedTypes {
+		if _, seen := p.versions[t]; !seen || !sameResources(p.last[t], byType[t]) {
+			changed = append(changed, t)
+		}
+	}
+	if len(changed) == 0 {
+		return Published{Versions: copyMap(p.versions), Time: p.now(), Reason: reason}, nil
+	}
+	n, err := p.counter.NextVersion()
+	if err != nil {
+		return Published{}, fmt.Errorf("next snapshot version: %w", err)
+	}
+	v := strconv.FormatUint(n, 10)
+	versions := copyMap(p.versions)
+	for _, t := range changed {
+		versions[t] = v
+	}
+	snap := &cachev3.Snapshot{}
+	for _, t := range publishedTypes {
+		typ := cachev3.GetResponseType(t)
+		snap.Resources[typ] = cachev3.NewResources(versions[t], byType[t])
+	}
+	if err := snap.Consistent(); err != nil {
+		return Published{}, fmt.Errorf("snapshot %s is inconsistent: %w", v, err)
+	}
+	if err := p.cache.SetSnapshot(ctx, FleetKey, snap); err != nil {
+		return Published{}, fmt.Errorf("set snapshot %s: %w", v, err)
+	}
+	p.versions = versions
+	for t, rs := range byType {
+		p.last[t] = rs
+	}
+	rec := Published{Version: n, Time: p.now(), Reason: reason, Changed: changed, Versions: copyMap(versions)}
+	p.history = append(p.history, rec)
+	if len(p.history) > p.keep {
+		p.history = p.history[len(p.history)-p.keep:]
+	}
+	if p.onSet != nil {
+		p.onSet(rec)
+	}
+	return rec, nil
+}
+
+// History returns the last published snapshots, oldest first.
+func (p *Publisher) History() []Published {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]Published(nil), p.history...)
+}
+
+// Versions returns the version now served for each type.
+func (p *Publisher) Versions() map[string]string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return copyMap(p.versions)
+}
+
+// Resources returns the resources now served for a type URL.
+func (p *Publisher) Resources(typeURL string) []types.Resource {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]types.Resource(nil), p.last[typeURL]...)
+}
+
+func sameResources(a, b []types.Resource) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if !proto.Equal(a[i], b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func copyMap(m map[string]string) map[string]string {
+	out := make(map[string]string, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}

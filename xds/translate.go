@@ -1,0 +1,243 @@
+// Package xds turns the engine's desired state into Envoy resources and
+// serves them: translation (pure), per-type snapshot versioning, the ADS
+// server with its ACK/NACK tracking (fleet status), and the Envoy
+// MetricsService sink. Nothing here decides policy.
+package xds
+
+import (
+	"fmt"
+	"net"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/shiftplane/shiftplane/policy"
+)
+
+// Resources is one translation's output, each list sorted by name.
+type Resources struct {
+	Clusters  []types.Resource
+	Endpoints []types.Resource
+	Listeners []types.Resource
+	Routes    []types.Resource
+}
+
+// ListenerName is the name of the listener (and its route configuration)
+// for a listener address.
+func ListenerName(address string) string {
+	host, port, _ := net.SplitHostPort(address)
+	return "ingress_" + strings.ReplaceAll(host, ":", "_") + "_" + port
+}
+
+// Translate turns desired state into Envoy resources. It is pure: the same
+// input always gives the same, sorted output.
+func Translate(ds policy.DesiredState) (Resources, error) {
+	var out Resources
+	services := append([]policy.ServiceState(nil), ds.Services...)
+	sort.Slice(services, func(i, j int) bool { return services[i].Name < services[j].Name })
+
+	byListener := map[string][]policy.ServiceState{}
+	for _, s := range services {
+		if !s.StablePublished && !s.CanaryPublished {
+			return Resources{}, fmt.Errorf("service %q: neither stable nor canary is published", s.Name)
+		}
+		if s.CanaryWeight < 0 || s.CanaryWeight > 100 {
+			return Resources{}, fmt.Errorf("service %q: canary weight %d outside 0..100", s.Name, s.CanaryWeight)
+		}
+		if s.StablePublished {
+			out.Clusters = append(out.Clusters, edsCluster(s.Stable.Cluster, nil))
+			out.Endpoints = append(out.Endpoints, loadAssignment(s.Stable))
+		}
+		if s.CanaryPublished {
+			od := s.Outlier
+			out.Clusters = append(out.Clusters, edsCluster(s.Canary.Cluster, &od))
+			out.Endpoints = append(out.Endpoints, loadAssignment(s.Canary))
+		}
+		byListener[s.Listener.Address] = append(byListener[s.Listener.Address], s)
+	}
+
+	addrs := make([]string, 0, len(byListener))
+	for a := range byListener {
+		addrs = append(addrs, a)
+	}
+	sort.Strings(addrs)
+	for _, addr := range addrs {
+		name := ListenerName(addr)
+		l, err := listener(name, addr)
+		if err != nil {
+			return Resources{}, err
+		}
+		out.Listeners = append(out.Listeners, l)
+		rc := &routev3.RouteConfiguration{Name: name}
+		for _, s := range byListener[addr] {
+			rc.VirtualHosts = append(rc.VirtualHosts, virtualHost(s))
+		}
+		out.Routes = append(out.Routes, rc)
+	}
+	sortByName(out.Clusters)
+	sortByName(out.Endpoints)
+	return out, nil
+}
+
+func sortByName(rs []types.Resource) {
+	sort.Slice(rs, func(i, j int) bool { return resourceName(rs[i]) < resourceName(rs[j]) })
+}
+
+func resourceName(r types.Resource) string {
+	switch v := r.(type) {
+	case *clusterv3.Cluster:
+		return v.GetName()
+	case *endpointv3.ClusterLoadAssignment:
+		return v.GetClusterName()
+	case *listenerv3.Listener:
+		return v.GetName()
+	case *routev3.RouteConfiguration:
+		return v.GetName()
+	}
+	return ""
+}
+
+func adsSource() *corev3.ConfigSource {
+	return &corev3.ConfigSource{
+		ResourceApiVersion:    corev3.ApiVersion_V3,
+		ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
+	}
+}
+
+func edsCluster(name string, od *policy.OutlierDetection) *clusterv3.Cluster {
+	c := &clusterv3.Cluster{
+		Name:                 name,
+		ConnectTimeout:       durationpb.New(2 * time.Second),
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsSource()},
+		LbPolicy:             clusterv3.Cluster_ROUND_ROBIN,
+	}
+	if od != nil {
+		c.OutlierDetection = &clusterv3.OutlierDetection{
+			Consecutive_5Xx:    wrapperspb.UInt32(od.Consecutive5xx),
+			Interval:           durationpb.New(od.Interval.D()),
+			BaseEjectionTime:   durationpb.New(od.BaseEjectionTime.D()),
+			MaxEjectionPercent: wrapperspb.UInt32(od.MaxEjectionPercent),
+			// A one-host canary must be ejectable whatever the percentage says.
+			AlwaysEjectOneHost: wrapperspb.Bool(true),
+		}
+	}
+	return c
+}
+
+func loadAssignment(b policy.Backend) *endpointv3.ClusterLoadAssignment {
+	lle := &endpointv3.LocalityLbEndpoints{
+		// Proxyless gRPC clients reject endpoints without a locality.
+		Locality: &corev3.Locality{Region: "shiftplane", Zone: "default"},
+	}
+	eps := append([]string(nil), b.Endpoints...)
+	sort.Strings(eps)
+	for _, e := range eps {
+		host, portStr, _ := net.SplitHostPort(e)
+		port, _ := strconv.Atoi(portStr)
+		lle.LbEndpoints = append(lle.LbEndpoints, &endpointv3.LbEndpoint{
+			HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+				Address: socketAddress(host, port),
+			}},
+		})
+	}
+	return &endpointv3.ClusterLoadAssignment{
+		ClusterName: b.Cluster,
+		Endpoints:   []*endpointv3.LocalityLbEndpoints{lle},
+	}
+}
+
+func socketAddress(host string, port int) *corev3.Address {
+	return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+		Protocol:      corev3.SocketAddress_TCP,
+		Address:       host,
+		PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(port)},
+	}}}
+}
+
+func listener(name, addr string) (*listenerv3.Listener, error) {
+	host, portStr, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("listener %q: %w", addr, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, fmt.Errorf("listener %q: bad port: %w", addr, err)
+	}
+	router, err := anypb.New(&routerv3.Router{})
+	if err != nil {
+		return nil, err
+	}
+	hcm := &hcmv3.HttpConnectionManager{
+		StatPrefix: name,
+		CodecType:  hcmv3.HttpConnectionManager_AUTO,
+		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
+			RouteConfigName: name,
+			ConfigSource:    adsSource(),
+		}},
+		HttpFilters: []*hcmv3.HttpFilter{{
+			Name:       "envoy.filters.http.router",
+			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: router},
+		}},
+	}
+	hcmAny, err := anypb.New(hcm)
+	if err != nil {
+		return nil, err
+	}
+	return &listenerv3.Listener{
+		Name:    name,
+		Address: socketAddress(host, port),
+		FilterChains: []*listenerv3.FilterChain{{
+			Filters: []*listenerv3.Filter{{
+				Name:       "envoy.filters.network.http_connection_manager",
+				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: hcmAny},
+			}},
+		}},
+	}, nil
+}
+
+func virtualHost(s policy.ServiceState) *routev3.VirtualHost {
+	action := &routev3.RouteAction{
+		// Connection failures and refused streams never reached the
+		// backend, so retrying them is safe for any method.
+		RetryPolicy: &routev3.RetryPolicy{
+			RetryOn:    "connect-failure,refused-stream",
+			NumRetries: wrapperspb.UInt32(2),
+		},
+	}
+	switch {
+	case !s.CanaryPublished:
+		action.ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: s.Stable.Cluster}
+	case !s.StablePublished:
+		action.ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: s.Canary.Cluster}
+	default:
+		action.ClusterSpecifier = &routev3.RouteAction_WeightedClusters{WeightedClusters: &routev3.WeightedCluster{
+			Clusters: []*routev3.WeightedCluster_ClusterWeight{
+				{Name: s.Stable.Cluster, Weight: wrapperspb.UInt32(uint32(100 - s.CanaryWeight))},
+				{Name: s.Canary.Cluster, Weight: wrapperspb.UInt32(uint32(s.CanaryWeight))},
+			},
+		}}
+	}
+	return &routev3.VirtualHost{
+		Name:    s.Name,
+		Domains: append([]string(nil), s.Listener.Domains...),
+		Routes: []*routev3.Route{{
+			Name:   s.Name,
+			Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: s.Listener.PathPrefix}},
+			Action: &routev3.Route_Route{Route: action},
+		}},
+	}
+}
