@@ -106,10 +106,18 @@ func (e *Engine) step(r *entry, now time.Time) {
 		if e.maybeRollback(r, plan, now) {
 			return
 		}
-		bad, why := e.blocked(r, plan, now)
+		bad, hold, why := e.blocked(r, plan, now)
 		if bad {
-			if st.Phase != PhaseHolding || st.Reason != why {
+			switch {
+			case !hold:
+				// Waiting for the fleet to ACK is progress, not a hold.
+				st.Reason = why
+			case st.Phase != PhaseHolding:
 				e.transition(r, PhaseHolding, why)
+			case st.Reason != why:
+				// Still holding, for another reason: no new phase, so no event.
+				st.Reason = why
+				e.persistSoon(r)
 			}
 			return
 		}
@@ -143,32 +151,34 @@ func (e *Engine) step(r *entry, now time.Time) {
 	}
 }
 
-// blocked says whether the current step's hold must not count now, and why.
-func (e *Engine) blocked(r *entry, plan Plan, now time.Time) (bool, string) {
+// blocked says whether the current step's hold must not count now, whether
+// that makes the rollout HOLDING (a NACK or a bad signal) rather than just
+// waiting for the fleet, and why.
+func (e *Engine) blocked(r *entry, plan Plan, now time.Time) (blocked, hold bool, why string) {
 	st := &r.State
 	if st.RouteVersion == "" {
-		return true, "publishing weight " + fmt.Sprint(st.Weight)
+		return true, false, fmt.Sprintf("publishing weight %d", st.Weight)
 	}
 	c := e.fleet.Convergence(KindRoutes, st.RouteVersion)
 	if len(c.Nacks) > 0 {
-		return true, "fleet rejected route version " + st.RouteVersion + ": " + strings.Join(c.Nacks, "; ")
-	}
-	if !c.Converged {
-		return true, fmt.Sprintf("waiting for the fleet to ACK weight %d (route version %s)", st.Weight, st.RouteVersion)
+		return true, true, "fleet rejected route version " + st.RouteVersion + ": " + strings.Join(c.Nacks, "; ")
 	}
 	rt := &r.rt
 	switch rt.signal.State {
 	case SignalFiring:
-		return true, "signal firing: " + rt.signal.Reason
+		return true, true, "signal firing: " + rt.signal.Reason
 	case SignalStale:
-		return true, "signal stale: " + rt.signal.Reason
+		return true, true, "signal stale: " + rt.signal.Reason
 	}
 	if !rt.clearSince.IsZero() {
-		if left := plan.Analysis.StableForDuration() - now.Sub(rt.clearSince); left > 0 {
-			return true, fmt.Sprintf("signal clear, waiting %s more of stableFor", left.Round(time.Millisecond))
+		if stable := plan.Analysis.StableForDuration(); now.Sub(rt.clearSince) < stable {
+			return true, true, fmt.Sprintf("signal clear again; waiting stableFor (%s) before the hold counts", stable)
 		}
 	}
-	return false, ""
+	if !c.Converged {
+		return true, st.Phase == PhaseHolding, fmt.Sprintf("waiting for the fleet to ACK weight %d (route version %s)", st.Weight, st.RouteVersion)
+	}
+	return false, false, ""
 }
 
 // observeSignal updates the signal and its timers for r.
