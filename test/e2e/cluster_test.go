@@ -1,0 +1,151 @@
+// Package e2e runs shiftplane against real Envoys: the binaries as users run
+// them, real backends, real traffic on loopback.
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/shiftplane/shiftplane/test/harness"
+)
+
+// Shiftplane is a running `shiftplane serve` process and its addresses.
+type Shiftplane struct {
+	t        *testing.T
+	bin      string
+	XDSAddr  string
+	APIAddr  string
+	HTTPAddr string
+	Store    string
+	PlanDir  string
+	Proc     *harness.Process
+	extra    []string
+}
+
+// StartShiftplane builds and starts `shiftplane serve` on free loopback
+// ports with a store and plan folder in t.TempDir().
+func StartShiftplane(t *testing.T, extraArgs ...string) *Shiftplane {
+	t.Helper()
+	dir := t.TempDir()
+	s := &Shiftplane{
+		t:        t,
+		bin:      harness.BuildBinary(t, "./cmd/shiftplane"),
+		XDSAddr:  fmt.Sprintf("127.0.0.1:%d", harness.FreePort(t)),
+		APIAddr:  fmt.Sprintf("127.0.0.1:%d", harness.FreePort(t)),
+		HTTPAddr: fmt.Sprintf("127.0.0.1:%d", harness.FreePort(t)),
+		Store:    filepath.Join(dir, "shiftplane.db"),
+		PlanDir:  filepath.Join(dir, "plans"),
+		extra:    extraArgs,
+	}
+	if err := os.MkdirAll(s.PlanDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	s.Start()
+	return s
+}
+
+// Start (re)starts the process on the same ports and store.
+func (s *Shiftplane) Start() {
+	s.t.Helper()
+	args := append([]string{"serve",
+		"--xds-address", s.XDSAddr, "--api-address", s.APIAddr, "--http-address", s.HTTPAddr,
+		"--store-path", s.Store, "--plan", s.PlanDir, "--log-level", "debug"}, s.extra...)
+	s.Proc = harness.StartProcess(s.t, s.bin, args, nil)
+	s.WaitReady()
+}
+
+// WaitReady waits until /readyz answers 200.
+func (s *Shiftplane) WaitReady() {
+	s.t.Helper()
+	deadline := time.Now().Add(harness.DefaultWait)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get("http://" + s.HTTPAddr + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		select {
+		case <-s.Proc.Done():
+			s.t.Fatalf("shiftplane exited before it was ready:\n%s", s.Proc.Output())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	s.t.Fatalf("shiftplane not ready after %s:\n%s", harness.DefaultWait, s.Proc.Output())
+}
+
+// WritePlan writes a plan file into the watched plan folder.
+func (s *Shiftplane) WritePlan(name, yaml string) {
+	s.t.Helper()
+	path := filepath.Join(s.PlanDir, name)
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(yaml), 0o644); err != nil {
+		s.t.Fatal(err)
+	}
+	// Rename, so the watcher never reads half a file.
+	if err := os.Rename(tmp, path); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+// Metric returns the value of a Prometheus sample line starting with prefix
+// (e.g. `shiftplane_rollout_canary_weight{rollout="x"}`), or -1 if absent.
+func (s *Shiftplane) Metric(prefix string) float64 {
+	s.t.Helper()
+	resp, err := http.Get("http://" + s.HTTPAddr + "/metrics")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	var body strings.Builder
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := resp.Body.Read(buf)
+		body.WriteString(string(buf[:n]))
+		if err != nil {
+			break
+		}
+	}
+	for _, line := range strings.Split(body.String(), "\n") {
+		if strings.HasPrefix(line, prefix+" ") {
+			var v float64
+			fmt.Sscanf(strings.TrimPrefix(line, prefix+" "), "%g", &v)
+			return v
+		}
+	}
+	return -1
+}
+
+// WaitRouteWeights waits until e's route weights for cluster equal want.
+func WaitRouteWeights(t *testing.T, e *harness.Envoy, cluster string, want uint32) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), harness.DefaultWait)
+	defer cancel()
+	var last map[string]uint32
+	for ctx.Err() == nil {
+		w, err := e.RouteWeights(ctx)
+		if err == nil {
+			last = w
+			if got, ok := w[cluster]; ok && got == want {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("route weight of %s never reached %d; last seen %v", cluster, want, last)
+}
+
+// Share returns the fraction of OK responses that came from version.
+func Share(r harness.LoadResult, version string) float64 {
+	if r.OK == 0 {
+		return 0
+	}
+	return float64(r.ByVersion[version]) / float64(r.OK)
+}
