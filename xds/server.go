@@ -60,6 +60,9 @@ func (g nackGuard) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, c
 func NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 	base := []grpc.ServerOption{
 		grpc.MaxConcurrentStreams(1 << 20),
+		// Envoy's MetricsService sink sends every used stat each flush; a
+		// large Envoy passes gRPC's 4 MiB default.
+		grpc.MaxRecvMsgSize(64 << 20),
 		grpc.KeepaliveParams(keepalive.ServerParameters{
 			Time:    30 * time.Second,
 			Timeout: 5 * time.Second,

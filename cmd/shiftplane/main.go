@@ -17,7 +17,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(serveCmd(), validateCmd())
+	root.AddCommand(serveCmd(), validateCmd(), demoCmd())
 	if err := root.Execute(); err != nil {
 		if errors.Is(err, errProblems) {
 			os.Exit(1) // the problems are printed already

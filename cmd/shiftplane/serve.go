@@ -37,14 +37,19 @@ func serveCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			ctx, stop := signalContext(cmd.Context())
 			defer stop()
-			return serve(ctx, cfg, plans, newLogger(cfg))
+			return serve(ctx, cfg, plans, newLogger(cfg), nil)
 		},
 	}
 	addConfigFlags(cmd.Flags())
 	cmd.Flags().StringArrayVar(&plans, "plan", nil, "plan file or folder of plans (repeatable); watched for changes")
 	return cmd
+}
+
+// signalContext ends on SIGINT or SIGTERM, for a clean shutdown.
+func signalContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 }
 
 func newLogger(cfg Config) *slog.Logger {
@@ -59,8 +64,9 @@ func newLogger(cfg Config) *slog.Logger {
 
 // serve runs the control plane until ctx ends. Order matters: the store is
 // read and its weights published before any xDS stream is served, so a
-// restart never moves traffic.
-func serve(ctx context.Context, cfg Config, planPaths []string, log *slog.Logger) error {
+// restart never moves traffic. onReady, if set, gets the engine once every
+// listener is up (the demo watches it).
+func serve(ctx context.Context, cfg Config, planPaths []string, log *slog.Logger, onReady func(*policy.Engine)) error {
 	store, err := boltstore.Open(cfg.Store.Path)
 	if err != nil {
 		return err
@@ -135,6 +141,9 @@ func serve(ctx context.Context, cfg Config, planPaths []string, log *slog.Logger
 		go files.watch(ctx, planPaths)
 	}
 	ready.Store(true)
+	if onReady != nil {
+		onReady(engine)
+	}
 	log.Info("shiftplane serving", "xds", cfg.XDS.Address, "api", cfg.API.Address, "http", cfg.HTTP.Address, "store", cfg.Store.Path, "rollouts", len(engine.List()))
 
 	var runErr error
