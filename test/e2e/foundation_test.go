@@ -119,3 +119,30 @@ func containsAll(s string, subs ...string) bool {
 	}
 	return true
 }
+
+// The same split over delta ADS: Envoy subscribes with DELTA_GRPC.
+func TestPlanWeightThroughEnvoyDelta(t *testing.T) {
+	sp := StartShiftplane(t)
+	v1 := harness.StartBackend(t, "v1")
+	v2 := harness.StartBackend(t, "v2")
+	listen := fmt.Sprintf("127.0.0.1:%d", harness.FreePort(t))
+	sp.WritePlan("web.yaml", weightPlan(listen, v1, v2, 40))
+	envoy := harness.StartEnvoy(t, harness.EnvoyOptions{NodeID: "envoy-delta", Cluster: "e2e", XDSAddr: sp.XDSAddr, Delta: true})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := envoy.WaitListener(ctx, listen); err != nil {
+		t.Fatalf("listener never came up: %v", err)
+	}
+	WaitRouteWeights(t, envoy, "web-v2", 40)
+	res, err := harness.HTTPLoad(ctx, "http://"+listen+"/", harness.LoadOptions{Requests: 2000, Concurrency: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	share := Share(res, "v2")
+	t.Logf("delta, weight 40: %d requests, %d failed, v2 share %.1f%%", res.Total, res.Failures, 100*share)
+	if res.Failures != 0 || math.Abs(share-0.40) > 0.03 {
+		t.Fatalf("delta: %d failed, v2 share %.3f, want 0 failed and 0.40 ± 0.03", res.Failures, share)
+	}
+	sp.WritePlan("web.yaml", weightPlan(listen, v1, v2, 60))
+	WaitRouteWeights(t, envoy, "web-v2", 60)
+}
