@@ -149,3 +149,51 @@ func Share(r harness.LoadResult, version string) float64 {
 	}
 	return float64(r.ByVersion[version]) / float64(r.OK)
 }
+
+// Phase returns the rollout's phase from /metrics, or "" if unknown.
+func (s *Shiftplane) Phase(rollout string) string {
+	s.t.Helper()
+	for _, p := range []string{"PENDING", "PROGRESSING", "HOLDING", "PAUSED", "PROMOTING", "SUCCEEDED", "ROLLING_BACK", "ROLLED_BACK", "ABORTED", "FAILED"} {
+		if s.Metric(fmt.Sprintf(`shiftplane_rollout_phase{phase=%q,rollout=%q}`, p, rollout)) == 1 {
+			return p
+		}
+	}
+	return ""
+}
+
+// WaitPhase polls until the rollout is in phase, and returns when it saw it.
+func (s *Shiftplane) WaitPhase(rollout, phase string, within time.Duration) time.Time {
+	s.t.Helper()
+	deadline := time.Now().Add(within)
+	last := ""
+	for time.Now().Before(deadline) {
+		if last = s.Phase(rollout); last == phase {
+			return time.Now()
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	s.t.Fatalf("rollout %s never reached %s within %s (last %q)", rollout, phase, within, last)
+	return time.Time{}
+}
+
+// WaitSteady polls until the rollout has been in phase for at least d
+// without a break (e.g. PROGRESSING after the first stats arrived).
+func (s *Shiftplane) WaitSteady(rollout, phase string, d, within time.Duration) {
+	s.t.Helper()
+	deadline := time.Now().Add(within)
+	var since time.Time
+	last := ""
+	for time.Now().Before(deadline) {
+		last = s.Phase(rollout)
+		switch {
+		case last != phase:
+			since = time.Time{}
+		case since.IsZero():
+			since = time.Now()
+		case time.Since(since) >= d:
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	s.t.Fatalf("rollout %s was never steadily %s for %s within %s (last %q)", rollout, phase, d, within, last)
+}
