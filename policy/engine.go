@@ -333,12 +333,15 @@ func (e *Engine) Apply(plan Plan, source string) (Status, error) {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	others := []Plan{plan}
+	// The new plan goes last, so a conflict is reported on its fields and
+	// names the running plan it collides with.
+	var others []Plan
 	for _, n := range e.namesLocked() {
 		if n != plan.Name {
 			others = append(others, e.rollouts[n].Plan)
 		}
 	}
+	others = append(others, plan)
 	if ps := ValidateSet(others, nil); len(ps) > 0 {
 		return Status{}, ps
 	}
@@ -442,7 +445,14 @@ func (e *Engine) Promote(name string) (Status, error) {
 }
 
 // Abort sends all traffic back to the stable version.
-func (e *Engine) Abort(name string) (Status, error) {
+func (e *Engine) Abort(name string) (Status, error) { return e.AbortBecause(name, "") }
+
+// AbortBecause is Abort with the caller's reason recorded in the history.
+func (e *Engine) AbortBecause(name, reason string) (Status, error) {
+	why := "aborted on request; weight 0"
+	if reason != "" {
+		why = "aborted on request (" + reason + "); weight 0"
+	}
 	return e.op(name, "abort", func(r *entry) error {
 		if r.State.Phase.Terminal() {
 			return fmt.Errorf("%w: rollout %q already finished (%s)", ErrFailedPrecondition, r.Plan.Name, r.State.Phase)
@@ -452,7 +462,7 @@ func (e *Engine) Abort(name string) (Status, error) {
 		}
 		r.rt.abort = true
 		e.setWeight(r, 0)
-		e.transition(r, PhaseRollingBack, "aborted on request; weight 0")
+		e.transition(r, PhaseRollingBack, why)
 		return nil
 	})
 }
