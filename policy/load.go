@@ -112,7 +112,8 @@ func decodeProblems(node *yaml.Node, file string, err error) Problems {
 }
 
 var (
-	lineRE    = regexp.MustCompile(`^line (\d+): (.*)$`)
+	lineRE    = regexp.MustCompile(`^line (\d+)(?: column (\d+))?: (.*)$`)
+	valueRE   = regexp.MustCompile("cannot unmarshal !!\\w+ `([^`]*)`")
 	unknownRE = regexp.MustCompile(`^field (\S+) not found in type \S+$`)
 )
 
@@ -124,14 +125,19 @@ func lineProblem(root *yaml.Node, file, msg string) Problem {
 		return Problem{File: file, Msg: msg}
 	}
 	line, _ := strconv.Atoi(m[1])
-	text := m[2]
+	col, _ := strconv.Atoi(m[2])
+	text := m[3]
 	if u := unknownRE.FindStringSubmatch(text); u != nil {
 		if path := findKey(root, line, u[1], ""); path != "" {
 			return Problem{File: file, Field: path, Msg: "unknown field"}
 		}
 		return Problem{File: file, Msg: fmt.Sprintf("line %d: unknown field %q", line, u[1])}
 	}
-	if path := findValue(root, line, ""); path != "" {
+	value := ""
+	if v := valueRE.FindStringSubmatch(text); v != nil {
+		value = v[1]
+	}
+	if path := findValue(root, line, col, value, ""); path != "" {
 		return Problem{File: file, Field: path, Msg: cleanTypeMsg(text)}
 	}
 	return Problem{File: file, Msg: msg}
@@ -191,11 +197,16 @@ func findKey(n *yaml.Node, line int, key, path string) string {
 	return ""
 }
 
-func findValue(n *yaml.Node, line int, path string) string {
+// findValue returns the path of the scalar on line (and at col, when col >
+// 0, and with text value, when value is not empty).
+func findValue(n *yaml.Node, line, col int, value, path string) string {
+	match := func(v *yaml.Node) bool {
+		return v.Kind == yaml.ScalarNode && v.Line == line && (col == 0 || v.Column == col) && (value == "" || v.Value == value)
+	}
 	switch n.Kind {
 	case yaml.DocumentNode:
 		for _, c := range n.Content {
-			if p := findValue(c, line, path); p != "" {
+			if p := findValue(c, line, col, value, path); p != "" {
 				return p
 			}
 		}
@@ -203,20 +214,20 @@ func findValue(n *yaml.Node, line int, path string) string {
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, v := n.Content[i], n.Content[i+1]
 			kp := joinPath(path, k.Value)
-			if v.Line == line && v.Kind != yaml.MappingNode {
+			if match(v) {
 				return kp
 			}
-			if p := findValue(v, line, kp); p != "" {
+			if p := findValue(v, line, col, value, kp); p != "" {
 				return p
 			}
 		}
 	case yaml.SequenceNode:
 		for i, c := range n.Content {
 			ip := fmt.Sprintf("%s[%d]", path, i)
-			if c.Line == line && c.Kind == yaml.ScalarNode {
+			if match(c) {
 				return ip
 			}
-			if p := findValue(c, line, ip); p != "" {
+			if p := findValue(c, line, col, value, ip); p != "" {
 				return p
 			}
 		}

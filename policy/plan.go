@@ -227,7 +227,7 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	}
 	if err := d.parse(s); err != nil {
 		// A TypeError carrying the line lets the loader name the field.
-		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: %v", n.Line, err)}}
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d column %d: %v", n.Line, n.Column, err)}}
 	}
 	return nil
 }
