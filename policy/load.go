@@ -200,8 +200,13 @@ func findKey(n *yaml.Node, line int, key, path string) string {
 // findValue returns the path of the scalar on line (and at col, when col >
 // 0, and with text value, when value is not empty).
 func findValue(n *yaml.Node, line, col int, value, path string) string {
+	// yaml.v3 shortens long values in its messages to "abc...".
+	prefix, short := strings.CutSuffix(value, "...")
 	match := func(v *yaml.Node) bool {
-		return v.Kind == yaml.ScalarNode && v.Line == line && (col == 0 || v.Column == col) && (value == "" || v.Value == value)
+		if v.Kind != yaml.ScalarNode || v.Line != line || (col > 0 && v.Column != col) {
+			return false
+		}
+		return value == "" || v.Value == value || (short && strings.HasPrefix(v.Value, prefix))
 	}
 	switch n.Kind {
 	case yaml.DocumentNode:
