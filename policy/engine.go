@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"reflect"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 )
@@ -112,7 +113,13 @@ func New(ctx context.Context, o Options) (*Engine, error) {
 		return nil, fmt.Errorf("load store: %w", err)
 	}
 	for _, r := range stored {
-		e.rollouts[r.Plan.Name] = &entry{Rollout: r}
+		en := &entry{Rollout: r}
+		if r.State.Phase == PhaseRollingBack {
+			if en.rt.abort, err = abortRequested(o.Store, r.Plan.Name); err != nil {
+				return nil, fmt.Errorf("load store: rollout %q: %w", r.Plan.Name, err)
+			}
+		}
+		e.rollouts[r.Plan.Name] = en
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -123,6 +130,23 @@ func New(ctx context.Context, o Options) (*Engine, error) {
 		e.log.Info("rollout restored", "rollout", r.Plan.Name, "phase", r.State.Phase, "step", r.State.StepIndex, "weight", r.State.Weight, "holdCounted", r.State.HoldCounted)
 	}
 	return e, nil
+}
+
+// abortRequested says whether a stored rollout is rolling back because of
+// an abort (it then ends ABORTED, not ROLLED_BACK). That is runtime state,
+// so after a restart the event that started the rollback tells; it was
+// saved atomically with the phase.
+func abortRequested(s Store, name string) (bool, error) {
+	evs, err := s.Events(name, 0)
+	if err != nil {
+		return false, err
+	}
+	for i := len(evs) - 1; i >= 0; i-- {
+		if evs[i].To == PhaseRollingBack && evs[i].From != PhaseRollingBack {
+			return strings.HasPrefix(evs[i].Reason, "aborted on request"), nil
+		}
+	}
+	return false, nil
 }
 
 // Run ticks the engine every interval until ctx ends.
@@ -353,7 +377,7 @@ func (e *Engine) Apply(plan Plan, source string) (Status, error) {
 		e.rollouts[plan.Name] = r
 		e.dirty = true
 		e.record(r, Event{Time: now, To: PhasePending, Reason: "created from " + source})
-	case reflect.DeepEqual(r.Plan, plan):
+	case samePlan(r.Plan, plan):
 		if r.Source != source {
 			r.Source = source
 			e.persistSoon(r)
@@ -376,6 +400,12 @@ func (e *Engine) Apply(plan Plan, source string) (Status, error) {
 		}
 		e.dirty = true
 		e.record(r, Event{Time: now, From: r.State.Phase, To: r.State.Phase, Reason: reason, Weight: r.State.Weight, StepIndex: r.State.StepIndex})
+	case sameCanary(r.Plan, plan) && r.State.Phase == PhaseSucceeded:
+		// Nothing is left to roll out; starting over would send traffic back
+		// to the stable version that was drained and withdrawn.
+		r.Plan, r.Source, r.AppliedAt = plan, source, now
+		e.dirty = true
+		e.record(r, Event{Time: now, From: r.State.Phase, To: r.State.Phase, Reason: "plan replaced from " + source + "; same canary, already promoted: nothing to roll out", Weight: r.State.Weight, StepIndex: r.State.StepIndex})
 	default:
 		from := r.State.Phase
 		r.Plan, r.Source, r.AppliedAt = plan, source, now
@@ -385,6 +415,15 @@ func (e *Engine) Apply(plan Plan, source string) (Status, error) {
 		e.record(r, Event{Time: now, From: from, To: PhasePending, Reason: "plan replaced from " + source + " with a new canary (or after it finished); restarting from the first step"})
 	}
 	return e.statusLocked(r), e.flushLocked("apply " + plan.Name)
+}
+
+// samePlan compares plans as the store keeps them: JSON does not tell an
+// empty list from a missing one, which a plan file read again at start
+// would otherwise turn into a change (and restart a finished rollout).
+func samePlan(a, b Plan) bool {
+	ja, errA := json.Marshal(a)
+	jb, errB := json.Marshal(b)
+	return errA == nil && errB == nil && string(ja) == string(jb)
 }
 
 func sameCanary(a, b Plan) bool {
@@ -417,8 +456,12 @@ func (e *Engine) Resume(name string) (Status, error) {
 		r.State.Paused = false
 		steps := r.Plan.WithDefaults().Schedule()
 		if isPause(steps, r.State.StepIndex) && r.State.PausedFrom == "" {
-			r.State.StepIndex++
-			e.enterStep(r, steps, "manual gate passed on request")
+			// The gate is passed, but the next weight moves only on a tick
+			// that finds the signal clear and the fleet converged: a gate has
+			// no hold, so the machine advances from it (or promotes after a
+			// last gate).
+			r.State.HoldCounted = 0
+			e.transition(r, PhaseProgressing, fmt.Sprintf("manual gate at step %d passed on request; the next step starts once the signal allows", r.State.StepIndex))
 			return nil
 		}
 		back := r.State.PausedFrom
@@ -435,7 +478,13 @@ func (e *Engine) Resume(name string) (Status, error) {
 func (e *Engine) Promote(name string) (Status, error) {
 	return e.op(name, "promote", func(r *entry) error {
 		switch r.State.Phase {
-		case PhaseProgressing, PhaseHolding, PhasePaused:
+		case PhaseProgressing, PhaseHolding:
+		case PhasePaused:
+			if r.State.PausedFrom == PhasePending {
+				// Promoting now would skip the beforeShift hooks and route
+				// traffic to a canary cluster the fleet may not have.
+				return fmt.Errorf("%w: rollout %q was paused before its canary was published; resume it first", ErrFailedPrecondition, r.Plan.Name)
+			}
 		default:
 			return fmt.Errorf("%w: rollout %q is %s; only a progressing, holding or paused rollout can be promoted", ErrFailedPrecondition, r.Plan.Name, r.State.Phase)
 		}
