@@ -238,6 +238,27 @@ func TestEngineOperations(t *testing.T) {
 				}
 			},
 		},
+		"a canary firing at a manual gate still rolls back": {
+			plan: func() policy.Plan {
+				p := testPlan(name, wstep(20, 5*time.Second), pstep(), wstep(100, 0))
+				p.Analysis.RollbackAfter = durp(time.Minute)
+				return p
+			},
+			run: func(t *testing.T, h *harness) {
+				h.runUntil("PAUSED", time.Minute, tick, inPhase(policy.PhasePaused), name)
+				start := h.clock.Now()
+				h.gate.SetFrom(start, policy.SignalFiring)
+				h.advance(59*time.Second, tick)
+				if st := h.get(name); st.State.Phase != policy.PhasePaused {
+					t.Fatalf("after 59s firing at the gate: %s, want PAUSED", st.State.Phase)
+				}
+				h.runUntil("ROLLING_BACK", 5*time.Second, tick, inPhase(policy.PhaseRollingBack), name)
+				h.runUntil("ROLLED_BACK", time.Minute, tick, inPhase(policy.PhaseRolledBack), name)
+				if w := h.lastService(name).CanaryWeight; w != 0 {
+					t.Errorf("weight %d after rollback at the gate", w)
+				}
+			},
+		},
 		"abort → ROLLING_BACK → ABORTED after ACK": {
 			plan: func() policy.Plan { return testPlan(name, wstep(30, time.Hour), wstep(100, 0)) },
 			run: func(t *testing.T, h *harness) {

@@ -114,6 +114,7 @@ func decodeProblems(node *yaml.Node, file string, err error) Problems {
 var (
 	lineRE    = regexp.MustCompile(`^line (\d+)(?: column (\d+))?: (.*)$`)
 	valueRE   = regexp.MustCompile("cannot unmarshal !!\\w+ `([^`]*)`")
+	tagRE     = regexp.MustCompile(`cannot unmarshal !!(\w+)`)
 	unknownRE = regexp.MustCompile(`^field (\S+) not found in type \S+$`)
 )
 
@@ -137,7 +138,16 @@ func lineProblem(root *yaml.Node, file, msg string) Problem {
 	if v := valueRE.FindStringSubmatch(text); v != nil {
 		value = v[1]
 	}
-	if path := findValue(root, line, col, value, ""); path != "" {
+	kind := yaml.ScalarNode
+	if tg := tagRE.FindStringSubmatch(text); tg != nil {
+		switch tg[1] {
+		case "map":
+			kind = yaml.MappingNode
+		case "seq":
+			kind = yaml.SequenceNode
+		}
+	}
+	if path := findValue(root, line, col, kind, value, ""); path != "" {
 		return Problem{File: file, Field: path, Msg: cleanTypeMsg(text)}
 	}
 	return Problem{File: file, Msg: msg}
@@ -149,7 +159,16 @@ func cleanTypeMsg(s string) string {
 		rest := s[i+len("cannot unmarshal !!"):]
 		parts := strings.SplitN(rest, " into ", 2)
 		if len(parts) == 2 {
-			got := strings.TrimSpace(strings.TrimPrefix(parts[0], strings.Fields(parts[0])[0]))
+			tag := strings.Fields(parts[0])[0]
+			got := strings.TrimSpace(strings.TrimPrefix(parts[0], tag))
+			switch {
+			case tag == "map":
+				got = "a mapping"
+			case tag == "seq":
+				got = "a list"
+			case got == "":
+				got = tag
+			}
 			return fmt.Sprintf("must be %s, got %s", friendlyType(parts[1]), got)
 		}
 	}
@@ -162,8 +181,16 @@ func friendlyType(t string) string {
 		return "a list"
 	case strings.HasPrefix(t, "policy."):
 		return "a mapping"
-	case strings.HasPrefix(t, "int"), strings.HasPrefix(t, "uint"):
-		return "an integer"
+	case strings.HasPrefix(t, "uint"):
+		return "a whole number >= 0"
+	case strings.HasPrefix(t, "int"):
+		return "a whole number"
+	case strings.HasPrefix(t, "float"):
+		return "a number"
+	case t == "bool":
+		return "true or false"
+	case t == "string":
+		return "a string"
 	}
 	return t
 }
@@ -197,13 +224,13 @@ func findKey(n *yaml.Node, line int, key, path string) string {
 	return ""
 }
 
-// findValue returns the path of the scalar on line (and at col, when col >
-// 0, and with text value, when value is not empty).
-func findValue(n *yaml.Node, line, col int, value, path string) string {
+// findValue returns the path of the node of kind on line (and at col, when
+// col > 0, and with text value, when value is not empty).
+func findValue(n *yaml.Node, line, col int, kind yaml.Kind, value, path string) string {
 	// yaml.v3 shortens long values in its messages to "abc...".
 	prefix, short := strings.CutSuffix(value, "...")
 	match := func(v *yaml.Node) bool {
-		if v.Kind != yaml.ScalarNode || v.Line != line || (col > 0 && v.Column != col) {
+		if v.Kind != kind || v.Line != line || (col > 0 && v.Column != col) {
 			return false
 		}
 		return value == "" || v.Value == value || (short && strings.HasPrefix(v.Value, prefix))
@@ -211,7 +238,7 @@ func findValue(n *yaml.Node, line, col int, value, path string) string {
 	switch n.Kind {
 	case yaml.DocumentNode:
 		for _, c := range n.Content {
-			if p := findValue(c, line, col, value, path); p != "" {
+			if p := findValue(c, line, col, kind, value, path); p != "" {
 				return p
 			}
 		}
@@ -222,7 +249,7 @@ func findValue(n *yaml.Node, line, col int, value, path string) string {
 			if match(v) {
 				return kp
 			}
-			if p := findValue(v, line, col, value, kp); p != "" {
+			if p := findValue(v, line, col, kind, value, kp); p != "" {
 				return p
 			}
 		}
@@ -232,7 +259,7 @@ func findValue(n *yaml.Node, line, col int, value, path string) string {
 			if match(c) {
 				return ip
 			}
-			if p := findValue(c, line, col, value, ip); p != "" {
+			if p := findValue(c, line, col, kind, value, ip); p != "" {
 				return p
 			}
 		}

@@ -16,7 +16,8 @@ import (
 //	             after the last one. Signal firing/stale or a NACK → HOLDING.
 //	HOLDING      nothing moves. Clear again (and converged) → PROGRESSING;
 //	             firing without a break for rollbackAfter → ROLLING_BACK.
-//	PAUSED       a pause step or a pause request; resume/promote leaves it.
+//	PAUSED       a pause step or a pause request; resume/promote leaves it;
+//	             firing for rollbackAfter still rolls back.
 //	PROMOTING    weight 100; once the stable cluster drained it is withdrawn,
 //	             afterPromote hooks run → SUCCEEDED.
 //	ROLLING_BACK weight 0; once ACKed → ROLLED_BACK (or ABORTED on request).
@@ -134,6 +135,11 @@ func (e *Engine) step(r *entry, now time.Time) {
 		if st.PromoteRequested {
 			e.promote(r, steps)
 			return
+		}
+		// A paused canary that takes traffic is still watched: pausing
+		// stops the schedule, not the safety net.
+		if st.Weight > 0 && st.CanaryPublished {
+			e.maybeRollback(r, plan, now)
 		}
 
 	case PhasePromoting:

@@ -324,14 +324,14 @@ func TestParseProblems(t *testing.T) {
 		"unknown field in a step": {yaml: head + "steps:\n  - weight: 10\n  - weight: 100\n    holdd: 1s\n", want: []problem{{"steps[1].holdd", "unknown field"}}},
 		"unknown field in a flow mapping": {yaml: "name: a\nlistener: {address: \"0.0.0.0:1\", domainz: [x]}\nsteps: [{weight: 100}]\n",
 			want: []problem{{"listener.domainz", "unknown field"}}},
-		"weight not a number": {yaml: head + "steps:\n  - weight: 10\n  - weight: abc\n  - weight: 100\n", want: []problem{{"steps[1].weight", "must be an integer, got `abc`"}}},
+		"weight not a number": {yaml: head + "steps:\n  - weight: 10\n  - weight: abc\n  - weight: 100\n", want: []problem{{"steps[1].weight", "must be a whole number, got `abc`"}}},
 		"bad duration":        {yaml: head + "steps:\n  - weight: 10\n    hold: 10x\n  - weight: 100\n", want: []problem{{"steps[0].hold", `invalid duration "10x" (want e.g. 30s, 1m, 1h30m)`}}},
 		"duration without unit": {yaml: head + "steps:\n  - weight: 10\n    hold: 30\n  - weight: 100\n",
 			want: []problem{{"steps[0].hold", `invalid duration "30"`}}},
 		"negative duration":                 {yaml: head + "steps: [{weight: 100}]\nanalysis:\n  stableFor: -5s\n", want: []problem{{"analysis.stableFor", `duration "-5s" must not be negative`}}},
 		"string for a list":                 {yaml: "name: a\nstable:\n  cluster: b1\n  endpoints: \"127.0.0.1:1\"\n", want: []problem{{"stable.endpoints", "must be a list"}}},
-		"type error in the first list item": {yaml: head + "steps:\n  - weight: x\n  - weight: 100\n", want: []problem{{"steps[0].weight", "must be an integer, got `x`"}}},
-		"several problems":                  {yaml: head + "stepz: 1\nsteps:\n  - weight: 1\n  - weight: x\n", want: []problem{{"stepz", "unknown field"}, {"steps[1].weight", "must be an integer"}}},
+		"type error in the first list item": {yaml: head + "steps:\n  - weight: x\n  - weight: 100\n", want: []problem{{"steps[0].weight", "must be a whole number, got `x`"}}},
+		"several problems":                  {yaml: head + "stepz: 1\nsteps:\n  - weight: 1\n  - weight: x\n", want: []problem{{"stepz", "unknown field"}, {"steps[1].weight", "must be a whole number"}}},
 		"syntax error":                      {yaml: "name: [x\n", want: []problem{{"", "document 1: yaml: line 1"}}},
 	}
 	for name, tc := range tests {
@@ -355,7 +355,7 @@ func TestParseProblems(t *testing.T) {
 func TestParseAndValidateReportsOnce(t *testing.T) {
 	doc := strings.Replace(goodYAML, "weight: 50", "weight: fifty", 1)
 	_, ps := policy.ParseAndValidate([]byte(doc), "f.yaml", policy.ValidateOptions{AllowExec: true})
-	checkProblems(t, ps, []problem{{"steps[1].weight", "must be an integer, got `fifty`"}})
+	checkProblems(t, ps, []problem{{"steps[1].weight", "must be a whole number, got `fifty`"}})
 }
 
 func TestParseMultiDocument(t *testing.T) {

@@ -186,12 +186,16 @@ func (c *checker) schedule(p Plan) {
 			c.add(f+".hold", "a pause waits for promote or resume; it takes no hold")
 		case s.Weight != nil:
 			w := *s.Weight
+			last = i
 			if w < 0 || w > 100 {
 				c.add(f+".weight", "must be within 0..100, got %d", w)
-			} else if w < lastWeight {
+				lastWeight = -2 // no follow-on complaints about an out-of-range weight
+				continue
+			}
+			if w < lastWeight {
 				c.add(f+".weight", "must not be below the previous step's %d, got %d", lastWeight, w)
 			}
-			lastWeight, last = w, i
+			lastWeight = w
 		}
 	}
 	if last >= 0 && lastWeight != 100 && lastWeight >= 0 && lastWeight <= 100 {

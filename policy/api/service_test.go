@@ -415,7 +415,7 @@ func TestBadInput(t *testing.T) {
 		},
 		"apply yaml wrong type": {
 			call: apply(withYAML(webYAML + "steps:\n  - weight: 10\n  - weight: ten\n")),
-			code: codes.InvalidArgument, want: []string{"steps[1].weight: must be an integer, got `ten`"}, fields: []string{"steps[1].weight"},
+			code: codes.InvalidArgument, want: []string{"steps[1].weight: must be a whole number, got `ten`"}, fields: []string{"steps[1].weight"},
 		},
 		"apply yaml bad duration": {
 			call: apply(withYAML(webYAML + "steps:\n  - weight: 10\n    hold: soon\n  - weight: 100\n")),
