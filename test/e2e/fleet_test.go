@@ -760,19 +760,24 @@ func (s stepSplit) Share() float64 {
 	return math.NaN()
 }
 
-// routedBy is a time by which Envoy had surely routed r: its end for a
-// quick request (routing happens between start and end); for a slow one
-// (a backend that takes seconds to answer), shortly after its start, since
-// the backend gets the request at once and only the answer waits.
-func routedBy(r reqRecord) time.Time {
-	if r.Latency > 500*time.Millisecond {
-		return r.Start.Add(250 * time.Millisecond)
+// splitGuard is cut from the end of a window for request starts: a request
+// reaches Envoy within moments of its start, and Envoy routes it then.
+const splitGuard = 100 * time.Millisecond
+
+// inWindow says whether Envoy routed r inside w: r started after w began
+// and at least splitGuard before it ended, and, if it was quick, also ended
+// before w did (a quick request that ended late may have been held up
+// before Envoy saw it). A slow answer (a backend that takes seconds) was
+// routed at its start like any other; only its answer waited. The rule
+// treats v1 and v2 alike, so a slow version does not bias the share.
+func inWindow(r reqRecord, w stepWindow) bool {
+	if r.Start.Before(w.From) || r.Start.After(w.To.Add(-splitGuard)) {
+		return false
 	}
-	return r.End()
+	return r.Latency >= time.Second || !r.End().After(w.To)
 }
 
-// splits counts, per window, the requests Envoy routed inside it: started
-// after it began and routed (routedBy) before it ended.
+// splits counts, per window, the requests Envoy routed inside it.
 func splits(recs []reqRecord, wins []stepWindow) []stepSplit {
 	out := make([]stepSplit, len(wins))
 	for i, w := range wins {
@@ -781,7 +786,7 @@ func splits(recs []reqRecord, wins []stepWindow) []stepSplit {
 			continue
 		}
 		for _, r := range recs {
-			if r.Start.Before(w.From) || routedBy(r).After(w.To) {
+			if !inWindow(r, w) {
 				continue
 			}
 			out[i].Requests++
