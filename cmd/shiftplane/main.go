@@ -11,6 +11,16 @@ import (
 )
 
 func main() {
+	if err := newRoot().Execute(); err != nil {
+		if errors.Is(err, errProblems) {
+			os.Exit(1) // the problems are printed already
+		}
+		fmt.Fprintln(os.Stderr, "shiftplane:", err)
+		os.Exit(1)
+	}
+}
+
+func newRoot() *cobra.Command {
 	root := &cobra.Command{
 		Use:           "shiftplane",
 		Short:         "An Envoy xDS control plane for zero-downtime canary releases",
@@ -18,11 +28,5 @@ func main() {
 		SilenceErrors: true,
 	}
 	root.AddCommand(serveCmd(), validateCmd(), demoCmd())
-	if err := root.Execute(); err != nil {
-		if errors.Is(err, errProblems) {
-			os.Exit(1) // the problems are printed already
-		}
-		fmt.Fprintln(os.Stderr, "shiftplane:", err)
-		os.Exit(1)
-	}
+	return root
 }
