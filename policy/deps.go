@@ -2,6 +2,7 @@ package policy
 
 import (
 	"context"
+	"strings"
 	"time"
 )
 
@@ -42,9 +43,26 @@ const (
 
 // Convergence is the fleet's progress towards one version.
 type Convergence struct {
-	Converged bool     // every connected node ACKed the version or a later one
+	// Converged: at least one node is connected, every connected node ACKed
+	// the version or a later one, and no node known from its stats lacks an
+	// xDS stream. No node at all is not converged: after a restart the
+	// stats streams come back before Envoy's ADS backoff ends, and a weight
+	// nobody has ACKed must not start a hold.
+	Converged bool
 	Nodes     int      // connected nodes subscribed to the kind
 	Nacks     []string // "node: error" for nodes that rejected it
+	Missing   []string // nodes that report stats but have no xDS stream
+}
+
+// Waiting says in words what an unconverged fleet is waiting for.
+func (c Convergence) Waiting() string {
+	switch {
+	case len(c.Missing) > 0:
+		return "waiting for " + strings.Join(c.Missing, ", ") + " (reporting stats) to connect over xDS"
+	case c.Nodes == 0:
+		return "waiting for an Envoy to connect over xDS"
+	}
+	return "waiting for every connected Envoy to ACK"
 }
 
 // FleetView reports what the fleet has ACKed. Package xds implements it; it

@@ -182,7 +182,7 @@ func (e *Engine) blocked(r *entry, plan Plan, now time.Time) (blocked, hold bool
 		}
 	}
 	if !c.Converged {
-		return true, st.Phase == PhaseHolding, fmt.Sprintf("waiting for the fleet to ACK weight %d (route version %s)", st.Weight, st.RouteVersion)
+		return true, st.Phase == PhaseHolding, fmt.Sprintf("%s weight %d (route version %s)", c.Waiting(), st.Weight, st.RouteVersion)
 	}
 	return false, false, ""
 }
@@ -345,6 +345,13 @@ func (e *Engine) converged(r *entry, kind ResourceKind, version string) bool {
 			e.record(r, Event{Time: e.clock.Now(), From: r.State.Phase, To: r.State.Phase, Reason: why, Weight: r.State.Weight, StepIndex: r.State.StepIndex})
 		}
 		return false
+	}
+	if !c.Converged {
+		why := fmt.Sprintf("%s %s version %s", c.Waiting(), kind, version)
+		if r.State.Reason != why {
+			r.State.Reason = why
+			e.persistSoon(r)
+		}
 	}
 	return c.Converged
 }

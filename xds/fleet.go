@@ -48,6 +48,8 @@ type Fleet struct {
 	metrics *Metrics
 	now     func() time.Time
 
+	statsNodes func() []string
+
 	mu      sync.Mutex
 	streams map[int64]*streamState
 	types   map[string]*typeProgress
@@ -194,9 +196,30 @@ func (f *Fleet) Convergence(kind policy.ResourceKind, version string) policy.Con
 			c.Nodes++
 		}
 	}
+	if c.Nodes == 0 {
+		c.Converged = false
+	}
+	if f.statsNodes != nil {
+		connected := map[string]bool{}
+		for _, s := range f.streams {
+			connected[s.node.GetId()] = true
+		}
+		for _, n := range f.statsNodes() {
+			if !connected[n] {
+				c.Missing = append(c.Missing, n)
+				c.Converged = false
+			}
+		}
+	}
 	sort.Strings(c.Nacks)
+	sort.Strings(c.Missing)
 	return c
 }
+
+// SetStatsNodes tells the fleet which nodes report stats, so a node whose
+// stats arrive before its xDS stream (after a restart of shiftplane) counts
+// as not converged rather than as absent. Call before serving.
+func (f *Fleet) SetStatsNodes(nodes func() []string) { f.statsNodes = nodes }
 
 // Nodes returns the status of every connected stream, sorted by node id.
 func (f *Fleet) Nodes() []NodeStatus {

@@ -166,15 +166,15 @@ func (s *MetricsSink) record(node string, stream int64, families []*promv1.Metri
 		if old.stream == stream {
 			n.deltaWarned, n.staleWarned = old.deltaWarned, old.staleWarned
 		}
-		wentDown := signal.CountersWentDown(old.report.Latest, values, func(name string) bool { return old.counters[name] })
 		switch {
-		case !wentDown:
-			n.report.Prev, n.report.PrevAt = old.report.Latest, old.report.At
 		case old.stream != stream:
-			s.log.Info("node's counters went down on a new stream: restarted, starting a new baseline", "node", node, "stream", stream)
+			// A new stream is a new Envoy process (or a reconnect): its
+			// counters start a new baseline.
+			s.log.Info("node reconnected its metrics stream; starting a new baseline", "node", node, "stream", stream)
+		case !signal.CountersWentDown(old.report.Latest, values, func(name string) bool { return old.counters[name] }):
+			n.report.Prev, n.report.PrevAt = old.report.Latest, old.report.At
 		case !n.deltaWarned:
-			// A restarted Envoy opens a new stream; within one stream
-			// counters only go down if they are sent as deltas.
+			// Within one stream counters only go down if they are sent as deltas.
 			n.deltaWarned = true
 			s.log.Warn("a counter went down within one metrics stream; shiftplane needs cumulative counters (report_counters_as_deltas: false)", "node", node, "stream", stream)
 		}

@@ -304,3 +304,37 @@ func TestNACKIsNotResent(t *testing.T) {
 		return srv.fleet.Convergence(policy.KindRoutes, good.Versions[resourcev3.RouteType]).Converged
 	})
 }
+
+// No node connected is not converged, and a node known from its stats but
+// without an xDS stream holds convergence back.
+func TestConvergenceNeedsEveryKnownNode(t *testing.T) {
+	srv := startTestServer(t)
+	stats := []string{}
+	var mu sync.Mutex
+	srv.fleet.SetStatsNodes(func() []string { mu.Lock(); defer mu.Unlock(); return append([]string(nil), stats...) })
+	rec, err := srv.pub.Set(context.Background(), testState(10), "initial")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rv := rec.Versions[resourcev3.RouteType]
+	if c := srv.fleet.Convergence(policy.KindRoutes, rv); c.Converged || c.Nodes != 0 {
+		t.Fatalf("no node connected: %+v, want not converged", c)
+	}
+	c1 := dialADS(t, srv.addr, "envoy-a")
+	c1.run()
+	waitFor(t, "envoy-a to ACK", func() bool { return srv.fleet.Convergence(policy.KindRoutes, rv).Converged })
+
+	mu.Lock()
+	stats = []string{"envoy-a", "envoy-b"} // envoy-b streams stats, not yet xDS
+	mu.Unlock()
+	c := srv.fleet.Convergence(policy.KindRoutes, rv)
+	if c.Converged || len(c.Missing) != 1 || c.Missing[0] != "envoy-b" {
+		t.Fatalf("envoy-b without xDS: %+v, want not converged, missing envoy-b", c)
+	}
+	c2 := dialADS(t, srv.addr, "envoy-b")
+	c2.run()
+	waitFor(t, "both to ACK", func() bool {
+		c := srv.fleet.Convergence(policy.KindRoutes, rv)
+		return c.Converged && c.Nodes == 2
+	})
+}

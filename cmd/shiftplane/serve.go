@@ -89,6 +89,7 @@ func serve(ctx context.Context, cfg Config, planPaths []string, log *slog.Logger
 	if err != nil {
 		return err
 	}
+	fleet.SetStatsNodes(deps.statsNodes)
 
 	engine, err := policy.New(ctx, policy.Options{
 		Store: store, Publisher: pub, Fleet: fleet, Gate: deps.gate,
@@ -157,14 +158,9 @@ func serve(ctx context.Context, cfg Config, planPaths []string, log *slog.Logger
 	defer cancel()
 	_ = httpSrv.Shutdown(shutdownCtx)
 	apiSrv.stop()
-	stopped := make(chan struct{})
-	go func() { gs.GracefulStop(); close(stopped) }()
-	select {
-	case <-stopped:
-	case <-shutdownCtx.Done():
-		// xDS streams never end on their own; cut them after the grace period.
-		gs.Stop()
-	}
+	// xDS and stats streams never end on their own, so a graceful stop
+	// would only wait; Envoys keep their last config while we are away.
+	gs.Stop()
 	engine.WaitHooks()
 	if runErr != nil && !errors.Is(runErr, http.ErrServerClosed) {
 		return runErr

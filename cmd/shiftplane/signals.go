@@ -43,6 +43,15 @@ func newSignalDeps(_ context.Context, cfg Config, reg prometheus.Registerer, log
 
 func (d *signalDeps) registerSink(gs *grpc.Server) { d.sink.Register(gs) }
 
+// statsNodes lists the nodes streaming stats to the sink right now.
+func (d *signalDeps) statsNodes() []string {
+	var ids []string
+	for _, r := range d.sink.Reports() {
+		ids = append(ids, r.Node)
+	}
+	return ids
+}
+
 func (d *signalDeps) run(ctx context.Context) {
 	if d.scraper == nil {
 		return

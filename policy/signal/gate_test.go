@@ -454,7 +454,7 @@ func TestCountersWentDown(t *testing.T) {
 		"rose":               {prev: map[string]float64{done: 1}, latest: map[string]float64{done: 2}},
 		"new stat":           {prev: map[string]float64{}, latest: map[string]float64{done: 2}},
 		"counter down":       {prev: map[string]float64{done: 5}, latest: map[string]float64{done: 2}, want: true},
-		"counter gone":       {prev: map[string]float64{done: 5}, latest: map[string]float64{}, want: true},
+		"counter gone":       {prev: map[string]float64{done: 5}, latest: map[string]float64{}}, // a withdrawn cluster
 		"gauge down is fine": {prev: map[string]float64{rqActive: 5, active: 1}, latest: map[string]float64{rqActive: 0}},
 	}
 	for name, tc := range tests {

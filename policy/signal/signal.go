@@ -87,8 +87,10 @@ func isGauge(name string) bool {
 	return false
 }
 
-// CountersWentDown reports whether some counter in prev is lower (or
-// missing) in latest: the node restarted and its counters began again at 0.
+// CountersWentDown reports whether some counter in both prev and latest is
+// lower in latest: the node restarted and its counters began again at 0. A
+// counter missing from latest is not a reset: Envoy drops a removed
+// cluster's stats (a withdrawn stable), which must not blind the gate.
 // isCounter tells counters from gauges; nil uses the names of Envoy's
 // cluster gauges.
 func CountersWentDown(prev, latest map[string]float64, isCounter func(name string) bool) bool {
@@ -96,7 +98,7 @@ func CountersWentDown(prev, latest map[string]float64, isCounter func(name strin
 		isCounter = func(n string) bool { return !isGauge(n) }
 	}
 	for name, p := range prev {
-		if isCounter(name) && latest[name] < p {
+		if l, ok := latest[name]; ok && isCounter(name) && l < p {
 			return true
 		}
 	}

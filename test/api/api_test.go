@@ -79,7 +79,9 @@ func TestWatchToSuccess(t *testing.T) {
 func TestPauseResume(t *testing.T) {
 	t.Parallel()
 	s := startServer(t)
-	s.mustCtl("apply", "-f", writePlan(t, plan("web", 10000, "127.0.0.1:8081", "127.0.0.1:8082", "  - weight: 10\n    hold: 1s\n  - weight: 100")))
+	// The engine moves only once an Envoy has ACKed: a real one connects.
+	harness.StartEnvoy(t, harness.EnvoyOptions{NodeID: "envoy-web", XDSAddr: s.XDSAddr})
+	s.mustCtl("apply", "-f", writePlan(t, plan("web", harness.FreePort(t), "127.0.0.1:8081", "127.0.0.1:8082", "  - weight: 10\n    hold: 1s\n  - weight: 100")))
 	s.waitPhase("web", "PROGRESSING", "HOLDING")
 
 	out := s.mustCtl("pause", "web")
@@ -118,7 +120,9 @@ func TestPauseResume(t *testing.T) {
 func TestAbort(t *testing.T) {
 	t.Parallel()
 	s := startServer(t)
-	s.mustCtl("apply", "-f", writePlan(t, plan("api", 10000, "127.0.0.1:8081", "127.0.0.1:8082", "  - weight: 10\n    hold: 1s\n  - weight: 100")))
+	// The engine moves only once an Envoy has ACKed: a real one connects.
+	harness.StartEnvoy(t, harness.EnvoyOptions{NodeID: "envoy-api", XDSAddr: s.XDSAddr})
+	s.mustCtl("apply", "-f", writePlan(t, plan("api", harness.FreePort(t), "127.0.0.1:8081", "127.0.0.1:8082", "  - weight: 10\n    hold: 1s\n  - weight: 100")))
 	s.waitPhase("api", "PROGRESSING", "HOLDING")
 
 	out := s.mustCtl("report-signal", "api", "--state", "firing", "--ttl", "1m", "--reason", "p99 alert")
@@ -168,7 +172,9 @@ func TestAbort(t *testing.T) {
 func TestPromoteAtManualGate(t *testing.T) {
 	t.Parallel()
 	s := startServer(t)
-	s.mustCtl("apply", "-f", writePlan(t, plan("gate", 10000, "127.0.0.1:8081", "127.0.0.1:8082", "  - pause: {}\n  - weight: 100")))
+	// The engine moves only once an Envoy has ACKed: a real one connects.
+	harness.StartEnvoy(t, harness.EnvoyOptions{NodeID: "envoy-gate", XDSAddr: s.XDSAddr})
+	s.mustCtl("apply", "-f", writePlan(t, plan("gate", harness.FreePort(t), "127.0.0.1:8081", "127.0.0.1:8082", "  - pause: {}\n  - weight: 100")))
 	st := s.waitPhase("gate", "PAUSED")
 	if st["stepIndex"] != float64(0) || st["canaryWeight"] != float64(0) {
 		t.Errorf("at the gate: %v", st)
