@@ -1,0 +1,137 @@
+// Command xdsbench prints the xDS bench table (package test/bench): weight
+// propagation, idle cost per stream, bytes per step and a reconnect storm
+// for each fleet size, against the floor. `make bench` runs it.
+//
+//	xdsbench [-n 100,1000,10000] [-mode sotw|delta] [-steps 100] [-steps-large 40] [-storm 1000,10000]
+//	xdsbench -ab ordered-ads [-n 1000,5000]   shipped stack vs a proposed change, side by side
+//
+// The simulated Envoys run in a child process (this binary again) so the
+// server's heap, RSS and CPU are its own; -in-process runs them here.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/shiftplane/shiftplane/test/bench"
+	"github.com/shiftplane/shiftplane/test/bench/fleetsim"
+)
+
+func main() {
+	if os.Getenv(bench.ChildEnv) != "" {
+		os.Exit(child())
+	}
+	os.Exit(run())
+}
+
+func run() int {
+	var (
+		ns        = flag.String("n", "100,1000,10000", "fleet sizes, comma-separated")
+		mode      = flag.String("mode", "sotw", "xDS variant: sotw or delta")
+		steps     = flag.Int("steps", 100, "measured weight steps per N and server (≥ 20)")
+		stepsL    = flag.Int("steps-large", 40, "measured weight steps at N > 1000 (0: -steps)")
+		warmup    = flag.Int("warmup", 3, "unmeasured weight steps first")
+		storm     = flag.String("storm", "1000,10000", "fleet sizes to run the reconnect storm at, comma-separated (\"\" for none)")
+		parallel  = flag.Int("parallel", 0, "connect clients in batches of this size (0: all at once)")
+		inProcess = flag.Bool("in-process", false, "run the clients in this process (heap and CPU then include them)")
+		gap       = flag.Duration("gap", 50*time.Millisecond, "pause between weight steps")
+		cpuprof   = flag.String("cpuprofile", "", "CPU-profile the measured steps into PREFIX-<server>-<N>.pprof")
+		variant   = flag.String("variant", "shipped", "xds stack: shipped, or ordered-ads (an experiment, see bench.OrderedADS)")
+		abVariant = flag.String("ab", "", "instead of the table, compare the shipped stack with this variant side by side")
+		memprof   = flag.String("memprofile", "", "write the heap with shiftplane's fleet idle to PREFIX-<N>.pprof")
+		perN      = flag.Duration("per-n", 5*time.Minute, "time limit for each fleet size")
+		total     = flag.Duration("timeout", 15*time.Minute, "time limit for the whole run")
+	)
+	flag.Parse()
+	m, err := fleetsim.ParseMode(*mode)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "xdsbench:", err)
+		return 2
+	}
+	v, err := bench.ParseVariant(*variant)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "xdsbench:", err)
+		return 2
+	}
+	cfg := bench.TableConfig{Variant: v, Mode: m, Steps: *steps, StepsLarge: *stepsL, Warmup: *warmup, Parallel: *parallel, InProcess: *inProcess, Gap: *gap, CPUProfile: *cpuprof, MemProfile: *memprof, PerN: *perN, Log: os.Stderr}
+	if cfg.Ns, err = ints(*ns); err != nil || len(cfg.Ns) == 0 {
+		fmt.Fprintf(os.Stderr, "xdsbench: -n %q: want sizes like 100,1000\n", *ns)
+		return 2
+	}
+	if cfg.StormAt, err = ints(*storm); err != nil {
+		fmt.Fprintf(os.Stderr, "xdsbench: -storm %q: %v\n", *storm, err)
+		return 2
+	}
+	if cfg.Steps < 1 {
+		fmt.Fprintln(os.Stderr, "xdsbench: -steps must be ≥ 1")
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, *total)
+	defer cancel()
+	if *abVariant != "" {
+		v, err := bench.ParseVariant(*abVariant)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "xdsbench:", err)
+			return 2
+		}
+		if err := bench.RunAB(ctx, cfg, v, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "xdsbench:", err)
+			return 1
+		}
+		return 0
+	}
+	results, err := bench.RunTable(ctx, cfg, os.Stdout)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "xdsbench:", err)
+		return 1
+	}
+	for _, r := range results {
+		if r.Err != "" {
+			return 1
+		}
+	}
+	return 0
+}
+
+// child serves the parent's requests with a simulated fleet.
+func child() int {
+	mode, err := fleetsim.ParseMode(os.Getenv("SHIFTPLANE_BENCH_MODE"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "xdsbench client process:", err)
+		return 2
+	}
+	parallel, _ := strconv.Atoi(os.Getenv("SHIFTPLANE_BENCH_PARALLEL"))
+	if _, err := bench.RaiseNoFileMax(); err != nil {
+		fmt.Fprintln(os.Stderr, "xdsbench client process:", err)
+	}
+	if err := bench.ServeChild(os.Stdin, os.Stdout, mode, parallel); err != nil {
+		fmt.Fprintln(os.Stderr, "xdsbench client process:", err)
+		return 1
+	}
+	return 0
+}
+
+func ints(s string) ([]int, error) {
+	var out []int
+	for f := range strings.SplitSeq(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		n, err := strconv.Atoi(f)
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("bad size %q", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
