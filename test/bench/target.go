@@ -23,7 +23,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/server/sotw/v3"
+	sotwv3 "github.com/envoyproxy/go-control-plane/pkg/server/sotw/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -161,7 +161,7 @@ func StartShiftplaneVariant(v Variant) (*Shiftplane, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	switch v {
 	case OrderedADS:
-		srv := serverv3.NewServer(ctx, cache, fleet, sotw.WithOrderedADS())
+		srv := serverv3.NewServer(ctx, cache, fleet, sotwv3.WithOrderedADS())
 		discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, srv)
 	default:
 		xds.Register(ctx, gs, cache, fleet, log)
