@@ -81,6 +81,7 @@ type nonceVersion struct{ nonce, version string }
 // typeProgress follows the latest version of one type through the fleet.
 type typeProgress struct {
 	latest    uint64
+	hashes    map[string]string // resource name → content hash now served
 	published time.Time
 	lagging   int  // subscribed streams that have not ACKed latest
 	pending   bool // latest not yet seen converged
@@ -107,6 +108,9 @@ func (f *Fleet) progress(typeURL string) *typeProgress {
 func (f *Fleet) Published(p Published) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	for t, h := range p.ResourceVersions {
+		f.progress(t).hashes = h
+	}
 	for _, t := range p.Changed {
 		tp := f.progress(t)
 		tp.latest = p.Version
@@ -399,8 +403,54 @@ func (f *Fleet) OnDeltaStreamClosed(id int64, _ *corev3.Node) { f.closed(id) }
 
 // OnStreamDeltaRequest implements serverv3.Callbacks.
 func (f *Fleet) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
-	f.request(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), "", req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil)
+	version := ""
+	if req.GetResponseNonce() == "" && len(req.GetInitialResourceVersions()) > 0 {
+		// A reconnecting delta client names what it holds; if that is what
+		// we serve, the cache sends nothing and the node is current as is.
+		version = f.resumedVersion(req.GetTypeUrl(), req.GetResourceNamesSubscribe(), req.GetInitialResourceVersions())
+	}
+	f.request(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), version, req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil)
 	return nil
+}
+
+// resumedVersion returns the latest version of typeURL when held (name →
+// hash) matches what is served for the names the client wants, else "".
+func (f *Fleet) resumedVersion(typeURL string, subscribe []string, held map[string]string) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	tp, ok := f.types[typeURL]
+	if !ok || tp.hashes == nil || tp.latest == 0 {
+		return ""
+	}
+	wildcard := len(subscribe) == 0
+	for _, n := range subscribe {
+		if n == "*" {
+			wildcard = true
+		}
+	}
+	for name, h := range held {
+		if tp.hashes[name] != h {
+			return "" // changed or withdrawn since: the cache will answer
+		}
+	}
+	want := subscribe
+	if wildcard {
+		want = want[:0:0]
+		for name := range tp.hashes {
+			want = append(want, name)
+		}
+	}
+	for _, name := range want {
+		if name == "*" {
+			continue
+		}
+		if _, served := tp.hashes[name]; served {
+			if _, ok := held[name]; !ok {
+				return "" // a resource the client lacks will be sent
+			}
+		}
+	}
+	return strconv.FormatUint(tp.latest, 10)
 }
 
 // OnStreamDeltaResponse implements serverv3.Callbacks.

@@ -3,6 +3,7 @@ package xds
 import (
 	"context"
 	"fmt"
+	"maps"
 	"strconv"
 	"sync"
 	"time"
@@ -10,7 +11,6 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/shiftplane/shiftplane/policy"
 )
@@ -32,6 +32,9 @@ type Published struct {
 	Reason   string
 	Changed  []string          // type URLs whose content changed
 	Versions map[string]string // type URL → version now served
+	// ResourceVersions is type URL → resource name → content hash of what
+	// is served; a delta client that resumes with these hashes is current.
+	ResourceVersions map[string]map[string]string `json:"-"`
 }
 
 // Publisher translates desired state and sets it in the cache. Each resource
@@ -45,6 +48,7 @@ type Publisher struct {
 
 	mu       sync.Mutex
 	last     map[string][]types.Resource
+	hashes   map[string]map[string]string
 	versions map[string]string
 	history  []Published
 	keep     int
@@ -90,16 +94,27 @@ func (p *Publisher) Set(ctx context.Context, ds policy.DesiredState, reason stri
 		resourcev3.RouteType:    res.Routes,
 	}
 
+	// The build is hashed per resource (as delta xDS does anyway); a type
+	// changed when its name → hash map did.
+	snap := &cachev3.Snapshot{}
+	for _, t := range publishedTypes {
+		snap.Resources[cachev3.GetResponseType(t)] = cachev3.NewResources("", byType[t])
+	}
+	if err := snap.ConstructVersionMap(); err != nil {
+		return Published{}, fmt.Errorf("hash resources: %w", err)
+	}
+
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	start := p.now()
 	var changed []string
 	for _, t := range publishedTypes {
-		if _, seen := p.versions[t]; !seen || !sameResources(p.last[t], byType[t]) {
+		if _, seen := p.versions[t]; !seen || !maps.Equal(p.hashes[t], snap.VersionMap[t]) {
 			changed = append(changed, t)
 		}
 	}
 	if len(changed) == 0 {
-		return Published{Versions: copyMap(p.versions), Time: p.now(), Reason: reason}, nil
+		return Published{Versions: copyMap(p.versions), Time: start, Reason: reason}, nil
 	}
 	n, err := p.counter.NextVersion()
 	if err != nil {
@@ -110,10 +125,8 @@ func (p *Publisher) Set(ctx context.Context, ds policy.DesiredState, reason stri
 	for _, t := range changed {
 		versions[t] = v
 	}
-	snap := &cachev3.Snapshot{}
 	for _, t := range publishedTypes {
-		typ := cachev3.GetResponseType(t)
-		snap.Resources[typ] = cachev3.NewResources(versions[t], byType[t])
+		snap.Resources[cachev3.GetResponseType(t)].Version = versions[t]
 	}
 	if err := snap.Consistent(); err != nil {
 		return Published{}, fmt.Errorf("snapshot %s is inconsistent: %w", v, err)
@@ -122,10 +135,13 @@ func (p *Publisher) Set(ctx context.Context, ds policy.DesiredState, reason stri
 		return Published{}, fmt.Errorf("set snapshot %s: %w", v, err)
 	}
 	p.versions = versions
+	p.hashes = snap.VersionMap
 	for t, rs := range byType {
 		p.last[t] = rs
 	}
-	rec := Published{Version: n, Time: p.now(), Reason: reason, Changed: changed, Versions: copyMap(versions)}
+	// Time is when the publish began, so convergence timing includes
+	// SetSnapshot's own work of answering every open watch.
+	rec := Published{Version: n, Time: start, Reason: reason, Changed: changed, Versions: copyMap(versions), ResourceVersions: snap.VersionMap}
 	p.history = append(p.history, rec)
 	if len(p.history) > p.keep {
 		p.history = p.history[len(p.history)-p.keep:]
@@ -155,18 +171,6 @@ func (p *Publisher) Resources(typeURL string) []types.Resource {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return append([]types.Resource(nil), p.last[typeURL]...)
-}
-
-func sameResources(a, b []types.Resource) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if !proto.Equal(a[i], b[i]) {
-			return false
-		}
-	}
-	return true
 }
 
 func copyMap(m map[string]string) map[string]string {

@@ -103,12 +103,8 @@ func TestHarness(t *testing.T) {
 
 // TestDeltaStorm is the reconnect storm over delta xDS. A resumed delta
 // stream sends initial_resource_versions and gets no EDS or RDS response
-// when nothing changed, and xds.Fleet only learns a delta stream's version
-// from the nonce of a response, so it never counts the stream converged
-// for EDS and RDS until those change again (the bench report of issue 6
-// has the fix). Remove the skip once xds.Fleet handles resumed streams.
+// when nothing changed; xds.Fleet must still count it converged.
 func TestDeltaStorm(t *testing.T) {
-	t.Skip("known: xds.Fleet never counts a resumed delta stream converged for EDS/RDS")
 	const n = 20
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
