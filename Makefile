@@ -1,6 +1,7 @@
 # shiftplane — the two commands a newcomer needs:
 #   make demo   a complete local rollout you can watch (installs Envoy if missing)
-#   make test   every test: go vet, then go test -race ./... against a real Envoy
+#   make test   every test: gofmt, go vet, go test -race ./... against a real Envoy,
+#               and the benchmarks in their short form (N = 100)
 # .ci/run runs `make test`.
 
 GO ?= go
@@ -19,6 +20,7 @@ test:
 	@bad="$$(gofmt -l $$(git ls-files '*.go'))"; if [ -n "$$bad" ]; then echo "gofmt needed: $$bad"; exit 1; fi
 	$(GO) vet ./...
 	ENVOY_BIN="$$(bash scripts/install-envoy.sh)" $(GO) test -race -timeout 20m ./...
+	$(MAKE) bench-short
 
 demo:
 	ENVOY_BIN="$$(bash scripts/install-envoy.sh)" $(GO) run ./cmd/shiftplane demo
