@@ -231,6 +231,9 @@ func StartEnvoy(t testing.TB, opts EnvoyOptions) *Envoy {
 		"-c", e.BootstrapPath,
 		"--disable-hot-restart",
 		"--concurrency", "1",
+		// Drain (see Restart) closes every downstream connection at once and
+		// is over in a second.
+		"--drain-time-s", "1", "--drain-strategy", "immediate",
 		"--log-level", opts.LogLevel,
 		"--log-path", e.LogPath,
 		"--admin-address-path", addrPath,
@@ -377,10 +380,11 @@ func (e *Envoy) Stop() error {
 	return nil
 }
 
-// Restart stops Envoy (if it is running) and starts it again with the same
+// Restart drains and stops Envoy (if it is running) and starts it again with the same
 // bootstrap and admin port, then waits until the admin endpoint answers.
 // Its xDS state starts empty, as after any Envoy restart.
 func (e *Envoy) Restart(ctx context.Context) error {
+	e.Drain(ctx)
 	if err := e.Stop(); err != nil {
 		return err
 	}
@@ -393,6 +397,27 @@ func (e *Envoy) Restart(ctx context.Context) error {
 		return fmt.Errorf("restart envoy: %w", err)
 	}
 	return nil
+}
+
+// Drain does what an operator does before restarting an Envoy that shares
+// its listener port (SO_REUSEPORT) with others: it closes the listeners, so
+// new connections go to the other Envoys, and waits out the drain time
+// (1 s) so that connections in use are closed after their current request
+// rather than reset by the exit.
+func (e *Envoy) Drain(ctx context.Context) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, e.AdminURL+"/drain_listeners?inboundonly", nil)
+	if err != nil {
+		return
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return
+	}
+	resp.Body.Close()
+	select {
+	case <-ctx.Done():
+	case <-time.After(1500 * time.Millisecond):
+	}
 }
 
 // WaitListener polls until a TCP connection to addr (one of Envoy's
