@@ -913,3 +913,22 @@ func TestRestartAtEveryTick(t *testing.T) {
 		})
 	}
 }
+
+// The status carries when the signal entered its state.
+func TestSignalSince(t *testing.T) {
+	h := newHarness(t)
+	h.apply(testPlan("since", wstep(10, time.Hour), wstep(100, 0)))
+	h.runUntil("PROGRESSING", time.Minute, 100*time.Millisecond, inPhase(policy.PhaseProgressing), "since")
+	clearSince := h.get("since").Signal.Since
+	h.advance(5*time.Second, 100*time.Millisecond)
+	if got := h.get("since").Signal.Since; !got.Equal(clearSince) {
+		t.Fatalf("since moved from %s to %s while the signal stayed clear", clearSince, got)
+	}
+	fired := h.clock.Now()
+	h.gate.SetFrom(fired, policy.SignalFiring)
+	h.advance(2*time.Second, 100*time.Millisecond)
+	st := h.get("since")
+	if st.Signal.State != policy.SignalFiring || st.Signal.Since.Before(fired) || st.Signal.Since.After(fired.Add(100*time.Millisecond)) {
+		t.Fatalf("signal %s since %s; want FIRING since about %s", st.Signal.State, st.Signal.Since, fired)
+	}
+}

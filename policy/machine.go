@@ -215,6 +215,10 @@ func (e *Engine) observeSignal(r *entry, plan Plan, now time.Time) {
 			rt.firingSince = time.Time{}
 		}
 	}
+	sig.Since = rt.signal.Since
+	if sig.State != rt.signal.State || sig.Since.IsZero() {
+		sig.Since = now
+	}
 	rt.signal = sig
 }
 

@@ -16,6 +16,9 @@ const (
 type Signal struct {
 	State  SignalState
 	Reason string // names the node(s) and stat, or the source, that decided
+	// Since is when the signal entered State, as the engine saw it; gates
+	// leave it zero.
+	Since time.Time
 }
 
 // SignalQuery is what a gate needs to judge one rollout.

@@ -262,7 +262,7 @@ func SignalStateFromProto(s shiftplanev1.SignalState) policy.SignalState {
 
 // SignalToProto converts a gate verdict.
 func SignalToProto(s policy.Signal) *shiftplanev1.Signal {
-	return &shiftplanev1.Signal{State: SignalStateToProto(s.State), Reason: s.Reason}
+	return &shiftplanev1.Signal{State: SignalStateToProto(s.State), Reason: s.Reason, Since: timestampProto(s.Since)}
 }
 
 // StatusToProto converts a rollout's status to the API's Rollout.

@@ -715,7 +715,7 @@ func TestStatusToProto(t *testing.T) {
 			Phase: policy.PhaseHolding, StepIndex: 1, Weight: 25, Reason: "signal firing: ejections",
 			HoldCounted: 3 * time.Second, RouteVersion: "17", Created: created, Updated: created.Add(time.Minute), HookError: "hook broke",
 		}},
-		Signal:        policy.Signal{State: policy.SignalFiring, Reason: "node envoy-1: ejections_active=1"},
+		Signal:        policy.Signal{State: policy.SignalFiring, Reason: "node envoy-1: ejections_active=1", Since: created.Add(30 * time.Second)},
 		HoldRemaining: 27 * time.Second,
 		StepCount:     4,
 		Fleet:         policy.Convergence{Converged: true, Nodes: 3},
@@ -723,7 +723,7 @@ func TestStatusToProto(t *testing.T) {
 	want := &shiftplanev1.Rollout{
 		Name: "web", Phase: shiftplanev1.Phase_PHASE_HOLDING, CanaryWeight: 25, StepIndex: 1, StepCount: 4,
 		HoldRemaining: durationpb.New(27 * time.Second), HoldCounted: durationpb.New(3 * time.Second),
-		Signal:  &shiftplanev1.Signal{State: shiftplanev1.SignalState_SIGNAL_STATE_FIRING, Reason: "node envoy-1: ejections_active=1"},
+		Signal:  &shiftplanev1.Signal{State: shiftplanev1.SignalState_SIGNAL_STATE_FIRING, Reason: "node envoy-1: ejections_active=1", Since: timestamppb.New(created.Add(30 * time.Second))},
 		Fleet:   &shiftplanev1.FleetStatus{Nodes: 3, Converged: true, RouteVersion: "17"},
 		Message: "signal firing: ejections", Reason: "signal firing: ejections",
 		Plan:      PlanToProto(p),
