@@ -123,7 +123,7 @@ func New(ctx context.Context, o Options) (*Engine, error) {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if err := e.publishLocked("restore from store"); err != nil {
+	if err := e.publishStamp("restore from store", true); err != nil {
 		return nil, err
 	}
 	for _, r := range e.rollouts {
@@ -209,7 +209,12 @@ func (e *Engine) flushLocked(reason string) error {
 
 // publishLocked sends the desired state of every rollout and stamps the
 // versions on the rollouts waiting for them.
-func (e *Engine) publishLocked(reason string) error {
+func (e *Engine) publishLocked(reason string) error { return e.publishStamp(reason, false) }
+
+// publishStamp publishes and stamps the served versions on the rollouts
+// waiting for them; restore stamps every rollout, since the versions stored
+// by the previous process mean nothing to this one's fleet.
+func (e *Engine) publishStamp(reason string, restore bool) error {
 	res, err := e.pub.Publish(e.ctx, e.desiredLocked(), reason)
 	if err != nil {
 		return fmt.Errorf("publish: %w", err)
@@ -217,15 +222,15 @@ func (e *Engine) publishLocked(reason string) error {
 	e.dirty = false
 	for _, r := range e.rollouts {
 		changed := false
-		if r.State.RouteVersion == "" || reason == "restore from store" {
+		if r.State.RouteVersion == "" || restore {
 			r.State.RouteVersion = res.RouteVersion
 			changed = true
 		}
-		if r.State.ClusterVersion == "" || reason == "restore from store" {
+		if r.State.ClusterVersion == "" || restore {
 			r.State.ClusterVersion = res.ClusterVersion
 			changed = true
 		}
-		if changed && reason != "restore from store" {
+		if changed && !restore {
 			e.persistSoon(r)
 		}
 	}
