@@ -138,30 +138,6 @@ func (f *Fleet) maybeConverged(typeURL string, tp *typeProgress) {
 	}
 }
 
-// Converged reports whether every connected stream subscribed to typeURL has
-// ACKed version (or a later one), and how many streams subscribe to it.
-func (f *Fleet) Converged(typeURL, version string) (bool, int) {
-	v, err := strconv.ParseUint(version, 10, 64)
-	if err != nil {
-		return false, 0
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	n := 0
-	all := true
-	for _, s := range f.streams {
-		st, ok := s.types[typeURL]
-		if !ok {
-			continue
-		}
-		n++
-		if st.ackedN < v {
-			all = false
-		}
-	}
-	return all, n
-}
-
 // Convergence implements policy.FleetView. Clusters count as converged only
 // when their endpoints are too: a cluster is usable once both arrived.
 func (f *Fleet) Convergence(kind policy.ResourceKind, version string) policy.Convergence {

@@ -208,8 +208,8 @@ func TestWeightChangeSendsOnlyRDS(t *testing.T) {
 		clients = append(clients, c)
 	}
 	waitFor(t, "both nodes to converge on the first snapshot", func() bool {
-		ok, n := srv.fleet.Converged(resourcev3.RouteType, first.Versions[resourcev3.RouteType])
-		return ok && n == 2
+		c := srv.fleet.Convergence(policy.KindRoutes, first.Versions[resourcev3.RouteType])
+		return c.Converged && c.Nodes == 2
 	})
 	before := []map[string]int{clients[0].counts(), clients[1].counts()}
 

@@ -204,7 +204,8 @@ func (s *Shiftplane) Step(ctx context.Context, w int) (uint64, error) {
 func (s *Shiftplane) Settle(ctx context.Context, v uint64, n int) error {
 	want := strconv.FormatUint(v, 10)
 	for {
-		ok, got := s.Fleet.Converged(resourcev3.RouteType, want)
+		c := s.Fleet.Convergence(policy.KindRoutes, want)
+		ok, got := c.Converged, c.Nodes
 		if ok && got == n {
 			return nil
 		}
