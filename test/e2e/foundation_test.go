@@ -22,91 +22,104 @@ steps:
 `, listen, v1.Addr, v2.Addr, first)
 }
 
-// A plan at weight 20 splits real traffic 80/20 through Envoy; editing the
-// file to 50 moves it without an Envoy restart and without a failed request.
-func TestPlanWeightThroughEnvoy(t *testing.T) {
-	sp := StartShiftplane(t)
-	v1 := harness.StartBackend(t, "v1")
-	v2 := harness.StartBackend(t, "v2")
-	listen := fmt.Sprintf("127.0.0.1:%d", harness.FreePort(t))
-	sp.WritePlan("web.yaml", weightPlan(listen, v1, v2, 20))
+// weightRig is shiftplane with the web plan at a first weight, two
+// backends and one Envoy whose listener is up and routes carry that weight.
+type weightRig struct {
+	sp     *Shiftplane
+	envoy  *harness.Envoy
+	v1, v2 *harness.Backend
+	listen string
+}
 
-	envoy := harness.StartEnvoy(t, harness.EnvoyOptions{NodeID: "envoy-e2e", Cluster: "e2e", XDSAddr: sp.XDSAddr})
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+func startWeightRig(t *testing.T, opts harness.EnvoyOptions, first int) *weightRig {
+	t.Helper()
+	r := &weightRig{sp: StartShiftplane(t), v1: harness.StartBackend(t, "v1"), v2: harness.StartBackend(t, "v2")}
+	r.listen = fmt.Sprintf("127.0.0.1:%d", harness.FreePort(t))
+	r.sp.WritePlan("web.yaml", weightPlan(r.listen, r.v1, r.v2, first))
+	opts.Cluster, opts.XDSAddr = "e2e", r.sp.XDSAddr
+	r.envoy = harness.StartEnvoy(t, opts)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := envoy.WaitListener(ctx, listen); err != nil {
+	if err := r.envoy.WaitListener(ctx, r.listen); err != nil {
 		t.Fatalf("listener never came up: %v", err)
 	}
-	WaitRouteWeights(t, envoy, "web-v2", 20)
+	WaitRouteWeights(t, r.envoy, "web-v2", uint32(first))
+	return r
+}
 
-	res, err := harness.HTTPLoad(ctx, "http://"+listen+"/", harness.LoadOptions{Requests: 2000, Concurrency: 8})
+// setWeight rewrites the plan's first step and waits for Envoy to have it.
+func (r *weightRig) setWeight(t *testing.T, w int) {
+	t.Helper()
+	r.sp.WritePlan("web.yaml", weightPlan(r.listen, r.v1, r.v2, w))
+	WaitRouteWeights(t, r.envoy, "web-v2", uint32(w))
+}
+
+// split sends 2,000 requests through Envoy and fails the test unless none
+// failed and the v2 share is within 3 points of weight.
+func (r *weightRig) split(ctx context.Context, t *testing.T, label string, weight int) harness.LoadResult {
+	t.Helper()
+	res, err := harness.HTTPLoad(ctx, "http://"+r.listen+"/", harness.LoadOptions{Requests: 2000, Concurrency: 8})
 	if err != nil {
 		t.Fatal(err)
 	}
 	share := Share(res, "v2")
-	t.Logf("weight 20: %d requests, %d failed, v2 share %.1f%%", res.Total, res.Failures, 100*share)
-	if res.Failures != 0 || res.Total != 2000 {
-		t.Fatalf("weight 20: %d of %d requests failed (first error %q)", res.Failures, res.Total, res.FirstError)
+	t.Logf("%s, weight %d: %d requests, %d failed, v2 share %.1f%%", label, weight, res.Total, res.Failures, 100*share)
+	if res.Failures != 0 || math.Abs(share-float64(weight)/100) > 0.03 {
+		t.Fatalf("%s, weight %d: %d failed (first error %q), v2 share %.3f, want 0 failed and %.2f ± 0.03",
+			label, weight, res.Failures, res.FirstError, share, float64(weight)/100)
 	}
-	if math.Abs(share-0.20) > 0.03 {
-		t.Fatalf("weight 20: v2 share %.3f, want 0.20 ± 0.03", share)
+	return res
+}
+
+// A plan at weight 20 splits real traffic 80/20 through Envoy; editing the
+// file to 50 moves it without an Envoy restart and without a failed request.
+func TestPlanWeightThroughEnvoy(t *testing.T) {
+	r := startWeightRig(t, harness.EnvoyOptions{NodeID: "envoy-e2e"}, 20)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if res := r.split(ctx, t, "sotw", 20); res.Total != 2000 {
+		t.Fatalf("weight 20: %d of 2000 requests answered", res.Total)
 	}
 
 	// Load runs across the change: no request may fail while Envoy moves.
 	during := make(chan harness.LoadResult, 1)
 	go func() {
-		r, _ := harness.HTTPLoad(ctx, "http://"+listen+"/", harness.LoadOptions{Duration: 3 * time.Second, Concurrency: 4})
-		during <- r
+		res, _ := harness.HTTPLoad(ctx, "http://"+r.listen+"/", harness.LoadOptions{Duration: 3 * time.Second, Concurrency: 4})
+		during <- res
 	}()
 	time.Sleep(500 * time.Millisecond)
-	pid := envoy.PID()
-	sp.WritePlan("web.yaml", weightPlan(listen, v1, v2, 50))
-	WaitRouteWeights(t, envoy, "web-v2", 50)
+	pid := r.envoy.PID()
+	r.setWeight(t, 50)
 	d := <-during
 	t.Logf("during the change: %d requests, %d failed", d.Total, d.Failures)
 	if d.Failures != 0 || d.Total == 0 {
 		t.Fatalf("during the change: %d of %d requests failed (first error %q)", d.Failures, d.Total, d.FirstError)
 	}
-	if envoy.PID() != pid {
+	if r.envoy.PID() != pid {
 		t.Fatal("Envoy was restarted; the change must arrive over xDS")
 	}
 
-	res, err = harness.HTTPLoad(ctx, "http://"+listen+"/", harness.LoadOptions{Requests: 2000, Concurrency: 8})
-	if err != nil {
-		t.Fatal(err)
-	}
-	share = Share(res, "v2")
-	t.Logf("weight 50: %d requests, %d failed, v2 share %.1f%%", res.Total, res.Failures, 100*share)
-	if res.Failures != 0 || math.Abs(share-0.50) > 0.03 {
-		t.Fatalf("weight 50: %d failed, v2 share %.3f, want 0 failed and 0.50 ± 0.03", res.Failures, share)
-	}
-	if w := sp.Metric(`shiftplane_rollout_canary_weight{rollout="web"}`); w != 50 {
+	r.split(ctx, t, "sotw", 50)
+	if w := r.sp.Metric(`shiftplane_rollout_canary_weight{rollout="web"}`); w != 50 {
 		t.Fatalf("shiftplane_rollout_canary_weight = %v, want 50", w)
 	}
 }
 
 // An invalid edit of a running plan is rejected and the fleet keeps its weights.
 func TestInvalidPlanEditChangesNothing(t *testing.T) {
-	sp := StartShiftplane(t)
-	v1 := harness.StartBackend(t, "v1")
-	v2 := harness.StartBackend(t, "v2")
-	listen := fmt.Sprintf("127.0.0.1:%d", harness.FreePort(t))
-	sp.WritePlan("web.yaml", weightPlan(listen, v1, v2, 30))
-	envoy := harness.StartEnvoy(t, harness.EnvoyOptions{NodeID: "envoy-bad", Cluster: "e2e", XDSAddr: sp.XDSAddr})
-	WaitRouteWeights(t, envoy, "web-v2", 30)
-
-	sp.WritePlan("web.yaml", weightPlan(listen, v1, v2, 120))
+	r := startWeightRig(t, harness.EnvoyOptions{NodeID: "envoy-bad"}, 30)
+	r.sp.WritePlan("web.yaml", weightPlan(r.listen, r.v1, r.v2, 120))
 	time.Sleep(1500 * time.Millisecond) // the watcher debounces for 200 ms
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	w, err := envoy.RouteWeights(ctx)
+	w, err := r.envoy.RouteWeights(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if w["web-v2"] != 30 {
 		t.Fatalf("after an invalid edit the route weight is %d, want 30 kept", w["web-v2"])
 	}
-	if out := sp.Proc.Output(); !containsAll(out, "steps[0].weight", "must be within 0..100, got 120") {
+	if out := r.sp.Proc.Output(); !containsAll(out, "steps[0].weight", "must be within 0..100, got 120") {
 		t.Fatalf("the log does not name the bad field:\n%s", out)
 	}
 }
@@ -122,27 +135,9 @@ func containsAll(s string, subs ...string) bool {
 
 // The same split over delta ADS: Envoy subscribes with DELTA_GRPC.
 func TestPlanWeightThroughEnvoyDelta(t *testing.T) {
-	sp := StartShiftplane(t)
-	v1 := harness.StartBackend(t, "v1")
-	v2 := harness.StartBackend(t, "v2")
-	listen := fmt.Sprintf("127.0.0.1:%d", harness.FreePort(t))
-	sp.WritePlan("web.yaml", weightPlan(listen, v1, v2, 40))
-	envoy := harness.StartEnvoy(t, harness.EnvoyOptions{NodeID: "envoy-delta", Cluster: "e2e", XDSAddr: sp.XDSAddr, Delta: true})
+	r := startWeightRig(t, harness.EnvoyOptions{NodeID: "envoy-delta", Delta: true}, 40)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := envoy.WaitListener(ctx, listen); err != nil {
-		t.Fatalf("listener never came up: %v", err)
-	}
-	WaitRouteWeights(t, envoy, "web-v2", 40)
-	res, err := harness.HTTPLoad(ctx, "http://"+listen+"/", harness.LoadOptions{Requests: 2000, Concurrency: 8})
-	if err != nil {
-		t.Fatal(err)
-	}
-	share := Share(res, "v2")
-	t.Logf("delta, weight 40: %d requests, %d failed, v2 share %.1f%%", res.Total, res.Failures, 100*share)
-	if res.Failures != 0 || math.Abs(share-0.40) > 0.03 {
-		t.Fatalf("delta: %d failed, v2 share %.3f, want 0 failed and 0.40 ± 0.03", res.Failures, share)
-	}
-	sp.WritePlan("web.yaml", weightPlan(listen, v1, v2, 60))
-	WaitRouteWeights(t, envoy, "web-v2", 60)
+	r.split(ctx, t, "delta", 40)
+	r.setWeight(t, 60)
 }
