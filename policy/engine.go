@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"reflect"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 )
@@ -113,13 +112,7 @@ func New(ctx context.Context, o Options) (*Engine, error) {
 		return nil, fmt.Errorf("load store: %w", err)
 	}
 	for _, r := range stored {
-		en := &entry{Rollout: r}
-		if r.State.Phase == PhaseRollingBack {
-			if en.rt.abort, err = abortRequested(o.Store, r.Plan.Name); err != nil {
-				return nil, fmt.Errorf("load store: rollout %q: %w", r.Plan.Name, err)
-			}
-		}
-		e.rollouts[r.Plan.Name] = en
+		e.rollouts[r.Plan.Name] = &entry{Rollout: r}
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -130,23 +123,6 @@ func New(ctx context.Context, o Options) (*Engine, error) {
 		e.log.Info("rollout restored", "rollout", r.Plan.Name, "phase", r.State.Phase, "step", r.State.StepIndex, "weight", r.State.Weight, "holdCounted", r.State.HoldCounted)
 	}
 	return e, nil
-}
-
-// abortRequested says whether a stored rollout is rolling back because of
-// an abort (it then ends ABORTED, not ROLLED_BACK). That is runtime state,
-// so after a restart the event that started the rollback tells; it was
-// saved atomically with the phase.
-func abortRequested(s Store, name string) (bool, error) {
-	evs, err := s.Events(name, 0)
-	if err != nil {
-		return false, err
-	}
-	for i := len(evs) - 1; i >= 0; i-- {
-		if evs[i].To == PhaseRollingBack && evs[i].From != PhaseRollingBack {
-			return strings.HasPrefix(evs[i].Reason, "aborted on request"), nil
-		}
-	}
-	return false, nil
 }
 
 // Run ticks the engine every interval until ctx ends.
@@ -514,7 +490,7 @@ func (e *Engine) AbortBecause(name, reason string) (Status, error) {
 		if r.State.Phase == PhasePromoting && !r.State.StablePublished {
 			return fmt.Errorf("%w: rollout %q has withdrawn its stable cluster; apply a new plan instead", ErrFailedPrecondition, r.Plan.Name)
 		}
-		r.rt.abort = true
+		r.State.Aborted = true
 		e.setWeight(r, 0)
 		e.transition(r, PhaseRollingBack, why)
 		return nil

@@ -34,7 +34,6 @@ type runtime struct {
 	promoteStart time.Time
 	drainZero    time.Time // since when the stable has shown 0 active requests
 	hook         *hookRun
-	abort        bool // rolling back because of an abort request
 	persistedAt  time.Time
 }
 
@@ -149,7 +148,7 @@ func (e *Engine) step(r *entry, now time.Time) {
 		if !e.converged(r, KindRoutes, st.RouteVersion) {
 			return
 		}
-		if rt.abort {
+		if st.Aborted {
 			e.transition(r, PhaseAborted, "aborted; the fleet ACKed weight 0")
 		} else {
 			e.transition(r, PhaseRolledBack, "rolled back; the fleet ACKed weight 0")

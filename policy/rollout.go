@@ -72,6 +72,8 @@ type State struct {
 	PromoteRequested bool `json:"promoteRequested,omitempty"`
 	// BeforeShiftDone records that the beforeShift hooks succeeded.
 	BeforeShiftDone bool `json:"beforeShiftDone,omitempty"`
+	// Aborted marks a rollback an operator asked for: it ends ABORTED.
+	Aborted bool `json:"aborted,omitempty"`
 	// HookError is the last hook failure, surfaced in the status.
 	HookError string `json:"hookError,omitempty"`
 }
