@@ -21,8 +21,9 @@ func (SystemClock) Now() time.Time { return time.Now() }
 // PublishResult is the version of each kind of resource the fleet is served
 // after a publish.
 type PublishResult struct {
-	ClusterVersion string
-	RouteVersion   string
+	ClusterVersion  string // clusters and their endpoints
+	ListenerVersion string
+	RouteVersion    string
 }
 
 // Publisher sends desired state to the fleet. Package xds implements it.
@@ -37,8 +38,9 @@ type ResourceKind string
 
 // The kinds the engine waits on.
 const (
-	KindClusters ResourceKind = "clusters"
-	KindRoutes   ResourceKind = "routes"
+	KindClusters  ResourceKind = "clusters" // clusters and their endpoints
+	KindListeners ResourceKind = "listeners"
+	KindRoutes    ResourceKind = "routes"
 )
 
 // Convergence is the fleet's progress towards one version.

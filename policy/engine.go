@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"reflect"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 )
@@ -16,6 +18,8 @@ import (
 var (
 	ErrNotFound           = errors.New("rollout not found")
 	ErrFailedPrecondition = errors.New("failed precondition")
+	// ErrStore wraps a failed store write: the operation changed nothing.
+	ErrStore = errors.New("store unavailable")
 )
 
 // Options configure an Engine.
@@ -47,31 +51,30 @@ type Update struct {
 // Status is a rollout's state as the API shows it.
 type Status struct {
 	Rollout
+	// Signal is the live signal; its State is "" for a finished rollout.
 	Signal        Signal
 	HoldRemaining time.Duration
 	StepCount     int
 	Fleet         Convergence
+	// StoreError is set while the store refuses writes: nothing moves.
+	StoreError string
 }
 
-// Engine carries rollouts through their plans. All methods are safe for
-// concurrent use; Tick does the work and is driven by Run (or by tests with
-// a fake clock).
+// Engine carries rollouts through their plans: a shell around Decide (in
+// machine.go) that gathers the facts, saves before it publishes, publishes
+// outside its lock, starts hooks and notifies watchers. All methods are safe
+// for concurrent use; Tick does the work and is driven by Run (or by tests
+// with a fake clock).
 type Engine struct {
-	store        Store
-	pub          Publisher
-	fleet        FleetView
-	gate         SignalGate
-	hooks        HookRunner
-	clock        Clock
-	log          *slog.Logger
-	validate     ValidateOptions
-	persistEvery time.Duration
-	drainQuiet   time.Duration
+	o Options
+
+	// pubMu serialises publishes; it is taken before mu, never after.
+	pubMu sync.Mutex
 
 	mu       sync.Mutex
 	rollouts map[string]*entry
-	dirty    bool // desired state changed since the last publish
-	pending  []pendingSave
+	dirty    bool   // desired state changed since the last publish
+	gen      uint64 // desired-state generation; a publish of gen G stamps rollouts changed at or before G
 	watchers map[int]chan Update
 	nextW    int
 	hookWG   sync.WaitGroup
@@ -80,13 +83,25 @@ type Engine struct {
 
 type entry struct {
 	Rollout
-	rt runtime
+	plan        Plan   // Rollout.Plan with defaults applied
+	steps       []Step // plan's schedule
+	tm          Timers
+	hook        HookStatus
+	wantGen     uint64 // generation of this rollout's last desired-state change
+	persistedAt time.Time
+	storeErr    error
 }
 
-type pendingSave struct {
-	name   string
-	events []Event
-	write  bool
+func newEntry(r Rollout) *entry {
+	e := &entry{Rollout: r}
+	e.setPlan(r.Plan)
+	return e
+}
+
+func (r *entry) setPlan(p Plan) {
+	r.Plan = p
+	r.plan = p.WithDefaults()
+	r.steps = r.plan.Schedule()
 }
 
 // New loads every rollout from the store and publishes the weights they had,
@@ -102,25 +117,25 @@ func New(ctx context.Context, o Options) (*Engine, error) {
 	if o.DrainQuiet == 0 {
 		o.DrainQuiet = 2 * time.Second
 	}
-	e := &Engine{
-		store: o.Store, pub: o.Publisher, fleet: o.Fleet, gate: o.Gate, hooks: o.Hooks,
-		clock: o.Clock, log: o.Log, validate: o.Validate, persistEvery: o.PersistEvery, drainQuiet: o.DrainQuiet,
-		rollouts: map[string]*entry{}, watchers: map[int]chan Update{}, ctx: ctx,
-	}
+	e := &Engine{o: o, rollouts: map[string]*entry{}, watchers: map[int]chan Update{}, ctx: ctx}
 	stored, err := o.Store.Load()
 	if err != nil {
 		return nil, fmt.Errorf("load store: %w", err)
 	}
 	for _, r := range stored {
-		e.rollouts[r.Plan.Name] = &entry{Rollout: r}
+		e.rollouts[r.Plan.Name] = newEntry(r)
 	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if err := e.publishStamp("restore from store", true); err != nil {
+	// The versions stored by the previous process mean nothing to this
+	// one's fleet: every rollout is stamped by the restore publish.
+	for _, r := range e.rollouts {
+		r.State.clearVersions()
+	}
+	e.dirty = true
+	if err := e.publish("restore from store"); err != nil {
 		return nil, err
 	}
 	for _, r := range e.rollouts {
-		e.log.Info("rollout restored", "rollout", r.Plan.Name, "phase", r.State.Phase, "step", r.State.StepIndex, "weight", r.State.Weight, "holdCounted", r.State.HoldCounted)
+		o.Log.Info("rollout restored", "rollout", r.Plan.Name, "phase", r.State.Phase, "step", r.State.StepIndex+1, "weight", r.State.Weight, "holdCounted", r.State.HoldCounted)
 	}
 	return e, nil
 }
@@ -135,79 +150,151 @@ func (e *Engine) Run(ctx context.Context, interval time.Duration) {
 			return
 		case <-t.C:
 			if err := e.Tick(); err != nil {
-				e.log.Error("engine tick", "error", err)
+				e.o.Log.Error("engine tick", "error", err)
 			}
 		}
 	}
 }
 
 // Tick advances every rollout by what the clock, the signal and the fleet
-// allow, publishes if the desired state changed, and persists.
+// allow, saves what changed, then publishes.
 func (e *Engine) Tick() error {
 	e.mu.Lock()
-	defer e.mu.Unlock()
-	now := e.clock.Now()
-	for _, name := range e.namesLocked() {
-		e.step(e.rollouts[name], now)
-	}
-	return e.flushLocked("tick")
-}
-
-// flushLocked publishes a changed desired state and writes pending saves.
-func (e *Engine) flushLocked(reason string) error {
+	now := e.o.Clock.Now()
 	var errs []error
-	if e.dirty {
-		if err := e.publishLocked(reason); err != nil {
+	for _, name := range e.namesLocked() {
+		r := e.rollouts[name]
+		res, err := Decide(r.plan, r.steps, r.State, r.tm, e.factsLocked(r, now))
+		if err == nil {
+			err = e.commitLocked(r, res, now)
+		}
+		if err != nil {
 			errs = append(errs, err)
 		}
 	}
-	for _, ps := range e.pending {
-		r, ok := e.rollouts[ps.name]
-		if !ok {
-			continue
-		}
-		if err := e.store.Save(r.Rollout, ps.events...); err != nil {
-			errs = append(errs, fmt.Errorf("rollout %q: save: %w", ps.name, err))
-			continue
-		}
-		r.rt.persistedAt = e.clock.Now()
-		for i := range ps.events {
-			ev := ps.events[i]
-			e.notifyLocked(r, &ev)
-		}
-		if len(ps.events) == 0 {
-			e.notifyLocked(r, nil)
-		}
+	e.mu.Unlock()
+	if err := e.publish("tick"); err != nil {
+		errs = append(errs, err)
 	}
-	e.pending = nil
 	return errors.Join(errs...)
 }
 
-// publishLocked sends the desired state of every rollout and stamps the
-// versions on the rollouts waiting for them.
-func (e *Engine) publishLocked(reason string) error { return e.publishStamp(reason, false) }
+// factsLocked gathers what a tick of r needs from the gate and the fleet.
+func (e *Engine) factsLocked(r *entry, now time.Time) Input {
+	in := Input{Op: OpTick, Now: now, Hook: r.hook, DrainQuiet: e.o.DrainQuiet}
+	if r.State.Phase.Terminal() {
+		return in
+	}
+	in.Signal = e.o.Gate.Evaluate(now, SignalQuery{Rollout: r.Plan.Name, CanaryCluster: r.plan.Canary.Cluster, Analysis: r.plan.Analysis, Since: r.State.Created})
+	in.Fleet = e.convergence(r.State)
+	if r.State.Phase == PhasePromoting && r.State.StablePublished {
+		in.Stable.Active, in.Stable.Known = e.o.Gate.ActiveRequests(now, r.plan.Stable.Cluster)
+	}
+	return in
+}
 
-// publishStamp publishes and stamps the served versions on the rollouts
-// waiting for them; restore stamps every rollout, since the versions stored
-// by the previous process mean nothing to this one's fleet.
-func (e *Engine) publishStamp(reason string, restore bool) error {
-	res, err := e.pub.Publish(e.ctx, e.desiredLocked(), reason)
+// convergence merges the fleet's progress on every version st names.
+func (e *Engine) convergence(st State) Convergence {
+	if !st.versionsStamped() {
+		return Convergence{}
+	}
+	out := Convergence{Converged: true}
+	seen := map[string]bool{}
+	for _, kv := range []struct {
+		kind    ResourceKind
+		version string
+	}{{KindClusters, st.ClusterVersion}, {KindListeners, st.ListenerVersion}, {KindRoutes, st.RouteVersion}} {
+		c := e.o.Fleet.Convergence(kv.kind, kv.version)
+		out.Converged = out.Converged && c.Converged
+		out.Nodes = max(out.Nodes, c.Nodes)
+		out.Nacks = append(out.Nacks, c.Nacks...)
+		for _, m := range c.Missing {
+			if !seen[m] {
+				seen[m] = true
+				out.Missing = append(out.Missing, m)
+			}
+		}
+	}
+	return out
+}
+
+// commitLocked carries out a decision. A decision that records events or
+// changes the desired state is saved first: if the store refuses, nothing
+// of it is applied, so a restart never republishes less than the fleet was
+// sent and no decision is reported that was not kept.
+func (e *Engine) commitLocked(r *entry, res Result, now time.Time) error {
+	decisive := len(res.Events) > 0 || res.Publish
+	write := decisive || (res.Dirty && (e.o.PersistEvery <= 0 || now.Sub(r.persistedAt) >= e.o.PersistEvery))
+	if write {
+		next := r.Rollout
+		next.State = res.State
+		if err := e.o.Store.Save(next, res.Events...); err != nil {
+			if r.storeErr == nil {
+				e.o.Log.Error("store write failed; the rollout holds until it is writable", "rollout", r.Plan.Name, "error", err)
+			}
+			r.storeErr = err
+			if decisive {
+				return fmt.Errorf("rollout %q: %w: %w", r.Plan.Name, ErrStore, err)
+			}
+			// A lost hold count only makes the hold longer after a crash.
+		} else {
+			if r.storeErr != nil {
+				e.o.Log.Info("store writable again", "rollout", r.Plan.Name)
+			}
+			r.storeErr = nil
+			r.persistedAt = now
+		}
+	}
+	r.State = res.State
+	r.tm = res.Timers
+	if res.HookDone {
+		r.hook = HookStatus{}
+	}
+	if res.Publish {
+		e.gen++
+		r.wantGen = e.gen
+		e.dirty = true
+	}
+	if res.StartHooks != nil {
+		e.startHooksLocked(r, *res.StartHooks)
+	}
+	for i := range res.Events {
+		e.o.Log.Info("rollout event", "rollout", r.Plan.Name, "from", res.Events[i].From, "to", res.Events[i].To,
+			"weight", res.Events[i].Weight, "step", res.Events[i].StepIndex+1, "reason", res.Events[i].Reason)
+		e.notifyLocked(r, &res.Events[i])
+	}
+	if len(res.Events) == 0 && (res.Dirty || res.Publish) {
+		e.notifyLocked(r, nil)
+	}
+	return nil
+}
+
+// publish sends the latest desired state, outside the engine lock, and
+// stamps the served versions on the rollouts it carries.
+func (e *Engine) publish(reason string) error {
+	e.pubMu.Lock()
+	defer e.pubMu.Unlock()
+	e.mu.Lock()
+	if !e.dirty {
+		e.mu.Unlock()
+		return nil
+	}
+	ds, gen := e.desiredLocked(), e.gen
+	e.dirty = false
+	e.mu.Unlock()
+
+	res, err := e.o.Publisher.Publish(e.ctx, ds, reason)
+
+	e.mu.Lock()
+	defer e.mu.Unlock()
 	if err != nil {
+		e.dirty = true // the next tick tries again; the fleet keeps the last good config
 		return fmt.Errorf("publish: %w", err)
 	}
-	e.dirty = false
 	for _, r := range e.rollouts {
-		changed := false
-		if r.State.RouteVersion == "" || restore {
-			r.State.RouteVersion = res.RouteVersion
-			changed = true
-		}
-		if r.State.ClusterVersion == "" || restore {
-			r.State.ClusterVersion = res.ClusterVersion
-			changed = true
-		}
-		if changed && !restore {
-			e.persistSoon(r)
+		if r.wantGen <= gen && !r.State.versionsStamped() {
+			r.State.RouteVersion, r.State.ClusterVersion, r.State.ListenerVersion = res.RouteVersion, res.ClusterVersion, res.ListenerVersion
+			e.notifyLocked(r, nil)
 		}
 	}
 	return nil
@@ -237,84 +324,41 @@ func (e *Engine) namesLocked() []string {
 	return names
 }
 
-// record queues an event (and the state with it) for the store and watchers.
-func (e *Engine) record(r *entry, ev Event) {
-	ev.Rollout = r.Plan.Name
-	e.log.Info("rollout event", "rollout", r.Plan.Name, "from", ev.From, "to", ev.To, "weight", ev.Weight, "step", ev.StepIndex, "reason", ev.Reason)
-	for i := range e.pending {
-		if e.pending[i].name == r.Plan.Name {
-			e.pending[i].events = append(e.pending[i].events, ev)
-			return
-		}
-	}
-	e.pending = append(e.pending, pendingSave{name: r.Plan.Name, events: []Event{ev}, write: true})
-}
-
-// persistSoon queues a state write, at most every PersistEvery for hold
-// counting (events are always written at once).
-func (e *Engine) persistSoon(r *entry) {
-	for _, p := range e.pending {
-		if p.name == r.Plan.Name {
-			return
-		}
-	}
-	if e.persistEvery > 0 && e.clock.Now().Sub(r.rt.persistedAt) < e.persistEvery {
+// startHooksLocked runs a stage's hooks in the background; the next ticks
+// see their outcome through entry.hook.
+func (e *Engine) startHooksLocked(r *entry, hs HookStart) {
+	if e.o.Hooks == nil {
+		r.hook = HookStatus{Stage: hs.Stage, Done: true, Err: errors.New("no hook runner configured")}
 		return
 	}
-	e.pending = append(e.pending, pendingSave{name: r.Plan.Name, write: true})
-}
-
-// runHooks runs a stage's hooks in the background and reports when they are
-// done. It returns done=false while they run.
-func (e *Engine) runHooks(r *entry, stage string, hooks []Hook) (done bool, err error, output string) {
-	if len(hooks) == 0 {
-		return true, nil, ""
-	}
-	if h := r.rt.hook; h != nil && h.stage == stage {
-		if !h.done {
-			return false, nil, ""
-		}
-		r.rt.hook = nil
-		if h.output != "" || h.err != nil {
-			reason := stage + " hooks finished"
-			if h.err != nil {
-				reason = stage + " hook failed: " + h.err.Error()
-			}
-			e.record(r, Event{Time: e.clock.Now(), From: r.State.Phase, To: r.State.Phase, Reason: reason, Weight: r.State.Weight, StepIndex: r.State.StepIndex, Output: h.output})
-		}
-		return true, h.err, h.output
-	}
-	if e.hooks == nil {
-		return true, errors.New("no hook runner configured"), ""
-	}
-	h := &hookRun{stage: stage}
-	r.rt.hook = h
+	r.hook = HookStatus{Stage: hs.Stage, Started: len(hs.Hooks)}
 	status, _ := json.Marshal(e.statusLocked(r))
-	e.record(r, Event{Time: e.clock.Now(), From: r.State.Phase, To: r.State.Phase, Reason: fmt.Sprintf("running %d %s hook(s)", len(hooks), stage), Weight: r.State.Weight, StepIndex: r.State.StepIndex})
+	runner := e.o.Hooks
 	e.hookWG.Add(1)
 	go func() {
 		defer e.hookWG.Done()
 		var out string
 		var err error
-		for i, hk := range hooks {
+		for i, hk := range hs.Hooks {
 			timeout := hk.Timeout.D()
 			if timeout == 0 {
 				timeout = DefaultHookTimeout
 			}
 			ctx, cancel := context.WithTimeout(e.ctx, timeout)
-			o, herr := e.hooks.Run(ctx, hk, status)
+			o, herr := runner.Run(ctx, hk, status)
 			cancel()
 			out += o
 			if herr != nil {
-				err = fmt.Errorf("%s[%d]: %w", stage, i, herr)
+				err = fmt.Errorf("%s[%d]: %w", hs.Stage, i, herr)
 				break
 			}
 		}
 		e.mu.Lock()
-		h.done, h.err, h.output = true, err, boundOutput(out)
-		e.mu.Unlock()
+		defer e.mu.Unlock()
+		if r.hook.Stage == hs.Stage && !r.hook.Done {
+			r.hook.Done, r.hook.Err, r.hook.Output = true, err, boundOutput(out)
+		}
 	}()
-	return false, nil, ""
 }
 
 // WaitHooks blocks until every running hook has finished (tests use it).
@@ -331,13 +375,20 @@ func boundOutput(s string) string {
 
 // Apply creates or replaces a rollout from plan. Replacing a running
 // rollout with the same canary keeps its position; a new canary restarts it
-// from its first step. An invalid plan changes nothing.
+// from its first step. An invalid plan, or one the store could not keep,
+// changes nothing.
 func (e *Engine) Apply(plan Plan, source string) (Status, error) {
-	if ps := plan.Validate(e.validate); len(ps) > 0 {
-		return Status{}, ps
+	st, _, err := e.ApplyOutcome(plan, source)
+	return st, err
+}
+
+// ApplyOutcome is Apply that also says whether it created, changed or left
+// the rollout unchanged.
+func (e *Engine) ApplyOutcome(plan Plan, source string) (Status, ApplyOutcome, error) {
+	if ps := plan.Validate(e.o.Validate); len(ps) > 0 {
+		return Status{}, "", ps
 	}
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	// The new plan goes last, so a conflict is reported on its fields and
 	// names the running plan it collides with.
 	var others []Plan
@@ -346,56 +397,54 @@ func (e *Engine) Apply(plan Plan, source string) (Status, error) {
 			others = append(others, e.rollouts[n].Plan)
 		}
 	}
-	others = append(others, plan)
-	if ps := ValidateSet(others, nil); len(ps) > 0 {
-		return Status{}, ps
+	if ps := ValidateSet(append(others, plan), nil); len(ps) > 0 {
+		e.mu.Unlock()
+		return Status{}, "", ps
 	}
-	now := e.clock.Now()
+	now := e.o.Clock.Now()
+	var cur *Rollout
 	r, exists := e.rollouts[plan.Name]
-	switch {
-	case !exists:
-		r = &entry{Rollout: Rollout{Plan: plan, Source: source, AppliedAt: now, State: State{Phase: PhasePending, StablePublished: true, Created: now, Updated: now}}}
-		e.rollouts[plan.Name] = r
-		e.dirty = true
-		e.record(r, Event{Time: now, To: PhasePending, Reason: "created from " + source})
-	case samePlan(r.Plan, plan):
-		if r.Source != source {
-			r.Source = source
-			e.persistSoon(r)
-		}
-		return e.statusLocked(r), e.flushLocked("apply " + plan.Name)
-	case sameCanary(r.Plan, plan) && !r.State.Phase.Terminal():
-		r.Plan, r.Source, r.AppliedAt = plan, source, now
-		steps := plan.WithDefaults().Schedule()
-		if r.State.StepIndex >= len(steps) {
-			r.State.StepIndex = len(steps) - 1
-		}
-		reason := "plan replaced from " + source + "; same canary, position kept"
-		if (r.State.Phase == PhaseProgressing || r.State.Phase == PhaseHolding) && !isPause(steps, r.State.StepIndex) {
-			if w := *steps[r.State.StepIndex].Weight; w != r.State.Weight {
-				counted := r.State.HoldCounted
-				e.setWeight(r, w)
-				r.State.HoldCounted = counted
-				reason += fmt.Sprintf("; step %d now weight %d", r.State.StepIndex, w)
-			}
-		}
-		e.dirty = true
-		e.record(r, Event{Time: now, From: r.State.Phase, To: r.State.Phase, Reason: reason, Weight: r.State.Weight, StepIndex: r.State.StepIndex})
-	case sameCanary(r.Plan, plan) && r.State.Phase == PhaseSucceeded:
-		// Nothing is left to roll out; starting over would send traffic back
-		// to the stable version that was drained and withdrawn.
-		r.Plan, r.Source, r.AppliedAt = plan, source, now
-		e.dirty = true
-		e.record(r, Event{Time: now, From: r.State.Phase, To: r.State.Phase, Reason: "plan replaced from " + source + "; same canary, already promoted: nothing to roll out", Weight: r.State.Weight, StepIndex: r.State.StepIndex})
-	default:
-		from := r.State.Phase
-		r.Plan, r.Source, r.AppliedAt = plan, source, now
-		r.State = State{Phase: PhasePending, StablePublished: true, Created: now, Updated: now}
-		r.rt = runtime{}
-		e.dirty = true
-		e.record(r, Event{Time: now, From: from, To: PhasePending, Reason: "plan replaced from " + source + " with a new canary (or after it finished); restarting from the first step"})
+	if exists {
+		cur = &r.Rollout
 	}
-	return e.statusLocked(r), e.flushLocked("apply " + plan.Name)
+	next, events, publish, outcome := decideApply(cur, plan, source, now)
+	if outcome == ApplyUnchanged && exists && next.Source == r.Source {
+		st := e.statusLocked(r)
+		e.mu.Unlock()
+		return st, outcome, nil
+	}
+	if err := e.o.Store.Save(next, events...); err != nil {
+		e.mu.Unlock()
+		return Status{}, "", fmt.Errorf("rollout %q: %w: %w", plan.Name, ErrStore, err)
+	}
+	if !exists || !next.State.Created.Equal(r.State.Created) { // new, or started over
+		r = newEntry(next)
+		e.rollouts[plan.Name] = r
+	} else {
+		r.Rollout = next
+		r.setPlan(next.Plan)
+	}
+	r.persistedAt = now
+	if publish {
+		e.gen++
+		r.wantGen = e.gen
+		e.dirty = true
+	}
+	for i := range events {
+		e.notifyLocked(r, &events[i])
+	}
+	e.mu.Unlock()
+	e.publishLogged("apply " + plan.Name)
+	st, err := e.Get(plan.Name)
+	return st, outcome, err
+}
+
+// publishLogged publishes after an operation that is already stored: a
+// publish failure is retried by the next tick, so it is only logged.
+func (e *Engine) publishLogged(reason string) {
+	if err := e.publish(reason); err != nil {
+		e.o.Log.Error("publish failed; retrying on the next tick", "reason", reason, "error", err)
+	}
 }
 
 // samePlan compares plans as the store keeps them: JSON does not tell an
@@ -412,117 +461,148 @@ func sameCanary(a, b Plan) bool {
 		a.Stable.Cluster == b.Stable.Cluster
 }
 
+// OpOption qualifies an operation.
+type OpOption func(*Input)
+
+// Expecting makes an operation act only on the state its caller saw.
+func Expecting(x Expect) OpOption { return func(in *Input) { in.Expect = &x } }
+
+// Because records the caller's reason (abort).
+func Because(reason string) OpOption { return func(in *Input) { in.Reason = reason } }
+
 // Pause stops a running rollout where it is.
-func (e *Engine) Pause(name string) (Status, error) {
-	return e.op(name, "pause", func(r *entry) error {
-		if r.State.Phase.Terminal() || r.State.Phase == PhasePromoting || r.State.Phase == PhaseRollingBack {
-			return fmt.Errorf("%w: rollout %q is %s and cannot be paused", ErrFailedPrecondition, r.Plan.Name, r.State.Phase)
-		}
-		if r.State.Phase == PhasePaused {
-			return nil
-		}
-		r.State.Paused = true
-		r.State.PausedFrom = r.State.Phase
-		e.transition(r, PhasePaused, "paused on request")
-		return nil
-	})
+func (e *Engine) Pause(name string, opts ...OpOption) (Status, error) {
+	return e.op(name, OpPause, opts)
 }
 
 // Resume continues a paused rollout, or passes a manual gate.
-func (e *Engine) Resume(name string) (Status, error) {
-	return e.op(name, "resume", func(r *entry) error {
-		if r.State.Phase != PhasePaused {
-			return fmt.Errorf("%w: rollout %q is %s, not PAUSED", ErrFailedPrecondition, r.Plan.Name, r.State.Phase)
-		}
-		r.State.Paused = false
-		steps := r.Plan.WithDefaults().Schedule()
-		if isPause(steps, r.State.StepIndex) && r.State.PausedFrom == "" {
-			// The gate is passed, but the next weight moves only on a tick
-			// that finds the signal clear and the fleet converged: a gate has
-			// no hold, so the machine advances from it (or promotes after a
-			// last gate).
-			r.State.HoldCounted = 0
-			e.transition(r, PhaseProgressing, fmt.Sprintf("manual gate at step %d passed on request; the next step starts once the signal allows", r.State.StepIndex))
-			return nil
-		}
-		back := r.State.PausedFrom
-		if back == "" || back == PhaseHolding {
-			back = PhaseProgressing
-		}
-		r.State.PausedFrom = ""
-		e.transition(r, back, "resumed on request")
-		return nil
-	})
+func (e *Engine) Resume(name string, opts ...OpOption) (Status, error) {
+	return e.op(name, OpResume, opts)
 }
 
 // Promote skips the remaining steps: weight 100, then drain and withdraw the stable.
-func (e *Engine) Promote(name string) (Status, error) {
-	return e.op(name, "promote", func(r *entry) error {
-		switch r.State.Phase {
-		case PhaseProgressing, PhaseHolding:
-		case PhasePaused:
-			if r.State.PausedFrom == PhasePending {
-				// Promoting now would skip the beforeShift hooks and route
-				// traffic to a canary cluster the fleet may not have.
-				return fmt.Errorf("%w: rollout %q was paused before its canary was published; resume it first", ErrFailedPrecondition, r.Plan.Name)
-			}
-		default:
-			return fmt.Errorf("%w: rollout %q is %s; only a progressing, holding or paused rollout can be promoted", ErrFailedPrecondition, r.Plan.Name, r.State.Phase)
-		}
-		e.promote(r, r.Plan.WithDefaults().Schedule())
-		return nil
-	})
+func (e *Engine) Promote(name string, opts ...OpOption) (Status, error) {
+	return e.op(name, OpPromote, opts)
 }
 
 // Abort sends all traffic back to the stable version.
-func (e *Engine) Abort(name string) (Status, error) { return e.AbortBecause(name, "") }
+func (e *Engine) Abort(name string, opts ...OpOption) (Status, error) {
+	return e.op(name, OpAbort, opts)
+}
 
 // AbortBecause is Abort with the caller's reason recorded in the history.
 func (e *Engine) AbortBecause(name, reason string) (Status, error) {
-	why := "aborted on request; weight 0"
-	if reason != "" {
-		why = "aborted on request (" + reason + "); weight 0"
-	}
-	return e.op(name, "abort", func(r *entry) error {
-		if r.State.Phase.Terminal() {
-			return fmt.Errorf("%w: rollout %q already finished (%s)", ErrFailedPrecondition, r.Plan.Name, r.State.Phase)
-		}
-		if r.State.Phase == PhasePromoting && !r.State.StablePublished {
-			return fmt.Errorf("%w: rollout %q has withdrawn its stable cluster; apply a new plan instead", ErrFailedPrecondition, r.Plan.Name)
-		}
-		r.State.Aborted = true
-		e.setWeight(r, 0)
-		e.transition(r, PhaseRollingBack, why)
-		return nil
-	})
+	return e.op(name, OpAbort, []OpOption{Because(reason)})
 }
 
-// Delete removes a rollout, its routes and clusters, and its history.
-func (e *Engine) Delete(name string) error {
+// Retry starts an aborted, rolled-back or failed rollout again from its
+// first step.
+func (e *Engine) Retry(name string, opts ...OpOption) (Status, error) {
+	return e.op(name, OpRetry, opts)
+}
+
+// op applies an operation: it is decided, saved, then published; when it
+// cannot be saved it changes nothing and returns the error.
+func (e *Engine) op(name string, op Op, opts []OpOption) (Status, error) {
 	e.mu.Lock()
-	defer e.mu.Unlock()
-	if _, ok := e.rollouts[name]; !ok {
-		return fmt.Errorf("%w: %q", ErrNotFound, name)
+	r, ok := e.rollouts[name]
+	if !ok {
+		e.mu.Unlock()
+		return Status{}, fmt.Errorf("%w: %q", ErrNotFound, name)
+	}
+	now := e.o.Clock.Now()
+	in := Input{Op: op, Now: now}
+	for _, o := range opts {
+		o(&in)
+	}
+	res, err := Decide(r.plan, r.steps, r.State, r.tm, in)
+	if err == nil {
+		err = e.commitLocked(r, res, now)
+	}
+	if err != nil {
+		e.mu.Unlock()
+		return Status{}, err
+	}
+	e.mu.Unlock()
+	e.publishLogged(op.String() + " " + name)
+	return e.Get(name)
+}
+
+// DeleteOptions qualify Delete.
+type DeleteOptions struct {
+	// Force deletes a rollout whose routes carry traffic.
+	Force bool
+	// DryRun says what would happen and changes nothing.
+	DryRun bool
+}
+
+// Delete removes a rollout, its routes and clusters, and its history. It
+// returns what that does to the fleet's config. A rollout whose routes
+// carry traffic needs Force; one whose plan file still exists is refused:
+// it would come back from the file.
+func (e *Engine) Delete(name string, o DeleteOptions) (string, error) {
+	e.mu.Lock()
+	r, ok := e.rollouts[name]
+	if !ok {
+		e.mu.Unlock()
+		return "", fmt.Errorf("%w: %q", ErrNotFound, name)
+	}
+	shared := false
+	for n, other := range e.rollouts {
+		if n != name && ListenerKey(other.plan.Listener.Address) == ListenerKey(r.plan.Listener.Address) {
+			shared = true
+		}
+	}
+	effect, needsForce := deleteEffect(r.Rollout, shared)
+	if file, ok := strings.CutPrefix(r.Source, sourceFilePrefix); ok {
+		if _, err := os.Stat(file); err == nil {
+			e.mu.Unlock()
+			return effect, fmt.Errorf("%w: rollout %q comes from plan file %s and would come back from it; remove the file (the rollout is then kept, owned by the API) and delete again", ErrFailedPrecondition, name, file)
+		}
+	}
+	if o.DryRun {
+		e.mu.Unlock()
+		return effect, nil
+	}
+	if needsForce && !o.Force {
+		e.mu.Unlock()
+		return effect, fmt.Errorf("%w: deleting rollout %q %s; use --force to delete it anyway", ErrFailedPrecondition, name, effect)
+	}
+	if err := e.o.Store.Delete(name); err != nil {
+		e.mu.Unlock()
+		return effect, fmt.Errorf("rollout %q: %w: %w", name, ErrStore, err)
 	}
 	delete(e.rollouts, name)
-	if err := e.publishLocked("delete " + name); err != nil {
-		return err
-	}
-	e.log.Info("rollout deleted", "rollout", name)
-	return e.store.Delete(name)
+	e.dirty = true
+	e.mu.Unlock()
+	err := e.publish("delete " + name)
+	e.o.Log.Info("rollout deleted", "rollout", name, "effect", effect)
+	return effect, err
 }
 
-func (e *Engine) op(name, verb string, f func(*entry) error) (Status, error) {
+// Detach records that the plan file a rollout came from is gone: the
+// rollout keeps running as it is, now owned by the API. Removing a file
+// never takes traffic away.
+func (e *Engine) Detach(name, source string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	r, ok := e.rollouts[name]
 	if !ok {
-		return Status{}, fmt.Errorf("%w: %q", ErrNotFound, name)
+		return fmt.Errorf("%w: %q", ErrNotFound, name)
 	}
-	if err := f(r); err != nil {
-		return Status{}, err
+	if r.Source != source {
+		return nil
 	}
-	return e.statusLocked(r), e.flushLocked(verb + " " + name)
+	next := r.Rollout
+	next.Source = SourceAPI
+	ev := Event{Time: e.o.Clock.Now(), Rollout: name, From: r.State.Phase, To: r.State.Phase, Weight: r.State.Weight, StepIndex: r.State.StepIndex,
+		Reason: fmt.Sprintf("plan file %s removed; rollout kept as it is (delete it with shiftctl delete)", strings.TrimPrefix(source, sourceFilePrefix))}
+	if err := e.o.Store.Save(next, ev); err != nil {
+		return fmt.Errorf("rollout %q: %w: %w", name, ErrStore, err)
+	}
+	r.Source = SourceAPI
+	e.notifyLocked(r, &ev)
+	return nil
 }
 
 // Get returns one rollout's status.
@@ -555,7 +635,7 @@ func (e *Engine) History(name string, limit int) ([]Event, error) {
 	if !ok {
 		return nil, fmt.Errorf("%w: %q", ErrNotFound, name)
 	}
-	return e.store.Events(name, limit)
+	return e.o.Store.Events(name, limit)
 }
 
 // Subscribe returns a channel of updates for every rollout and a cancel
@@ -591,18 +671,24 @@ func (e *Engine) notifyLocked(r *entry, ev *Event) {
 }
 
 func (e *Engine) statusLocked(r *entry) Status {
-	steps := r.Plan.WithDefaults().Schedule()
-	s := Status{Rollout: r.Rollout, Signal: r.rt.signal, StepCount: len(steps)}
-	if s.Signal.State == "" {
-		s.Signal = Signal{State: SignalStale, Reason: "not evaluated yet"}
-	}
-	if i := r.State.StepIndex; i < len(steps) && !r.State.Phase.Terminal() {
-		if left := steps[i].Hold.D() - r.State.HoldCounted; left > 0 {
-			s.HoldRemaining = left
+	s := Status{Rollout: r.Rollout, StepCount: len(r.steps)}
+	if !r.State.Phase.Terminal() {
+		s.Signal = r.tm.Signal
+		if s.Signal.State == "" {
+			s.Signal = Signal{State: SignalStale, Reason: "not evaluated yet"}
+		}
+		if i := r.State.StepIndex; i < len(r.steps) {
+			if left := r.steps[i].Hold.D() - r.State.HoldCounted; left > 0 {
+				s.HoldRemaining = left
+			}
 		}
 	}
+	s.Signal.Traffic = nil
 	if r.State.RouteVersion != "" {
-		s.Fleet = e.fleet.Convergence(KindRoutes, r.State.RouteVersion)
+		s.Fleet = e.convergence(r.State)
+	}
+	if r.storeErr != nil {
+		s.StoreError = r.storeErr.Error()
 	}
 	return s
 }

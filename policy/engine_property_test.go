@@ -267,7 +267,9 @@ type propRun struct {
 	published []int // canary weights published, repeats collapsed
 
 	badEnds   map[time.Time]bool // ends of the bad runs the engine observed
-	firingObs time.Time          // first tick of the current firing stretch the engine observed
+	firingObs time.Time          // first tick of the current firing streak the engine observed
+	clearObs  time.Time          // first tick of the current clear spell the engine observed
+	sigObs    policy.SignalState // the signal on the last observed tick
 
 	pausedAt  time.Time // a pause request in effect since then (zero: none)
 	pauses    [][2]time.Time
@@ -398,13 +400,29 @@ func (pr *propRun) tick(now time.Time, before policy.Status) {
 	if observed && sig != policy.SignalClear {
 		pr.badEnds[pr.badRunEnd(now)] = true
 	}
-	if observed && sig == policy.SignalFiring {
+	// A firing streak survives stale spells and clear spells shorter than
+	// stableFor (Envoy un-ejects a failing host between ejections).
+	switch {
+	case !observed:
+		if !before.State.Phase.Terminal() {
+			pr.firingObs, pr.clearObs = time.Time{}, time.Time{}
+		}
+	case sig == policy.SignalFiring:
+		pr.clearObs = time.Time{}
 		if pr.firingObs.IsZero() {
 			pr.firingObs = now
 		}
-	} else if !before.State.Phase.Terminal() {
-		pr.firingObs = time.Time{}
+	case sig == policy.SignalStale:
+		pr.clearObs = time.Time{}
+	default:
+		if pr.clearObs.IsZero() {
+			pr.clearObs = now
+		}
+		if now.Sub(pr.clearObs) >= pr.sc.stableFor {
+			pr.firingObs = time.Time{}
+		}
 	}
+	pr.sigObs = sig
 
 	h.tick()
 	st := h.get(propName)
@@ -720,22 +738,44 @@ func (pr *propRun) checkRollback(now time.Time, before, st policy.Status) {
 			pr.t.Errorf("at %s: rolled back with rollbackAfter disabled", now.Sub(epoch))
 			return
 		}
-		// Firing for the whole of [now-rollbackAfter, now]?
-		start := now.Add(-after)
-		for _, c := range pr.sc.timeline {
-			if c.At.After(start) && !c.At.After(now) {
-				pr.t.Errorf("at %s: rolled back, but the signal turned %s at %s, within rollbackAfter (%s)", now.Sub(epoch), c.State, c.At.Sub(epoch), after)
-			}
+		// Firing now, in a streak that began at least rollbackAfter ago,
+		// with no clear spell of stableFor in it?
+		if pr.sigObs != policy.SignalFiring {
+			pr.t.Errorf("at %s: rolled back while the signal is %s", now.Sub(epoch), pr.sigObs)
 		}
-		if s := pr.h.gate.At(start); s != policy.SignalFiring {
-			pr.t.Errorf("at %s: rolled back, but the signal was %s rollbackAfter (%s) ago", now.Sub(epoch), s, after)
+		if pr.firingObs.IsZero() || now.Sub(pr.firingObs) < after {
+			pr.t.Errorf("at %s: rolled back, but the firing streak began at %v, less than rollbackAfter (%s) ago", now.Sub(epoch), pr.firingObs.Sub(epoch), after)
+		}
+		if end, ok := pr.clearSpell(pr.firingObs, now); ok {
+			pr.t.Errorf("at %s: rolled back, but the signal was clear for stableFor %s until %s, within the streak", now.Sub(epoch), pr.sc.stableFor, end.Sub(epoch))
 		}
 		return
 	}
-	if after > 0 && !pr.firingObs.IsZero() && now.Sub(pr.firingObs) >= after &&
+	if after > 0 && pr.sigObs == policy.SignalFiring && !pr.firingObs.IsZero() && now.Sub(pr.firingObs) >= after &&
 		(st.State.Phase == policy.PhaseProgressing || st.State.Phase == policy.PhaseHolding) {
 		pr.t.Errorf("at %s: %s after the signal fired %s without a break (rollbackAfter %s)", now.Sub(epoch), st.State.Phase, now.Sub(pr.firingObs), after)
 	}
+}
+
+// clearSpell reports whether the scripted timeline holds a clear spell of
+// at least stableFor that ends within (from, to], and when it ends.
+func (pr *propRun) clearSpell(from, to time.Time) (time.Time, bool) {
+	tl := pr.sc.timeline
+	for i, c := range tl {
+		if c.State != policy.SignalClear {
+			continue
+		}
+		end := pr.sc.horizon.Add(time.Hour)
+		if i+1 < len(tl) {
+			end = tl[i+1].At
+		}
+		// Ticks sample the timeline: allow one tick of slack at each end.
+		slack := 2 * pr.sc.maxTick
+		if end.After(from) && !end.After(to) && end.Sub(c.At) >= pr.sc.stableFor+slack && c.At.After(from) {
+			return end, true
+		}
+	}
+	return time.Time{}, false
 }
 
 // finish checks the end of a run.

@@ -207,7 +207,7 @@ func TestEngineOperations(t *testing.T) {
 				assertWithdrawnEvent(t, h, name, "drainTimeout")
 			},
 		},
-		"rollback after rollbackAfter of unbroken firing; a break resets it": {
+		"rollback after rollbackAfter of firing; a clear spell shorter than stableFor does not break it, a longer one does": {
 			plan: func() policy.Plan {
 				p := testPlan(name, wstep(10, time.Hour), wstep(100, 0))
 				p.Analysis.RollbackAfter = durp(time.Minute)
@@ -217,13 +217,19 @@ func TestEngineOperations(t *testing.T) {
 				h.runUntil("PROGRESSING", time.Minute, tick, inPhase(policy.PhaseProgressing), name)
 				h.gate.SetFrom(h.clock.Now(), policy.SignalFiring)
 				h.advance(50*time.Second, tick)
+				// A clear spell of stableFor (10s, seen by ticks) ends the streak.
 				h.gate.SetFrom(h.clock.Now(), policy.SignalClear)
-				h.advance(2*time.Second, tick)
+				h.advance(11*time.Second, tick)
 				start := h.clock.Now()
 				h.gate.SetFrom(start, policy.SignalFiring)
-				h.advance(59*time.Second, tick)
+				h.advance(40*time.Second, tick)
+				// An un-eject: 2s of clear, shorter than stableFor, does not.
+				h.gate.SetFrom(h.clock.Now(), policy.SignalClear)
+				h.advance(2*time.Second, tick)
+				h.gate.SetFrom(h.clock.Now(), policy.SignalFiring)
+				h.advance(17*time.Second, tick)
 				if st := h.get(name); st.State.Phase != policy.PhaseHolding {
-					t.Fatalf("after 50s firing, a break and 59s firing: %s (%s), want HOLDING", st.State.Phase, st.State.Reason)
+					t.Fatalf("after 50s firing, 11s clear, 40s firing, 2s clear and 17s firing: %s (%s), want HOLDING", st.State.Phase, st.State.Reason)
 				}
 				st := h.runUntil("ROLLING_BACK", 5*time.Second, tick, inPhase(policy.PhaseRollingBack), name)
 				if d := h.clock.Now().Sub(start); d < time.Minute || d > time.Minute+tick {
@@ -520,7 +526,7 @@ func TestEngineOperations(t *testing.T) {
 			plan: func() policy.Plan { return testPlan(name, wstep(10, time.Minute), wstep(100, 0)) },
 			run: func(t *testing.T, h *harness) {
 				h.runUntil("PROGRESSING", time.Minute, tick, inPhase(policy.PhaseProgressing), name)
-				if err := h.eng.Delete(name); err != nil {
+				if _, err := h.eng.Delete(name, policy.DeleteOptions{Force: true}); err != nil {
 					t.Fatalf("delete: %v", err)
 				}
 				if _, err := h.eng.Get(name); !errors.Is(err, policy.ErrNotFound) {
@@ -537,7 +543,7 @@ func TestEngineOperations(t *testing.T) {
 				if evs := h.events(name); len(evs) != 0 {
 					t.Errorf("%d events left after delete", len(evs))
 				}
-				if err := h.eng.Delete(name); !errors.Is(err, policy.ErrNotFound) {
+				if _, err := h.eng.Delete(name, policy.DeleteOptions{Force: true}); !errors.Is(err, policy.ErrNotFound) {
 					t.Errorf("second delete: %v, want ErrNotFound", err)
 				}
 				h.advance(time.Minute, tick)
@@ -582,7 +588,7 @@ func assertWithdrawnEvent(t *testing.T, h *harness, name, why string) {
 func TestOperationPreconditions(t *testing.T) {
 	h := newHarness(t)
 	h.apply(testPlan("a", wstep(10, time.Minute), wstep(100, 0)))
-	for verb, op := range map[string]func(string) (policy.Status, error){
+	for verb, op := range map[string]func(string, ...policy.OpOption) (policy.Status, error){
 		"pause": h.eng.Pause, "resume": h.eng.Resume, "promote": h.eng.Promote, "abort": h.eng.Abort,
 	} {
 		if _, err := op("missing"); !errors.Is(err, policy.ErrNotFound) {
@@ -603,7 +609,7 @@ func TestOperationPreconditions(t *testing.T) {
 		t.Errorf("pause while PROMOTING: %v, want ErrFailedPrecondition", err)
 	}
 	h.runUntil("SUCCEEDED", time.Minute, time.Second, terminal, "a")
-	for verb, op := range map[string]func(string) (policy.Status, error){
+	for verb, op := range map[string]func(string, ...policy.OpOption) (policy.Status, error){
 		"pause": h.eng.Pause, "resume": h.eng.Resume, "promote": h.eng.Promote, "abort": h.eng.Abort,
 	} {
 		if _, err := op("a"); !isPrecondition(err) {

@@ -65,13 +65,20 @@ type fakeGate struct {
 	timeline []change // sorted by At
 	active   float64
 	known    bool
+	// quiet makes the canary serve no requests: no traffic samples.
+	quiet bool
 }
 
 func (g *fakeGate) Evaluate(now time.Time, q policy.SignalQuery) policy.Signal {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	s := g.atLocked(now)
-	return policy.Signal{State: s, Reason: fmt.Sprintf("scripted %s for %s", s, q.CanaryCluster)}
+	sig := policy.Signal{State: s, Reason: fmt.Sprintf("scripted %s for %s", s, q.CanaryCluster)}
+	if !g.quiet && s != policy.SignalStale {
+		// Every evaluation is a fresh report of a canary serving requests.
+		sig.Traffic = []policy.TrafficSample{{Node: "envoy-1", From: now, At: now, Requests: 100}}
+	}
+	return sig
 }
 
 func (g *fakeGate) ActiveRequests(now time.Time, cluster string) (float64, bool) {
@@ -108,6 +115,13 @@ func (g *fakeGate) Script(cs []change) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.timeline = append([]change(nil), cs...)
+}
+
+// SetQuiet makes the canary serve no requests (true) or serve again.
+func (g *fakeGate) SetQuiet(q bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.quiet = q
 }
 
 func (g *fakeGate) SetActive(active float64, known bool) {
@@ -151,7 +165,7 @@ func (p *fakePublisher) Publish(ctx context.Context, ds policy.DesiredState, rea
 		p.onSet(v, at)
 	}
 	s := strconv.FormatUint(v, 10)
-	return policy.PublishResult{ClusterVersion: s, RouteVersion: s}, nil
+	return policy.PublishResult{ClusterVersion: s, ListenerVersion: s, RouteVersion: s}, nil
 }
 
 func (p *fakePublisher) Records() []publishRec {
@@ -572,7 +586,7 @@ func isPrecondition(err error) bool { return errors.Is(err, policy.ErrFailedPrec
 // stateCore is the part of a State a restart must reproduce exactly: all
 // but the reason, the timestamps and the versions the new publish stamps.
 func stateCore(s policy.State) policy.State {
-	s.Reason, s.Updated, s.RouteVersion, s.ClusterVersion = "", time.Time{}, "", ""
+	s.Reason, s.Updated, s.RouteVersion, s.ClusterVersion, s.ListenerVersion = "", time.Time{}, "", "", ""
 	return s
 }
 

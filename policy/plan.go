@@ -79,10 +79,14 @@ type Analysis struct {
 	StaleAfter Duration `yaml:"staleAfter,omitempty" json:"staleAfter,omitempty"`
 	// RollbackAfter is how long firing without a break before rolling back; 0 disables.
 	RollbackAfter *Duration `yaml:"rollbackAfter,omitempty" json:"rollbackAfter,omitempty"`
-	// MaxErrorRate is the canary 5xx share (0..1) above which the signal fires; 0 disables.
-	MaxErrorRate float64 `yaml:"maxErrorRate,omitempty" json:"maxErrorRate,omitempty"`
-	// MinRequests is the fewest canary requests in the window for MaxErrorRate to judge.
-	MinRequests int `yaml:"minRequests,omitempty" json:"minRequests,omitempty"`
+	// MaxErrorRate is the canary 5xx share (0..1) above which the signal
+	// fires, ejected host or not; unset means DefaultMaxErrorRate, 0 disables.
+	MaxErrorRate *float64 `yaml:"maxErrorRate,omitempty" json:"maxErrorRate,omitempty"`
+	// MinRequests is how many canary requests each weight step must see
+	// before it may end (evidence of traffic), and the fewest requests in a
+	// window for MaxErrorRate to judge. Unset means DefaultMinRequests; 0 opts
+	// out of the evidence rule, for very quiet services.
+	MinRequests *int `yaml:"minRequests,omitempty" json:"minRequests,omitempty"`
 	// DrainTimeout bounds the wait for the stable cluster to drain after promotion
 	// when no stats arrive.
 	DrainTimeout Duration `yaml:"drainTimeout,omitempty" json:"drainTimeout,omitempty"`
@@ -115,6 +119,7 @@ const (
 	DefaultDrainTimeout  = 30 * time.Second
 	DefaultHookTimeout   = 2 * time.Minute
 	DefaultMinRequests   = 20
+	DefaultMaxErrorRate  = 0.05
 )
 
 // DefaultOutlierDetection is used when a plan names none. It ejects a
@@ -156,8 +161,13 @@ func (p Plan) WithDefaults() Plan {
 	if a.DrainTimeout == 0 {
 		a.DrainTimeout = Duration(DefaultDrainTimeout)
 	}
-	if a.MinRequests == 0 {
-		a.MinRequests = DefaultMinRequests
+	if a.MinRequests == nil {
+		n := DefaultMinRequests
+		a.MinRequests = &n
+	}
+	if a.MaxErrorRate == nil {
+		r := DefaultMaxErrorRate
+		a.MaxErrorRate = &r
 	}
 	return p
 }
@@ -209,6 +219,22 @@ func (a Analysis) RollbackAfterDuration() time.Duration {
 		return DefaultRollbackAfter
 	}
 	return a.RollbackAfter.D()
+}
+
+// MinRequestsValue is analysis.minRequests with its default applied.
+func (a Analysis) MinRequestsValue() int {
+	if a.MinRequests == nil {
+		return DefaultMinRequests
+	}
+	return *a.MinRequests
+}
+
+// MaxErrorRateValue is analysis.maxErrorRate with its default applied; 0 disables.
+func (a Analysis) MaxErrorRateValue() float64 {
+	if a.MaxErrorRate == nil {
+		return DefaultMaxErrorRate
+	}
+	return *a.MaxErrorRate
 }
 
 // Duration is a time.Duration written as "30s" or "1m" in YAML and JSON.

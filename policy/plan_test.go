@@ -20,8 +20,8 @@ import (
 func validPlan() policy.Plan {
 	p := testPlan("checkout", wstep(10, 30*time.Second), wstep(50, time.Minute), pstep(), wstep(100, 0))
 	p.OutlierDetection = &policy.OutlierDetection{Consecutive5xx: 3, Interval: dur(time.Second), BaseEjectionTime: dur(10 * time.Second), MaxEjectionPercent: 100}
-	p.Analysis.MaxErrorRate = 0.05
-	p.Analysis.MinRequests = 10
+	p.Analysis.MaxErrorRate = ptr(0.05)
+	p.Analysis.MinRequests = ptr(10)
 	p.Hooks.BeforeShift = []policy.Hook{{Webhook: &policy.Webhook{URL: "http://127.0.0.1:8080/expand"}}}
 	p.Hooks.AfterPromote = []policy.Hook{{Webhook: &policy.Webhook{URL: "https://localhost/contract"}}}
 	return p
@@ -131,12 +131,12 @@ func TestValidate(t *testing.T) {
 			want: []problem{{"steps[0].weight", "the last weight must be 100, got 50"}}},
 		"only pauses": {edit: func(p *policy.Plan) { p.Steps = []policy.Step{pstep()} },
 			want: []problem{{"steps", "needs at least one weight step, ending at 100"}}},
-		"max error rate over 1": {edit: func(p *policy.Plan) { p.Analysis.MaxErrorRate = 5 },
+		"max error rate over 1": {edit: func(p *policy.Plan) { p.Analysis.MaxErrorRate = ptr(5.0) },
 			want: []problem{{"analysis.maxErrorRate", "must be within 0..1 (a share of requests), got 5"}}},
-		"max error rate negative": {edit: func(p *policy.Plan) { p.Analysis.MaxErrorRate = -0.1 },
+		"max error rate negative": {edit: func(p *policy.Plan) { p.Analysis.MaxErrorRate = ptr(-0.1) },
 			want: []problem{{"analysis.maxErrorRate", "got -0.1"}}},
-		"min requests negative": {edit: func(p *policy.Plan) { p.Analysis.MinRequests = -1 },
-			want: []problem{{"analysis.minRequests", "must be >= 0, got -1"}}},
+		"min requests negative": {edit: func(p *policy.Plan) { p.Analysis.MinRequests = ptr(-1) },
+			want: []problem{{"analysis.minRequests", "must be 0..1000000 (0 opts out of the evidence rule), got -1"}}},
 		"hook with exec and webhook": {edit: func(p *policy.Plan) { p.Hooks.BeforeShift[0].Exec = []string{"./x"} },
 			opts: policy.ValidateOptions{AllowExec: true},
 			want: []problem{{"hooks.beforeShift[0]", "give either exec or webhook, not both"}}},
@@ -522,7 +522,7 @@ func TestWithDefaults(t *testing.T) {
 	}
 	a := p.Analysis
 	if a.StaleAfter.D() != policy.DefaultStaleAfter || a.StableFor.D() != policy.DefaultStableFor || a.RollbackAfter.D() != policy.DefaultRollbackAfter ||
-		a.DrainTimeout.D() != policy.DefaultDrainTimeout || a.MinRequests != policy.DefaultMinRequests {
+		a.DrainTimeout.D() != policy.DefaultDrainTimeout || *a.MinRequests != policy.DefaultMinRequests {
 		t.Errorf("analysis defaults %+v", a)
 	}
 	// An explicit 0s stays 0: stableFor 0 counts at once, rollbackAfter 0 disables.
@@ -576,3 +576,5 @@ func TestDurationEncoding(t *testing.T) {
 		})
 	}
 }
+
+func ptr[T any](v T) *T { return &v }

@@ -60,22 +60,36 @@ type State struct {
 	HoldCounted time.Duration `json:"holdCounted"`
 	// RouteVersion is the route version that carries Weight; the step's hold
 	// starts once the fleet has ACKed it.
-	RouteVersion   string    `json:"routeVersion,omitempty"`
-	ClusterVersion string    `json:"clusterVersion,omitempty"`
-	Created        time.Time `json:"created"`
-	Updated        time.Time `json:"updated"`
-	// Paused is set by pause and cleared by resume, in any running phase.
-	Paused bool `json:"paused,omitempty"`
+	// ClusterVersion and ListenerVersion are the versions of the other
+	// resources the state needs; the process that publishes stamps them, so
+	// a restart stamps them anew.
+	RouteVersion    string    `json:"routeVersion,omitempty"`
+	ClusterVersion  string    `json:"clusterVersion,omitempty"`
+	ListenerVersion string    `json:"listenerVersion,omitempty"`
+	Created         time.Time `json:"created"`
+	Updated         time.Time `json:"updated"`
+	// StepRequests is how many canary requests the fleet reported during
+	// the current step (evidence of traffic, against analysis.minRequests).
+	StepRequests float64 `json:"stepRequests,omitempty"`
 	// PausedFrom is the phase a pause request interrupted; empty at a pause step.
 	PausedFrom Phase `json:"pausedFrom,omitempty"`
-	// PromoteRequested skips the remaining steps to 100.
-	PromoteRequested bool `json:"promoteRequested,omitempty"`
+	// LastOp is the last operation applied, when, and at which step: a
+	// repeat moments later does not act on a step it never saw.
+	LastOp     string    `json:"lastOp,omitempty"`
+	LastOpAt   time.Time `json:"lastOpAt,omitempty"`
+	LastOpStep int       `json:"lastOpStep,omitempty"`
 	// BeforeShiftDone records that the beforeShift hooks succeeded.
 	BeforeShiftDone bool `json:"beforeShiftDone,omitempty"`
 	// Aborted marks a rollback an operator asked for: it ends ABORTED.
 	Aborted bool `json:"aborted,omitempty"`
 	// HookError is the last hook failure, surfaced in the status.
 	HookError string `json:"hookError,omitempty"`
+}
+
+func (s *State) clearVersions() { s.RouteVersion, s.ClusterVersion, s.ListenerVersion = "", "", "" }
+
+func (s *State) versionsStamped() bool {
+	return s.RouteVersion != "" && s.ClusterVersion != "" && s.ListenerVersion != ""
 }
 
 // Event is one recorded transition or notable fact of a rollout.
@@ -92,7 +106,7 @@ type Event struct {
 }
 
 func (e Event) String() string {
-	s := fmt.Sprintf("%s %s → %s at weight %d (step %d): %s", e.Time.Format(time.RFC3339), e.From, e.To, e.Weight, e.StepIndex, e.Reason)
+	s := fmt.Sprintf("%s %s → %s at weight %d (step %d): %s", e.Time.Format(time.RFC3339), e.From, e.To, e.Weight, e.StepIndex+1, e.Reason)
 	if e.Output != "" {
 		s += "\n" + e.Output
 	}

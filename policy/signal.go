@@ -19,6 +19,18 @@ type Signal struct {
 	// Since is when the signal entered State, as the engine saw it; gates
 	// leave it zero.
 	Since time.Time
+	// Traffic is the canary's requests per node over each node's latest
+	// report interval, from every stats source: the evidence that the
+	// canary serves. No sample is no evidence.
+	Traffic []TrafficSample
+}
+
+// TrafficSample is one node's canary requests over one report interval
+// (From, At]. The engine counts each (node, At) once.
+type TrafficSample struct {
+	Node     string
+	From, At time.Time
+	Requests float64
 }
 
 // SignalQuery is what a gate needs to judge one rollout.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
 	"regexp"
 	"sort"
@@ -207,11 +208,11 @@ func (c *checker) schedule(p Plan) {
 }
 
 func (c *checker) analysis(a Analysis) {
-	if a.MaxErrorRate < 0 || a.MaxErrorRate > 1 {
-		c.add("analysis.maxErrorRate", "must be within 0..1 (a share of requests), got %g", a.MaxErrorRate)
+	if r := a.MaxErrorRateValue(); !(r >= 0 && r <= 1) { // NaN fails both
+		c.add("analysis.maxErrorRate", "must be within 0..1 (a share of requests), got %g", r)
 	}
-	if a.MinRequests < 0 {
-		c.add("analysis.minRequests", "must be >= 0, got %d", a.MinRequests)
+	if n := a.MinRequestsValue(); n < 0 || n > 1_000_000 {
+		c.add("analysis.minRequests", "must be 0..1000000 (0 opts out of the evidence rule), got %d", n)
 	}
 }
 
@@ -323,15 +324,31 @@ func ValidateSet(plans []Plan, files []string) Problems {
 		}
 		wp := p.WithDefaults()
 		for _, d := range wp.Listener.Domains {
-			key := wp.Listener.Address + " " + d
-			if other, ok := domains[key]; ok && other != p.Name {
-				ps = append(ps, Problem{File: file(i), Field: "listener.domains", Msg: fmt.Sprintf("domain %q on %s is already served by plan %q", d, wp.Listener.Address, other)})
+			// Envoy matches domains case-insensitively and rejects a route
+			// configuration that repeats one.
+			key := ListenerKey(wp.Listener.Address) + " " + strings.ToLower(d)
+			if other, ok := domains[key]; ok {
+				who := fmt.Sprintf("plan %q", other)
+				if other == p.Name {
+					who = "this plan already"
+				}
+				ps = append(ps, Problem{File: file(i), Field: "listener.domains", Msg: fmt.Sprintf("domain %q on %s is already served by %s (domains match case-insensitively)", d, wp.Listener.Address, who)})
 			}
 			domains[key] = p.Name
 		}
 	}
 	sort.SliceStable(ps, func(a, b int) bool { return ps[a].File < ps[b].File })
 	return ps
+}
+
+// ListenerKey normalises a listener address, so that [::1]:80 and
+// [0:0::1]:80 name one listener. An address that does not parse is its own key.
+func ListenerKey(address string) string {
+	ap, err := netip.ParseAddrPort(address)
+	if err != nil {
+		return address
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String()
 }
 
 func orHere(f string) string {

@@ -141,9 +141,14 @@ func (f *Fleet) maybeConverged(typeURL string, tp *typeProgress) {
 // Convergence implements policy.FleetView. Clusters count as converged only
 // when their endpoints are too: a cluster is usable once both arrived.
 func (f *Fleet) Convergence(kind policy.ResourceKind, version string) policy.Convergence {
-	types := []string{resourcev3.RouteType}
-	if kind == policy.KindClusters {
+	var types []string
+	switch kind {
+	case policy.KindClusters:
 		types = []string{resourcev3.ClusterType, resourcev3.EndpointType}
+	case policy.KindListeners:
+		types = []string{resourcev3.ListenerType}
+	default:
+		types = []string{resourcev3.RouteType}
 	}
 	v := parseVersion(version)
 	f.mu.Lock()
@@ -172,8 +177,14 @@ func (f *Fleet) Convergence(kind policy.ResourceKind, version string) policy.Con
 				c.Converged = false
 			}
 		}
-		if subscribed {
+		switch {
+		case subscribed:
 			c.Nodes++
+		case len(s.types) > 0:
+			// Connected and asking for config, but not yet for this kind:
+			// it does not have what the rollout needs.
+			c.Nodes++
+			c.Converged = false
 		}
 	}
 	if c.Nodes == 0 {

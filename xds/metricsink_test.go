@@ -233,8 +233,11 @@ func TestMetricsSinkFeedsGate(t *testing.T) {
 		Rollout: "checkout", CanaryCluster: "app-v2", Since: t0.Add(-time.Minute),
 		Analysis: policy.Plan{}.WithDefaults().Analysis,
 	}
+	// q judges ejections only; rateQ also the 5xx share.
+	off, rate := 0.0, 0.05
+	q.Analysis.MaxErrorRate = &off
 	rateQ := q
-	rateQ.Analysis.MaxErrorRate = 0.05
+	rateQ.Analysis.MaxErrorRate = &rate
 
 	wantGateSignal(t, gate, t0, q, policy.SignalStale, "no Envoy stats received from any node")
 

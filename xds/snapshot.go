@@ -76,7 +76,7 @@ func (p *Publisher) Publish(ctx context.Context, ds policy.DesiredState, reason 
 	if err != nil {
 		return policy.PublishResult{}, err
 	}
-	return policy.PublishResult{ClusterVersion: rec.Versions[resourcev3.ClusterType], RouteVersion: rec.Versions[resourcev3.RouteType]}, nil
+	return policy.PublishResult{ClusterVersion: rec.Versions[resourcev3.ClusterType], ListenerVersion: rec.Versions[resourcev3.ListenerType], RouteVersion: rec.Versions[resourcev3.RouteType]}, nil
 }
 
 // Set translates ds and sets it as the fleet's snapshot. It returns the

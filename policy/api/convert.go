@@ -96,8 +96,8 @@ func (c *converter) plan(pb *shiftplanev1.Plan) policy.Plan {
 			StableFor:     c.optDuration("analysis.stableFor", a.GetStableFor()),
 			StaleAfter:    c.duration("analysis.staleAfter", a.GetStaleAfter()),
 			RollbackAfter: c.optDuration("analysis.rollbackAfter", a.GetRollbackAfter()),
-			MaxErrorRate:  a.GetMaxErrorRate(),
-			MinRequests:   int(a.GetMinRequests()),
+			MaxErrorRate:  optFloat(a.MaxErrorRate),
+			MinRequests:   optInt(a.MinRequests),
 			DrainTimeout:  c.duration("analysis.drainTimeout", a.GetDrainTimeout()),
 		}
 	}
@@ -195,7 +195,7 @@ func PlanToProto(p policy.Plan) *shiftplanev1.Plan {
 	pb.Analysis = &shiftplanev1.Analysis{
 		StaleAfter:   durationProto(a.StaleAfter),
 		MaxErrorRate: a.MaxErrorRate,
-		MinRequests:  int32(a.MinRequests),
+		MinRequests:  optInt32(a.MinRequests),
 		DrainTimeout: durationProto(a.DrainTimeout),
 	}
 	if a.StableFor != nil {
@@ -260,9 +260,21 @@ func SignalStateFromProto(s shiftplanev1.SignalState) policy.SignalState {
 	return policy.SignalState(strings.TrimPrefix(s.String(), "SIGNAL_STATE_"))
 }
 
-// SignalToProto converts a gate verdict.
+// SignalToProto converts a gate verdict. A finished rollout has no live
+// signal: its state is SIGNAL_STATE_UNSPECIFIED.
 func SignalToProto(s policy.Signal) *shiftplanev1.Signal {
+	if s.State == "" {
+		return &shiftplanev1.Signal{Reason: "no live signal: the rollout is finished"}
+	}
 	return &shiftplanev1.Signal{State: SignalStateToProto(s.State), Reason: s.Reason, Since: timestampProto(s.Since)}
+}
+
+// PhaseFromProto maps the enum back; UNSPECIFIED is "".
+func PhaseFromProto(p shiftplanev1.Phase) policy.Phase {
+	if p == shiftplanev1.Phase_PHASE_UNSPECIFIED {
+		return ""
+	}
+	return policy.Phase(strings.TrimPrefix(p.String(), "PHASE_"))
 }
 
 // StatusToProto converts a rollout's status to the API's Rollout.
@@ -296,6 +308,9 @@ func StatusToProto(s policy.Status) *shiftplanev1.Rollout {
 		Source:        s.Source,
 		HookError:     st.HookError,
 	}
+	if s.StoreError != "" {
+		r.Message = "store unavailable, nothing moves until it is writable: " + s.StoreError
+	}
 	return r
 }
 
@@ -312,4 +327,28 @@ func EventToProto(e policy.Event) *shiftplanev1.Event {
 		Output:    e.Output,
 		Seq:       e.Seq,
 	}
+}
+
+func optFloat(v *float64) *float64 {
+	if v == nil {
+		return nil
+	}
+	x := *v
+	return &x
+}
+
+func optInt(v *int32) *int {
+	if v == nil {
+		return nil
+	}
+	x := int(*v)
+	return &x
+}
+
+func optInt32(v *int) *int32 {
+	if v == nil {
+		return nil
+	}
+	x := int32(*v)
+	return &x
 }

@@ -62,6 +62,8 @@ func toStatus(name string, err error) error {
 		return invalidPlan(name, ps)
 	case errors.Is(err, policy.ErrNotFound):
 		return notFound(name)
+	case errors.Is(err, policy.ErrStore):
+		return status.Error(codes.Unavailable, err.Error()+"; nothing was changed")
 	case errors.Is(err, policy.ErrFailedPrecondition):
 		return status.Error(codes.FailedPrecondition, strings.TrimPrefix(err.Error(), policy.ErrFailedPrecondition.Error()+": "))
 	}

@@ -315,12 +315,25 @@ func (s *Service) Watch(req *shiftplanev1.WatchRequest, stream grpc.ServerStream
 	}
 }
 
-// op runs one of the engine's named operations and logs a change.
-func (s *Service) op(name, verb string, f func(string) (policy.Status, error)) (*shiftplanev1.Rollout, error) {
+// op runs one of the engine's named operations and logs a change. expect,
+// when set, is the state the caller saw.
+func (s *Service) op(name, verb string, expect *shiftplanev1.Expect, f func(string, ...policy.OpOption) (policy.Status, error), extra ...policy.OpOption) (*shiftplanev1.Rollout, error) {
 	if err := checkName("name", name); err != nil {
 		return nil, err
 	}
-	st, err := f(name)
+	opts := extra
+	if expect != nil {
+		x := policy.Expect{}
+		if p := expect.GetPhase(); p != shiftplanev1.Phase_PHASE_UNSPECIFIED {
+			x.Phase = PhaseFromProto(p)
+		}
+		if expect.StepIndex != nil {
+			i := int(expect.GetStepIndex())
+			x.StepIndex = &i
+		}
+		opts = append(opts, policy.Expecting(x))
+	}
+	st, err := f(name, opts...)
 	if err != nil {
 		return nil, toStatus(name, err)
 	}
@@ -330,7 +343,7 @@ func (s *Service) op(name, verb string, f func(string) (policy.Status, error)) (
 
 // Pause implements RolloutService.
 func (s *Service) Pause(_ context.Context, req *shiftplanev1.PauseRequest) (*shiftplanev1.PauseResponse, error) {
-	r, err := s.op(req.GetName(), "paused", s.engine.Pause)
+	r, err := s.op(req.GetName(), "paused", req.GetExpect(), s.engine.Pause)
 	if err != nil {
 		return nil, err
 	}
@@ -339,7 +352,7 @@ func (s *Service) Pause(_ context.Context, req *shiftplanev1.PauseRequest) (*shi
 
 // Resume implements RolloutService.
 func (s *Service) Resume(_ context.Context, req *shiftplanev1.ResumeRequest) (*shiftplanev1.ResumeResponse, error) {
-	r, err := s.op(req.GetName(), "resumed", s.engine.Resume)
+	r, err := s.op(req.GetName(), "resumed", req.GetExpect(), s.engine.Resume)
 	if err != nil {
 		return nil, err
 	}
@@ -348,7 +361,7 @@ func (s *Service) Resume(_ context.Context, req *shiftplanev1.ResumeRequest) (*s
 
 // Promote implements RolloutService.
 func (s *Service) Promote(_ context.Context, req *shiftplanev1.PromoteRequest) (*shiftplanev1.PromoteResponse, error) {
-	r, err := s.op(req.GetName(), "promoted", s.engine.Promote)
+	r, err := s.op(req.GetName(), "promoted", req.GetExpect(), s.engine.Promote)
 	if err != nil {
 		return nil, err
 	}
@@ -361,9 +374,7 @@ func (s *Service) Abort(_ context.Context, req *shiftplanev1.AbortRequest) (*shi
 	if err := checkText("reason", reason, maxReasonLen); err != nil {
 		return nil, err
 	}
-	r, err := s.op(req.GetName(), "aborted", func(name string) (policy.Status, error) {
-		return s.engine.AbortBecause(name, reason)
-	})
+	r, err := s.op(req.GetName(), "aborted", req.GetExpect(), s.engine.Abort, policy.Because(reason))
 	if err != nil {
 		return nil, err
 	}
@@ -376,14 +387,18 @@ func (s *Service) Delete(_ context.Context, req *shiftplanev1.DeleteRequest) (*s
 	if err := checkName("name", name); err != nil {
 		return nil, err
 	}
-	if err := s.engine.Delete(name); err != nil {
+	effect, err := s.engine.Delete(name, policy.DeleteOptions{Force: req.GetForce(), DryRun: req.GetDryRun()})
+	if err != nil {
 		return nil, toStatus(name, err)
+	}
+	if req.GetDryRun() {
+		return &shiftplanev1.DeleteResponse{Effect: effect}, nil
 	}
 	if s.signals != nil {
 		s.signals.Forget(name)
 	}
-	s.log.Info("rollout deleted through the API", "rollout", name)
-	return &shiftplanev1.DeleteResponse{}, nil
+	s.log.Info("rollout deleted through the API", "rollout", name, "effect", effect)
+	return &shiftplanev1.DeleteResponse{Effect: effect}, nil
 }
 
 // History implements RolloutService.
@@ -442,6 +457,9 @@ func (s *Service) ReportSignal(_ context.Context, req *shiftplanev1.ReportSignal
 	st, err := s.engine.Get(name)
 	if err != nil {
 		return nil, toStatus(name, err)
+	}
+	if st.State.Phase.Terminal() {
+		return nil, status.Errorf(codes.FailedPrecondition, "rollout %q is %s: a finished rollout takes no signal", name, st.State.Phase)
 	}
 	analysis := st.Plan.WithDefaults().Analysis
 	if ttl == 0 {

@@ -58,7 +58,7 @@ func (p *fakePublisher) Publish(context.Context, policy.DesiredState, string) (p
 	defer p.mu.Unlock()
 	p.n++
 	v := strconv.Itoa(p.n)
-	return policy.PublishResult{ClusterVersion: v, RouteVersion: v}, nil
+	return policy.PublishResult{ClusterVersion: v, ListenerVersion: v, RouteVersion: v}, nil
 }
 
 // convergedFleet is a fleet of one node that ACKs everything at once.
@@ -175,7 +175,9 @@ func validPlan(name string, n int) *shiftplanev1.Plan {
 		Stable:   &shiftplanev1.Backend{Cluster: name + "-v1", Endpoints: []string{"127.0.0.1:8081"}},
 		Canary:   &shiftplanev1.Backend{Cluster: name + "-v2", Endpoints: []string{"127.0.0.1:8082"}},
 		Steps:    []*shiftplanev1.Step{weightStep(10, time.Second), weightStep(100, 0)},
-		Analysis: &shiftplanev1.Analysis{StableFor: durationpb.New(0), RollbackAfter: durationpb.New(0), DrainTimeout: durationpb.New(time.Second)},
+		// Reported signals are the gate's only data here, and they carry no
+		// traffic: these plans opt out of the evidence rule.
+		Analysis: &shiftplanev1.Analysis{StableFor: durationpb.New(0), RollbackAfter: durationpb.New(0), DrainTimeout: durationpb.New(time.Second), MinRequests: proto.Int32(0)},
 	}
 }
 
@@ -353,13 +355,13 @@ func TestBadInput(t *testing.T) {
 			call: apply(withPlan(func(p *shiftplanev1.Plan) {
 				p.Analysis = &shiftplanev1.Analysis{
 					StableFor: durationpb.New(-time.Second), StaleAfter: durationpb.New(-time.Second), RollbackAfter: durationpb.New(-time.Second),
-					DrainTimeout: durationpb.New(-time.Second), MaxErrorRate: 1.5, MinRequests: -1,
+					DrainTimeout: durationpb.New(-time.Second), MaxErrorRate: proto.Float64(1.5), MinRequests: proto.Int32(-1),
 				}
 			})),
 			code: codes.InvalidArgument,
 			want: []string{"analysis.stableFor: must not be negative, got -1s", "analysis.staleAfter: must not be negative",
 				"analysis.rollbackAfter: must not be negative", "analysis.drainTimeout: must not be negative",
-				"analysis.maxErrorRate: must be within 0..1 (a share of requests), got 1.5", "analysis.minRequests: must be >= 0, got -1"},
+				"analysis.maxErrorRate: must be within 0..1 (a share of requests), got 1.5", "analysis.minRequests: must be 0..1000000 (0 opts out of the evidence rule), got -1"},
 			fields: []string{"analysis.stableFor", "analysis.staleAfter", "analysis.rollbackAfter", "analysis.drainTimeout", "analysis.maxErrorRate", "analysis.minRequests"},
 		},
 		"apply exec hook without argv": {
@@ -838,7 +840,20 @@ func TestOperations(t *testing.T) {
 		t.Errorf("abort reason not in history: %v", oh.GetEvents())
 	}
 
-	if _, err := c.Delete(ctx, &shiftplanev1.DeleteRequest{Name: "other"}); err != nil {
+	// Delete takes the service's routes away: refused without force, shown
+	// by a dry run, done with force.
+	_, err = c.Delete(ctx, &shiftplanev1.DeleteRequest{Name: "other"})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "--force") || !strings.Contains(err.Error(), "listener 127.0.0.1:10002 is removed") {
+		t.Errorf("delete without force: %v, want FailedPrecondition naming --force and the listener", err)
+	}
+	dry, err := c.Delete(ctx, &shiftplanev1.DeleteRequest{Name: "other", DryRun: true})
+	if err != nil || !strings.Contains(dry.GetEffect(), `virtual host "other"`) {
+		t.Errorf("dry run: %q, %v", dry.GetEffect(), err)
+	}
+	if _, err := c.Get(ctx, &shiftplanev1.GetRequest{Name: "other"}); err != nil {
+		t.Errorf("get after a refused delete and a dry run: %v", err)
+	}
+	if _, err := c.Delete(ctx, &shiftplanev1.DeleteRequest{Name: "other", Force: true}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := c.Get(ctx, &shiftplanev1.GetRequest{Name: "other"}); status.Code(err) != codes.NotFound {
@@ -915,7 +930,7 @@ func TestWatch(t *testing.T) {
 	}
 	// Another rollout's changes are not sent.
 	e.apply(t, validPlan("other", 2))
-	if _, err := e.client.Delete(ctx, &shiftplanev1.DeleteRequest{Name: "web"}); err != nil {
+	if _, err := e.client.Delete(ctx, &shiftplanev1.DeleteRequest{Name: "web", Force: true}); err != nil {
 		t.Fatal(err)
 	}
 	for {

@@ -45,7 +45,7 @@ func rollout(name string, phase policy.Phase, weight int) policy.Rollout {
 		State: policy.State{
 			Phase: phase, StepIndex: 1, Weight: weight, CanaryPublished: true, StablePublished: true,
 			Reason: "step 1", HoldCounted: 1234567 * time.Microsecond, RouteVersion: "7", ClusterVersion: "5",
-			Created: t0, Updated: t0.Add(time.Minute), Paused: true, PausedFrom: policy.PhaseHolding, HookError: "x",
+			Created: t0, Updated: t0.Add(time.Minute), PausedFrom: policy.PhaseHolding, HookError: "x",
 		},
 	}
 }

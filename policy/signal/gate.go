@@ -140,10 +140,44 @@ func (g *Gate) evaluate(now time.Time, q policy.SignalQuery) policy.Signal {
 	if f, ok := errorRate(fresh, q); ok {
 		findings = append(findings, f)
 	}
+	traffic := trafficSamples(fresh, q)
 	if len(findings) > 0 {
-		return policy.Signal{State: policy.SignalFiring, Reason: joinReasons(findings)}
+		return policy.Signal{State: policy.SignalFiring, Reason: joinReasons(findings), Traffic: traffic}
 	}
-	return policy.Signal{State: policy.SignalClear, Reason: fmt.Sprintf("no ejections of %s on %d node(s)", q.CanaryCluster, len(fresh))}
+	return policy.Signal{State: policy.SignalClear, Reason: fmt.Sprintf("no ejections of %s on %d node(s)", q.CanaryCluster, len(fresh)), Traffic: traffic}
+}
+
+// trafficSamples is the evidence that the canary serves: per fresh node, the
+// canary's completed requests over its last report interval. A node whose
+// interval cannot be read gives no sample; a node that sent no counter for
+// the canary (Envoy sends only used stats) gives a sample of 0.
+func trafficSamples(fresh []NodeReport, q policy.SignalQuery) []policy.TrafficSample {
+	var out []policy.TrafficSample
+	for _, r := range fresh {
+		if !windowUsable(r, q.Since) {
+			continue
+		}
+		n := completed(r.Latest, q.CanaryCluster) - completed(r.Prev, q.CanaryCluster)
+		if n < 0 {
+			continue
+		}
+		out = append(out, policy.TrafficSample{Node: r.Node, From: r.PrevAt, At: r.At, Requests: n})
+	}
+	return out
+}
+
+// completed is a cluster's finished requests in one report:
+// upstream_rq_completed, or the sum of upstream_rq_<N>xx without it.
+func completed(stats map[string]float64, cluster string) float64 {
+	prefix := "cluster." + cluster + "."
+	if v, ok := stats[prefix+statRqCompleted]; ok {
+		return v
+	}
+	var t float64
+	for c := 1; c <= 5; c++ {
+		t += stats[fmt.Sprintf("%supstream_rq_%dxx", prefix, c)]
+	}
+	return t
 }
 
 // windowUsable reports whether r's last interval can be read for rises: it
@@ -155,11 +189,11 @@ func windowUsable(r NodeReport, since time.Time) bool {
 // errorRate sums the canary's 5xx and completed requests over every fresh
 // node's last interval and returns a finding when the share is too high.
 func errorRate(fresh []NodeReport, q policy.SignalQuery) (string, bool) {
-	maxRate := q.Analysis.MaxErrorRate
+	maxRate := q.Analysis.MaxErrorRateValue()
 	if maxRate <= 0 {
 		return "", false
 	}
-	minReq := float64(max(q.Analysis.MinRequests, 1))
+	minReq := float64(max(q.Analysis.MinRequestsValue(), 1))
 	prefix := "cluster." + q.CanaryCluster + "."
 	var errs, total float64
 	var nodes []string
@@ -168,15 +202,7 @@ func errorRate(fresh []NodeReport, q policy.SignalQuery) (string, bool) {
 			continue
 		}
 		e := r.Latest[prefix+statRq5xx] - r.Prev[prefix+statRq5xx]
-		var t float64
-		if _, ok := r.Latest[prefix+statRqCompleted]; ok {
-			t = r.Latest[prefix+statRqCompleted] - r.Prev[prefix+statRqCompleted]
-		} else {
-			for c := 1; c <= 5; c++ {
-				n := fmt.Sprintf("%supstream_rq_%dxx", prefix, c)
-				t += r.Latest[n] - r.Prev[n]
-			}
-		}
+		t := completed(r.Latest, q.CanaryCluster) - completed(r.Prev, q.CanaryCluster)
 		if e < 0 || t < 0 {
 			continue // a counter went down: not a window to read
 		}

@@ -59,7 +59,7 @@ func query(a policy.Analysis) policy.SignalQuery {
 }
 
 func TestEvaluateStats(t *testing.T) {
-	rate := policy.Analysis{MaxErrorRate: 0.05, MinRequests: 20}
+	rate := policy.Analysis{MaxErrorRate: ptr(0.05), MinRequests: ptr(20)}
 	tests := map[string]struct {
 		nodes    []NodeReport
 		analysis policy.Analysis
@@ -206,9 +206,15 @@ func TestEvaluateStats(t *testing.T) {
 			want:     policy.SignalFiring,
 			reason:   "cluster app-v2: 5xx rate 10.0% (10 of 100 requests on envoy-1) above maxErrorRate 5%",
 		},
-		"error rate off by default": {
-			nodes: []NodeReport{node("envoy-1", time.Second, map[string]float64{}, map[string]float64{done: 100, rq5xx: 100})},
-			want:  policy.SignalClear,
+		"error rate judged by default (5%), ejection or not": {
+			nodes:  []NodeReport{node("envoy-1", time.Second, map[string]float64{}, map[string]float64{done: 100, rq5xx: 100})},
+			want:   policy.SignalFiring,
+			reason: "cluster app-v2: 5xx rate 100.0% (100 of 100 requests on envoy-1) above maxErrorRate 5%",
+		},
+		"error rate 0 disables it": {
+			nodes:    []NodeReport{node("envoy-1", time.Second, map[string]float64{}, map[string]float64{done: 100, rq5xx: 100})},
+			analysis: policy.Analysis{MaxErrorRate: ptr(0.0)},
+			want:     policy.SignalClear,
 		},
 	}
 	for name, tc := range tests {
@@ -487,3 +493,5 @@ func gaugeValue(t *testing.T, reg *prometheus.Registry, name, label string) floa
 	}
 	return -1
 }
+
+func ptr[T any](v T) *T { return &v }

@@ -738,10 +738,13 @@ type Analysis struct {
 	StaleAfter *durationpb.Duration `protobuf:"bytes,2,opt,name=stale_after,json=staleAfter,proto3" json:"stale_after,omitempty"`
 	// Firing this long without a break rolls back to weight 0; 0s disables.
 	RollbackAfter *durationpb.Duration `protobuf:"bytes,3,opt,name=rollback_after,json=rollbackAfter,proto3" json:"rollback_after,omitempty"`
-	// Canary 5xx share (0..1) above which the signal fires; 0 disables.
-	MaxErrorRate float64 `protobuf:"fixed64,4,opt,name=max_error_rate,json=maxErrorRate,proto3" json:"max_error_rate,omitempty"`
-	// The fewest canary requests in the window for max_error_rate to judge.
-	MinRequests int32 `protobuf:"varint,5,opt,name=min_requests,json=minRequests,proto3" json:"min_requests,omitempty"`
+	// Canary 5xx share (0..1) above which the signal fires, whether or not a
+	// host is ejected; unset means the server's default (0.05), 0 disables.
+	MaxErrorRate *float64 `protobuf:"fixed64,4,opt,name=max_error_rate,json=maxErrorRate,proto3,oneof" json:"max_error_rate,omitempty"`
+	// How many canary requests each weight step must see before it may end
+	// (evidence of traffic), and the fewest requests in a window for
+	// max_error_rate to judge. Unset means the default (20); 0 opts out.
+	MinRequests *int32 `protobuf:"varint,5,opt,name=min_requests,json=minRequests,proto3,oneof" json:"min_requests,omitempty"`
 	// Bound on the wait for the stable cluster to drain after promotion.
 	DrainTimeout  *durationpb.Duration `protobuf:"bytes,6,opt,name=drain_timeout,json=drainTimeout,proto3" json:"drain_timeout,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -800,15 +803,15 @@ func (x *Analysis) GetRollbackAfter() *durationpb.Duration {
 }
 
 func (x *Analysis) GetMaxErrorRate() float64 {
-	if x != nil {
-		return x.MaxErrorRate
+	if x != nil && x.MaxErrorRate != nil {
+		return *x.MaxErrorRate
 	}
 	return 0
 }
 
 func (x *Analysis) GetMinRequests() int32 {
-	if x != nil {
-		return x.MinRequests
+	if x != nil && x.MinRequests != nil {
+		return *x.MinRequests
 	}
 	return 0
 }
@@ -1937,8 +1940,11 @@ func (*WatchResponse_Status) isWatchResponse_Kind() {}
 func (*WatchResponse_Event) isWatchResponse_Kind() {}
 
 type PauseRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// What the caller saw; when set and the rollout has moved on since, the
+	// call fails with FAILED_PRECONDITION and changes nothing.
+	Expect        *Expect `protobuf:"bytes,2,opt,name=expect,proto3" json:"expect,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1978,6 +1984,13 @@ func (x *PauseRequest) GetName() string {
 		return x.Name
 	}
 	return ""
+}
+
+func (x *PauseRequest) GetExpect() *Expect {
+	if x != nil {
+		return x.Expect
+	}
+	return nil
 }
 
 type PauseResponse struct {
@@ -2025,8 +2038,11 @@ func (x *PauseResponse) GetRollout() *Rollout {
 }
 
 type ResumeRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// What the caller saw; when set and the rollout has moved on since, the
+	// call fails with FAILED_PRECONDITION and changes nothing.
+	Expect        *Expect `protobuf:"bytes,2,opt,name=expect,proto3" json:"expect,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2066,6 +2082,13 @@ func (x *ResumeRequest) GetName() string {
 		return x.Name
 	}
 	return ""
+}
+
+func (x *ResumeRequest) GetExpect() *Expect {
+	if x != nil {
+		return x.Expect
+	}
+	return nil
 }
 
 type ResumeResponse struct {
@@ -2113,8 +2136,11 @@ func (x *ResumeResponse) GetRollout() *Rollout {
 }
 
 type PromoteRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// What the caller saw; when set and the rollout has moved on since, the
+	// call fails with FAILED_PRECONDITION and changes nothing.
+	Expect        *Expect `protobuf:"bytes,2,opt,name=expect,proto3" json:"expect,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2154,6 +2180,13 @@ func (x *PromoteRequest) GetName() string {
 		return x.Name
 	}
 	return ""
+}
+
+func (x *PromoteRequest) GetExpect() *Expect {
+	if x != nil {
+		return x.Expect
+	}
+	return nil
 }
 
 type PromoteResponse struct {
@@ -2204,7 +2237,9 @@ type AbortRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// Recorded in the rollout's history.
-	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	Reason string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	// What the caller saw, as for Pause.
+	Expect        *Expect `protobuf:"bytes,3,opt,name=expect,proto3" json:"expect,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2253,6 +2288,69 @@ func (x *AbortRequest) GetReason() string {
 	return ""
 }
 
+func (x *AbortRequest) GetExpect() *Expect {
+	if x != nil {
+		return x.Expect
+	}
+	return nil
+}
+
+// Expect is the state a caller acted on, so a repeated or late call does
+// not act on a state it never saw (a second resume passing a later gate).
+type Expect struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The phase the caller saw; PHASE_UNSPECIFIED means any.
+	Phase Phase `protobuf:"varint,1,opt,name=phase,proto3,enum=shiftplane.v1.Phase" json:"phase,omitempty"`
+	// The step index (from 0) the caller saw; unset means any.
+	StepIndex     *int32 `protobuf:"varint,2,opt,name=step_index,json=stepIndex,proto3,oneof" json:"step_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Expect) Reset() {
+	*x = Expect{}
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Expect) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Expect) ProtoMessage() {}
+
+func (x *Expect) ProtoReflect() protoreflect.Message {
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Expect.ProtoReflect.Descriptor instead.
+func (*Expect) Descriptor() ([]byte, []int) {
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *Expect) GetPhase() Phase {
+	if x != nil {
+		return x.Phase
+	}
+	return Phase_PHASE_UNSPECIFIED
+}
+
+func (x *Expect) GetStepIndex() int32 {
+	if x != nil && x.StepIndex != nil {
+		return *x.StepIndex
+	}
+	return 0
+}
+
 type AbortResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Rollout       *Rollout               `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
@@ -2262,7 +2360,7 @@ type AbortResponse struct {
 
 func (x *AbortResponse) Reset() {
 	*x = AbortResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[32]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2274,7 +2372,7 @@ func (x *AbortResponse) String() string {
 func (*AbortResponse) ProtoMessage() {}
 
 func (x *AbortResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[32]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2287,7 +2385,7 @@ func (x *AbortResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortResponse.ProtoReflect.Descriptor instead.
 func (*AbortResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{32}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *AbortResponse) GetRollout() *Rollout {
@@ -2298,15 +2396,20 @@ func (x *AbortResponse) GetRollout() *Rollout {
 }
 
 type DeleteRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Delete a rollout that is moving or carrying traffic; without it such a
+	// delete fails with FAILED_PRECONDITION and says what it would do.
+	Force bool `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
+	// Say what the delete would do, and change nothing.
+	DryRun        bool `protobuf:"varint,3,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DeleteRequest) Reset() {
 	*x = DeleteRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[33]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2318,7 +2421,7 @@ func (x *DeleteRequest) String() string {
 func (*DeleteRequest) ProtoMessage() {}
 
 func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[33]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2331,7 +2434,7 @@ func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{33}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *DeleteRequest) GetName() string {
@@ -2341,15 +2444,31 @@ func (x *DeleteRequest) GetName() string {
 	return ""
 }
 
+func (x *DeleteRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+func (x *DeleteRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
 type DeleteResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What the delete did (or would do) to the service's Envoy config.
+	Effect        string `protobuf:"bytes,1,opt,name=effect,proto3" json:"effect,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DeleteResponse) Reset() {
 	*x = DeleteResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[34]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2361,7 +2480,7 @@ func (x *DeleteResponse) String() string {
 func (*DeleteResponse) ProtoMessage() {}
 
 func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[34]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2374,7 +2493,14 @@ func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteResponse.ProtoReflect.Descriptor instead.
 func (*DeleteResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{34}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *DeleteResponse) GetEffect() string {
+	if x != nil {
+		return x.Effect
+	}
+	return ""
 }
 
 type HistoryRequest struct {
@@ -2388,7 +2514,7 @@ type HistoryRequest struct {
 
 func (x *HistoryRequest) Reset() {
 	*x = HistoryRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[35]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2400,7 +2526,7 @@ func (x *HistoryRequest) String() string {
 func (*HistoryRequest) ProtoMessage() {}
 
 func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[35]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2413,7 +2539,7 @@ func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryRequest.ProtoReflect.Descriptor instead.
 func (*HistoryRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{35}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *HistoryRequest) GetName() string {
@@ -2440,7 +2566,7 @@ type HistoryResponse struct {
 
 func (x *HistoryResponse) Reset() {
 	*x = HistoryResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[36]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2452,7 +2578,7 @@ func (x *HistoryResponse) String() string {
 func (*HistoryResponse) ProtoMessage() {}
 
 func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[36]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2465,7 +2591,7 @@ func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryResponse.ProtoReflect.Descriptor instead.
 func (*HistoryResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{36}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *HistoryResponse) GetEvents() []*Event {
@@ -2493,7 +2619,7 @@ type ReportSignalRequest struct {
 
 func (x *ReportSignalRequest) Reset() {
 	*x = ReportSignalRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[37]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2505,7 +2631,7 @@ func (x *ReportSignalRequest) String() string {
 func (*ReportSignalRequest) ProtoMessage() {}
 
 func (x *ReportSignalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[37]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2518,7 +2644,7 @@ func (x *ReportSignalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportSignalRequest.ProtoReflect.Descriptor instead.
 func (*ReportSignalRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{37}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ReportSignalRequest) GetRollout() string {
@@ -2566,7 +2692,7 @@ type ReportSignalResponse struct {
 
 func (x *ReportSignalResponse) Reset() {
 	*x = ReportSignalResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[38]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2578,7 +2704,7 @@ func (x *ReportSignalResponse) String() string {
 func (*ReportSignalResponse) ProtoMessage() {}
 
 func (x *ReportSignalResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[38]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2591,7 +2717,7 @@ func (x *ReportSignalResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportSignalResponse.ProtoReflect.Descriptor instead.
 func (*ReportSignalResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{38}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ReportSignalResponse) GetSignal() *Signal {
@@ -2643,16 +2769,18 @@ const file_shiftplane_v1_rollout_proto_rawDesc = "" +
 	"\vExponential\x12\x14\n" +
 	"\x05start\x18\x01 \x01(\x05R\x05start\x12\x16\n" +
 	"\x06factor\x18\x02 \x01(\x01R\x06factor\x12/\n" +
-	"\x05every\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x05every\"\xcb\x02\n" +
+	"\x05every\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x05every\"\xf9\x02\n" +
 	"\bAnalysis\x128\n" +
 	"\n" +
 	"stable_for\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\tstableFor\x12:\n" +
 	"\vstale_after\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\n" +
 	"staleAfter\x12@\n" +
-	"\x0erollback_after\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\rrollbackAfter\x12$\n" +
-	"\x0emax_error_rate\x18\x04 \x01(\x01R\fmaxErrorRate\x12!\n" +
-	"\fmin_requests\x18\x05 \x01(\x05R\vminRequests\x12>\n" +
-	"\rdrain_timeout\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\fdrainTimeout\"y\n" +
+	"\x0erollback_after\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\rrollbackAfter\x12)\n" +
+	"\x0emax_error_rate\x18\x04 \x01(\x01H\x00R\fmaxErrorRate\x88\x01\x01\x12&\n" +
+	"\fmin_requests\x18\x05 \x01(\x05H\x01R\vminRequests\x88\x01\x01\x12>\n" +
+	"\rdrain_timeout\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\fdrainTimeoutB\x11\n" +
+	"\x0f_max_error_rateB\x0f\n" +
+	"\r_min_requests\"y\n" +
 	"\x05Hooks\x126\n" +
 	"\fbefore_shift\x18\x01 \x03(\v2\x13.shiftplane.v1.HookR\vbeforeShift\x128\n" +
 	"\rafter_promote\x18\x02 \x03(\v2\x13.shiftplane.v1.HookR\fafterPromote\"\xac\x01\n" +
@@ -2731,27 +2859,39 @@ const file_shiftplane_v1_rollout_proto_rawDesc = "" +
 	"\rWatchResponse\x120\n" +
 	"\x06status\x18\x01 \x01(\v2\x16.shiftplane.v1.RolloutH\x00R\x06status\x12,\n" +
 	"\x05event\x18\x02 \x01(\v2\x14.shiftplane.v1.EventH\x00R\x05eventB\x06\n" +
-	"\x04kind\"\"\n" +
+	"\x04kind\"Q\n" +
 	"\fPauseRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"A\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12-\n" +
+	"\x06expect\x18\x02 \x01(\v2\x15.shiftplane.v1.ExpectR\x06expect\"A\n" +
 	"\rPauseResponse\x120\n" +
-	"\arollout\x18\x01 \x01(\v2\x16.shiftplane.v1.RolloutR\arollout\"#\n" +
+	"\arollout\x18\x01 \x01(\v2\x16.shiftplane.v1.RolloutR\arollout\"R\n" +
 	"\rResumeRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"B\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12-\n" +
+	"\x06expect\x18\x02 \x01(\v2\x15.shiftplane.v1.ExpectR\x06expect\"B\n" +
 	"\x0eResumeResponse\x120\n" +
-	"\arollout\x18\x01 \x01(\v2\x16.shiftplane.v1.RolloutR\arollout\"$\n" +
+	"\arollout\x18\x01 \x01(\v2\x16.shiftplane.v1.RolloutR\arollout\"S\n" +
 	"\x0ePromoteRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"C\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12-\n" +
+	"\x06expect\x18\x02 \x01(\v2\x15.shiftplane.v1.ExpectR\x06expect\"C\n" +
 	"\x0fPromoteResponse\x120\n" +
-	"\arollout\x18\x01 \x01(\v2\x16.shiftplane.v1.RolloutR\arollout\":\n" +
+	"\arollout\x18\x01 \x01(\v2\x16.shiftplane.v1.RolloutR\arollout\"i\n" +
 	"\fAbortRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"A\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12-\n" +
+	"\x06expect\x18\x03 \x01(\v2\x15.shiftplane.v1.ExpectR\x06expect\"g\n" +
+	"\x06Expect\x12*\n" +
+	"\x05phase\x18\x01 \x01(\x0e2\x14.shiftplane.v1.PhaseR\x05phase\x12\"\n" +
+	"\n" +
+	"step_index\x18\x02 \x01(\x05H\x00R\tstepIndex\x88\x01\x01B\r\n" +
+	"\v_step_index\"A\n" +
 	"\rAbortResponse\x120\n" +
-	"\arollout\x18\x01 \x01(\v2\x16.shiftplane.v1.RolloutR\arollout\"#\n" +
+	"\arollout\x18\x01 \x01(\v2\x16.shiftplane.v1.RolloutR\arollout\"R\n" +
 	"\rDeleteRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"\x10\n" +
-	"\x0eDeleteResponse\":\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\x12\x17\n" +
+	"\adry_run\x18\x03 \x01(\bR\x06dryRun\"(\n" +
+	"\x0eDeleteResponse\x12\x16\n" +
+	"\x06effect\x18\x01 \x01(\tR\x06effect\":\n" +
 	"\x0eHistoryRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\x05R\x05limit\"?\n" +
@@ -2809,7 +2949,7 @@ func file_shiftplane_v1_rollout_proto_rawDescGZIP() []byte {
 }
 
 var file_shiftplane_v1_rollout_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_shiftplane_v1_rollout_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_shiftplane_v1_rollout_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_shiftplane_v1_rollout_proto_goTypes = []any{
 	(Phase)(0),                    // 0: shiftplane.v1.Phase
 	(SignalState)(0),              // 1: shiftplane.v1.SignalState
@@ -2845,15 +2985,16 @@ var file_shiftplane_v1_rollout_proto_goTypes = []any{
 	(*PromoteRequest)(nil),        // 31: shiftplane.v1.PromoteRequest
 	(*PromoteResponse)(nil),       // 32: shiftplane.v1.PromoteResponse
 	(*AbortRequest)(nil),          // 33: shiftplane.v1.AbortRequest
-	(*AbortResponse)(nil),         // 34: shiftplane.v1.AbortResponse
-	(*DeleteRequest)(nil),         // 35: shiftplane.v1.DeleteRequest
-	(*DeleteResponse)(nil),        // 36: shiftplane.v1.DeleteResponse
-	(*HistoryRequest)(nil),        // 37: shiftplane.v1.HistoryRequest
-	(*HistoryResponse)(nil),       // 38: shiftplane.v1.HistoryResponse
-	(*ReportSignalRequest)(nil),   // 39: shiftplane.v1.ReportSignalRequest
-	(*ReportSignalResponse)(nil),  // 40: shiftplane.v1.ReportSignalResponse
-	(*durationpb.Duration)(nil),   // 41: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 42: google.protobuf.Timestamp
+	(*Expect)(nil),                // 34: shiftplane.v1.Expect
+	(*AbortResponse)(nil),         // 35: shiftplane.v1.AbortResponse
+	(*DeleteRequest)(nil),         // 36: shiftplane.v1.DeleteRequest
+	(*DeleteResponse)(nil),        // 37: shiftplane.v1.DeleteResponse
+	(*HistoryRequest)(nil),        // 38: shiftplane.v1.HistoryRequest
+	(*HistoryResponse)(nil),       // 39: shiftplane.v1.HistoryResponse
+	(*ReportSignalRequest)(nil),   // 40: shiftplane.v1.ReportSignalRequest
+	(*ReportSignalResponse)(nil),  // 41: shiftplane.v1.ReportSignalResponse
+	(*durationpb.Duration)(nil),   // 42: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 43: google.protobuf.Timestamp
 }
 var file_shiftplane_v1_rollout_proto_depIdxs = []int32{
 	3,  // 0: shiftplane.v1.Plan.listener:type_name -> shiftplane.v1.Listener
@@ -2865,33 +3006,33 @@ var file_shiftplane_v1_rollout_proto_depIdxs = []int32{
 	9,  // 6: shiftplane.v1.Plan.exponential:type_name -> shiftplane.v1.Exponential
 	10, // 7: shiftplane.v1.Plan.analysis:type_name -> shiftplane.v1.Analysis
 	11, // 8: shiftplane.v1.Plan.hooks:type_name -> shiftplane.v1.Hooks
-	41, // 9: shiftplane.v1.OutlierDetection.interval:type_name -> google.protobuf.Duration
-	41, // 10: shiftplane.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	42, // 9: shiftplane.v1.OutlierDetection.interval:type_name -> google.protobuf.Duration
+	42, // 10: shiftplane.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
 	7,  // 11: shiftplane.v1.Step.pause:type_name -> shiftplane.v1.Pause
-	41, // 12: shiftplane.v1.Step.hold:type_name -> google.protobuf.Duration
-	41, // 13: shiftplane.v1.Linear.every:type_name -> google.protobuf.Duration
-	41, // 14: shiftplane.v1.Exponential.every:type_name -> google.protobuf.Duration
-	41, // 15: shiftplane.v1.Analysis.stable_for:type_name -> google.protobuf.Duration
-	41, // 16: shiftplane.v1.Analysis.stale_after:type_name -> google.protobuf.Duration
-	41, // 17: shiftplane.v1.Analysis.rollback_after:type_name -> google.protobuf.Duration
-	41, // 18: shiftplane.v1.Analysis.drain_timeout:type_name -> google.protobuf.Duration
+	42, // 12: shiftplane.v1.Step.hold:type_name -> google.protobuf.Duration
+	42, // 13: shiftplane.v1.Linear.every:type_name -> google.protobuf.Duration
+	42, // 14: shiftplane.v1.Exponential.every:type_name -> google.protobuf.Duration
+	42, // 15: shiftplane.v1.Analysis.stable_for:type_name -> google.protobuf.Duration
+	42, // 16: shiftplane.v1.Analysis.stale_after:type_name -> google.protobuf.Duration
+	42, // 17: shiftplane.v1.Analysis.rollback_after:type_name -> google.protobuf.Duration
+	42, // 18: shiftplane.v1.Analysis.drain_timeout:type_name -> google.protobuf.Duration
 	12, // 19: shiftplane.v1.Hooks.before_shift:type_name -> shiftplane.v1.Hook
 	12, // 20: shiftplane.v1.Hooks.after_promote:type_name -> shiftplane.v1.Hook
 	13, // 21: shiftplane.v1.Hook.exec:type_name -> shiftplane.v1.ExecHook
 	14, // 22: shiftplane.v1.Hook.webhook:type_name -> shiftplane.v1.WebhookHook
-	41, // 23: shiftplane.v1.Hook.timeout:type_name -> google.protobuf.Duration
-	41, // 24: shiftplane.v1.WebhookHook.timeout:type_name -> google.protobuf.Duration
+	42, // 23: shiftplane.v1.Hook.timeout:type_name -> google.protobuf.Duration
+	42, // 24: shiftplane.v1.WebhookHook.timeout:type_name -> google.protobuf.Duration
 	1,  // 25: shiftplane.v1.Signal.state:type_name -> shiftplane.v1.SignalState
-	42, // 26: shiftplane.v1.Signal.since:type_name -> google.protobuf.Timestamp
+	43, // 26: shiftplane.v1.Signal.since:type_name -> google.protobuf.Timestamp
 	0,  // 27: shiftplane.v1.Rollout.phase:type_name -> shiftplane.v1.Phase
-	41, // 28: shiftplane.v1.Rollout.hold_remaining:type_name -> google.protobuf.Duration
-	41, // 29: shiftplane.v1.Rollout.hold_counted:type_name -> google.protobuf.Duration
+	42, // 28: shiftplane.v1.Rollout.hold_remaining:type_name -> google.protobuf.Duration
+	42, // 29: shiftplane.v1.Rollout.hold_counted:type_name -> google.protobuf.Duration
 	15, // 30: shiftplane.v1.Rollout.signal:type_name -> shiftplane.v1.Signal
 	16, // 31: shiftplane.v1.Rollout.fleet:type_name -> shiftplane.v1.FleetStatus
 	2,  // 32: shiftplane.v1.Rollout.plan:type_name -> shiftplane.v1.Plan
-	42, // 33: shiftplane.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
-	42, // 34: shiftplane.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
-	42, // 35: shiftplane.v1.Event.time:type_name -> google.protobuf.Timestamp
+	43, // 33: shiftplane.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
+	43, // 34: shiftplane.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
+	43, // 35: shiftplane.v1.Event.time:type_name -> google.protobuf.Timestamp
 	0,  // 36: shiftplane.v1.Event.from_phase:type_name -> shiftplane.v1.Phase
 	0,  // 37: shiftplane.v1.Event.to_phase:type_name -> shiftplane.v1.Phase
 	2,  // 38: shiftplane.v1.ApplyRequest.plan:type_name -> shiftplane.v1.Plan
@@ -2900,41 +3041,46 @@ var file_shiftplane_v1_rollout_proto_depIdxs = []int32{
 	17, // 41: shiftplane.v1.ListResponse.rollouts:type_name -> shiftplane.v1.Rollout
 	17, // 42: shiftplane.v1.WatchResponse.status:type_name -> shiftplane.v1.Rollout
 	18, // 43: shiftplane.v1.WatchResponse.event:type_name -> shiftplane.v1.Event
-	17, // 44: shiftplane.v1.PauseResponse.rollout:type_name -> shiftplane.v1.Rollout
-	17, // 45: shiftplane.v1.ResumeResponse.rollout:type_name -> shiftplane.v1.Rollout
-	17, // 46: shiftplane.v1.PromoteResponse.rollout:type_name -> shiftplane.v1.Rollout
-	17, // 47: shiftplane.v1.AbortResponse.rollout:type_name -> shiftplane.v1.Rollout
-	18, // 48: shiftplane.v1.HistoryResponse.events:type_name -> shiftplane.v1.Event
-	1,  // 49: shiftplane.v1.ReportSignalRequest.state:type_name -> shiftplane.v1.SignalState
-	41, // 50: shiftplane.v1.ReportSignalRequest.ttl:type_name -> google.protobuf.Duration
-	15, // 51: shiftplane.v1.ReportSignalResponse.signal:type_name -> shiftplane.v1.Signal
-	19, // 52: shiftplane.v1.RolloutService.Apply:input_type -> shiftplane.v1.ApplyRequest
-	21, // 53: shiftplane.v1.RolloutService.Get:input_type -> shiftplane.v1.GetRequest
-	23, // 54: shiftplane.v1.RolloutService.List:input_type -> shiftplane.v1.ListRequest
-	25, // 55: shiftplane.v1.RolloutService.Watch:input_type -> shiftplane.v1.WatchRequest
-	27, // 56: shiftplane.v1.RolloutService.Pause:input_type -> shiftplane.v1.PauseRequest
-	29, // 57: shiftplane.v1.RolloutService.Resume:input_type -> shiftplane.v1.ResumeRequest
-	31, // 58: shiftplane.v1.RolloutService.Promote:input_type -> shiftplane.v1.PromoteRequest
-	33, // 59: shiftplane.v1.RolloutService.Abort:input_type -> shiftplane.v1.AbortRequest
-	35, // 60: shiftplane.v1.RolloutService.Delete:input_type -> shiftplane.v1.DeleteRequest
-	37, // 61: shiftplane.v1.RolloutService.History:input_type -> shiftplane.v1.HistoryRequest
-	39, // 62: shiftplane.v1.RolloutService.ReportSignal:input_type -> shiftplane.v1.ReportSignalRequest
-	20, // 63: shiftplane.v1.RolloutService.Apply:output_type -> shiftplane.v1.ApplyResponse
-	22, // 64: shiftplane.v1.RolloutService.Get:output_type -> shiftplane.v1.GetResponse
-	24, // 65: shiftplane.v1.RolloutService.List:output_type -> shiftplane.v1.ListResponse
-	26, // 66: shiftplane.v1.RolloutService.Watch:output_type -> shiftplane.v1.WatchResponse
-	28, // 67: shiftplane.v1.RolloutService.Pause:output_type -> shiftplane.v1.PauseResponse
-	30, // 68: shiftplane.v1.RolloutService.Resume:output_type -> shiftplane.v1.ResumeResponse
-	32, // 69: shiftplane.v1.RolloutService.Promote:output_type -> shiftplane.v1.PromoteResponse
-	34, // 70: shiftplane.v1.RolloutService.Abort:output_type -> shiftplane.v1.AbortResponse
-	36, // 71: shiftplane.v1.RolloutService.Delete:output_type -> shiftplane.v1.DeleteResponse
-	38, // 72: shiftplane.v1.RolloutService.History:output_type -> shiftplane.v1.HistoryResponse
-	40, // 73: shiftplane.v1.RolloutService.ReportSignal:output_type -> shiftplane.v1.ReportSignalResponse
-	63, // [63:74] is the sub-list for method output_type
-	52, // [52:63] is the sub-list for method input_type
-	52, // [52:52] is the sub-list for extension type_name
-	52, // [52:52] is the sub-list for extension extendee
-	0,  // [0:52] is the sub-list for field type_name
+	34, // 44: shiftplane.v1.PauseRequest.expect:type_name -> shiftplane.v1.Expect
+	17, // 45: shiftplane.v1.PauseResponse.rollout:type_name -> shiftplane.v1.Rollout
+	34, // 46: shiftplane.v1.ResumeRequest.expect:type_name -> shiftplane.v1.Expect
+	17, // 47: shiftplane.v1.ResumeResponse.rollout:type_name -> shiftplane.v1.Rollout
+	34, // 48: shiftplane.v1.PromoteRequest.expect:type_name -> shiftplane.v1.Expect
+	17, // 49: shiftplane.v1.PromoteResponse.rollout:type_name -> shiftplane.v1.Rollout
+	34, // 50: shiftplane.v1.AbortRequest.expect:type_name -> shiftplane.v1.Expect
+	0,  // 51: shiftplane.v1.Expect.phase:type_name -> shiftplane.v1.Phase
+	17, // 52: shiftplane.v1.AbortResponse.rollout:type_name -> shiftplane.v1.Rollout
+	18, // 53: shiftplane.v1.HistoryResponse.events:type_name -> shiftplane.v1.Event
+	1,  // 54: shiftplane.v1.ReportSignalRequest.state:type_name -> shiftplane.v1.SignalState
+	42, // 55: shiftplane.v1.ReportSignalRequest.ttl:type_name -> google.protobuf.Duration
+	15, // 56: shiftplane.v1.ReportSignalResponse.signal:type_name -> shiftplane.v1.Signal
+	19, // 57: shiftplane.v1.RolloutService.Apply:input_type -> shiftplane.v1.ApplyRequest
+	21, // 58: shiftplane.v1.RolloutService.Get:input_type -> shiftplane.v1.GetRequest
+	23, // 59: shiftplane.v1.RolloutService.List:input_type -> shiftplane.v1.ListRequest
+	25, // 60: shiftplane.v1.RolloutService.Watch:input_type -> shiftplane.v1.WatchRequest
+	27, // 61: shiftplane.v1.RolloutService.Pause:input_type -> shiftplane.v1.PauseRequest
+	29, // 62: shiftplane.v1.RolloutService.Resume:input_type -> shiftplane.v1.ResumeRequest
+	31, // 63: shiftplane.v1.RolloutService.Promote:input_type -> shiftplane.v1.PromoteRequest
+	33, // 64: shiftplane.v1.RolloutService.Abort:input_type -> shiftplane.v1.AbortRequest
+	36, // 65: shiftplane.v1.RolloutService.Delete:input_type -> shiftplane.v1.DeleteRequest
+	38, // 66: shiftplane.v1.RolloutService.History:input_type -> shiftplane.v1.HistoryRequest
+	40, // 67: shiftplane.v1.RolloutService.ReportSignal:input_type -> shiftplane.v1.ReportSignalRequest
+	20, // 68: shiftplane.v1.RolloutService.Apply:output_type -> shiftplane.v1.ApplyResponse
+	22, // 69: shiftplane.v1.RolloutService.Get:output_type -> shiftplane.v1.GetResponse
+	24, // 70: shiftplane.v1.RolloutService.List:output_type -> shiftplane.v1.ListResponse
+	26, // 71: shiftplane.v1.RolloutService.Watch:output_type -> shiftplane.v1.WatchResponse
+	28, // 72: shiftplane.v1.RolloutService.Pause:output_type -> shiftplane.v1.PauseResponse
+	30, // 73: shiftplane.v1.RolloutService.Resume:output_type -> shiftplane.v1.ResumeResponse
+	32, // 74: shiftplane.v1.RolloutService.Promote:output_type -> shiftplane.v1.PromoteResponse
+	35, // 75: shiftplane.v1.RolloutService.Abort:output_type -> shiftplane.v1.AbortResponse
+	37, // 76: shiftplane.v1.RolloutService.Delete:output_type -> shiftplane.v1.DeleteResponse
+	39, // 77: shiftplane.v1.RolloutService.History:output_type -> shiftplane.v1.HistoryResponse
+	41, // 78: shiftplane.v1.RolloutService.ReportSignal:output_type -> shiftplane.v1.ReportSignalResponse
+	68, // [68:79] is the sub-list for method output_type
+	57, // [57:68] is the sub-list for method input_type
+	57, // [57:57] is the sub-list for extension type_name
+	57, // [57:57] is the sub-list for extension extendee
+	0,  // [0:57] is the sub-list for field type_name
 }
 
 func init() { file_shiftplane_v1_rollout_proto_init() }
@@ -2946,6 +3092,7 @@ func file_shiftplane_v1_rollout_proto_init() {
 		(*Step_Weight)(nil),
 		(*Step_Pause)(nil),
 	}
+	file_shiftplane_v1_rollout_proto_msgTypes[8].OneofWrappers = []any{}
 	file_shiftplane_v1_rollout_proto_msgTypes[10].OneofWrappers = []any{
 		(*Hook_Exec)(nil),
 		(*Hook_Webhook)(nil),
@@ -2958,13 +3105,14 @@ func file_shiftplane_v1_rollout_proto_init() {
 		(*WatchResponse_Status)(nil),
 		(*WatchResponse_Event)(nil),
 	}
+	file_shiftplane_v1_rollout_proto_msgTypes[32].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_shiftplane_v1_rollout_proto_rawDesc), len(file_shiftplane_v1_rollout_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   39,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
