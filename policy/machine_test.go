@@ -98,17 +98,22 @@ func TestDecide(t *testing.T) {
 			phase: PhaseHolding, weight: 10, reason: "no requests reached web-v2 in the last 10s",
 		},
 		"PROGRESSING: hold done but fewer than minRequests → HOLDING": {
-			state: func() State { s := at(PhaseProgressing, 0, 10); s.HoldCounted = time.Minute; s.StepRequests = 3; return s }(),
+			state: func() State {
+				s := at(PhaseProgressing, 0, 10)
+				s.HoldCounted = time.Minute
+				s.StepRequests = 3
+				return s
+			}(),
 			timers: serving, in: tick(Signal{State: SignalClear, Traffic: []TrafficSample{{Node: "envoy-1", From: now.Add(-time.Second), At: now, Requests: 1}}}, good),
 			phase: PhaseHolding, weight: 10, reason: "4 of 20 canary requests seen",
 		},
 		"PROGRESSING: hold done → next step, a gate → PAUSED": {
-			state: func() State { s := at(PhaseProgressing, 0, 10); s.HoldCounted = time.Minute; return s }(),
+			state:  func() State { s := at(PhaseProgressing, 0, 10); s.HoldCounted = time.Minute; return s }(),
 			timers: serving, in: tick(clear, good),
 			phase: PhasePaused, weight: 10, step: 1, reason: "manual gate at step 2/4",
 		},
 		"PROGRESSING: hold done → next weight": {
-			state: func() State { s := at(PhaseProgressing, 2, 50); s.HoldCounted = time.Minute; return s }(),
+			state:  func() State { s := at(PhaseProgressing, 2, 50); s.HoldCounted = time.Minute; return s }(),
 			timers: serving, in: tick(clear, good),
 			phase: PhaseProgressing, weight: 100, step: 3, publish: true, reason: "step 4/4: weight 100",
 		},

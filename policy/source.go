@@ -11,4 +11,6 @@ const sourceFilePrefix = "file:"
 func FileSource(path string) string { return sourceFilePrefix + path }
 
 // SourceFile returns the plan file of a file-sourced rollout.
-func SourceFile(source string) (path string, ok bool) { return strings.CutPrefix(source, sourceFilePrefix) }
+func SourceFile(source string) (path string, ok bool) {
+	return strings.CutPrefix(source, sourceFilePrefix)
+}
