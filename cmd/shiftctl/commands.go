@@ -273,20 +273,37 @@ func (a *app) abortCmd() *cobra.Command {
 }
 
 func (a *app) deleteCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "delete NAME",
+	var force, dryRun bool
+	cmd := &cobra.Command{
+		Use:   "delete NAME [--force] [--dry-run]",
 		Short: "Forget a rollout, its routes and clusters, and its history",
-		Args:  nameArg,
+		Long: `Delete removes the rollout's virtual host and clusters from every Envoy (and
+its listener when no other rollout uses it), so the service's traffic stops.
+It says what it will do first; a rollout whose routes carry traffic is
+deleted only with --force. A rollout from a plan file is refused while the
+file exists: remove the file (the rollout is then kept, owned by the API).`,
+		Args: nameArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := a.callCtx(cmd)
 			defer cancel()
-			if _, err := a.rollouts.Delete(ctx, &shiftplanev1.DeleteRequest{Name: args[0]}); err != nil {
+			plan, err := a.rollouts.Delete(ctx, &shiftplanev1.DeleteRequest{Name: args[0], DryRun: true})
+			if err != nil {
+				return a.callError(err)
+			}
+			fmt.Fprintf(a.out, "delete %q: %s\n", args[0], plan.GetEffect())
+			if dryRun {
+				return nil
+			}
+			if _, err := a.rollouts.Delete(ctx, &shiftplanev1.DeleteRequest{Name: args[0], Force: force}); err != nil {
 				return a.callError(err)
 			}
 			fmt.Fprintf(a.out, "rollout %q deleted\n", args[0])
 			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&force, "force", false, "delete even though the rollout's routes carry traffic")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "say what the delete would do, change nothing")
+	return cmd
 }
 
 func (a *app) historyCmd() *cobra.Command {

@@ -36,7 +36,12 @@ func rolloutJSON(r *shiftplanev1.Rollout) ([]byte, error) {
 
 func phaseName(p shiftplanev1.Phase) string { return strings.TrimPrefix(p.String(), "PHASE_") }
 
+// signalName is a signal state for people; a finished rollout has no live
+// signal and shows "-".
 func signalName(s shiftplanev1.SignalState) string {
+	if s == shiftplanev1.SignalState_SIGNAL_STATE_UNSPECIFIED {
+		return "-"
+	}
 	return strings.TrimPrefix(s.String(), "SIGNAL_STATE_")
 }
 

@@ -39,7 +39,7 @@ func TestWatchToSuccess(t *testing.T) {
 	}
 	// watch starts after apply returns: the rollout may have moved already,
 	// but the drain after promotion (DrainQuiet 2s) is still ahead of it.
-	for _, want := range []string{"event  PROMOTING → SUCCEEDED", "status SUCCEEDED  weight 100%  step 2/2  signal CLEAR"} {
+	for _, want := range []string{"event  PROMOTING → SUCCEEDED", "status SUCCEEDED  weight 100%  step 2/2  signal -"} {
 		if !strings.Contains(r.Stdout, want) {
 			t.Errorf("watch output lacks %q:\n%s", want, r.Stdout)
 		}
@@ -68,7 +68,7 @@ func TestWatchToSuccess(t *testing.T) {
 		t.Errorf("history:\n%s", out)
 	}
 	out = s.mustCtl("list")
-	if !strings.Contains(out, "NAME      PHASE      WEIGHT  STEP  SIGNAL  AGE\ncheckout  SUCCEEDED  100%    2/2   CLEAR") {
+	if !strings.Contains(out, "NAME      PHASE      WEIGHT  STEP  SIGNAL  AGE\ncheckout  SUCCEEDED  100%    2/2   -") {
 		t.Errorf("list:\n%s", out)
 	}
 }
@@ -159,8 +159,16 @@ func TestAbort(t *testing.T) {
 	if r.Code != 1 || r.Stderr != "shiftctl: rollout \"api\" is ABORTED; only a progressing, holding or paused rollout can be promoted\n" {
 		t.Errorf("promote of an aborted rollout: %s", r)
 	}
-	if out := s.mustCtl("delete", "api"); out != "rollout \"api\" deleted\n" {
-		t.Errorf("delete printed %q", out)
+	// Delete says what it does, and needs --force while the routes carry traffic.
+	r = s.ctl(nil, "delete", "api")
+	if r.Code != 1 || !strings.Contains(r.Stdout, `removes virtual host "api"`) || !strings.Contains(r.Stderr, "use --force") {
+		t.Errorf("delete without --force: %s", r)
+	}
+	if out := s.mustCtl("delete", "api", "--dry-run"); !strings.Contains(out, `delete "api": removes virtual host "api"`) || strings.Contains(out, "deleted") {
+		t.Errorf("delete --dry-run printed %q", out)
+	}
+	if out := s.mustCtl("delete", "api", "--force"); !strings.HasSuffix(out, "rollout \"api\" deleted\n") {
+		t.Errorf("delete --force printed %q", out)
 	}
 	if r := s.ctl(nil, "get", "api"); r.Code != 1 || r.Stderr != "shiftctl: rollout \"api\" not found\n" {
 		t.Errorf("get after delete: %s", r)

@@ -157,7 +157,9 @@ func writePlan(t *testing.T, yaml string) string {
 }
 
 // plan is a plan YAML with short holds. listenerPort keeps plans of one
-// server apart; steps is the YAML of the steps list.
+// server apart; steps is the YAML of the steps list. These tests drive the
+// CLI and send no traffic, so their plans opt out of the evidence rule
+// (minRequests: 0); test/e2e checks that rule against a real Envoy.
 func plan(name string, listenerPort int, stable, canary, steps string) string {
 	return fmt.Sprintf(`name: %s
 listener:
@@ -175,5 +177,6 @@ analysis:
   staleAfter: 5s
   rollbackAfter: 0s
   drainTimeout: 1s
+  minRequests: 0
 `, name, listenerPort, name, stable, name, canary, steps)
 }
