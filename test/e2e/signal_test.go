@@ -136,6 +136,10 @@ func TestOutlierEjectionRollsBack(t *testing.T) {
 // weight does not advance until a node reports again.
 func TestEnvoyGoneMakesSignalStale(t *testing.T) {
 	r := startSignalRig(t, "stale", "60s")
+	// Load, so the hold counts (no evidence is not clearance); requests
+	// sent while Envoy is down fail, and are not what this test measures.
+	r.startLoad(60 * time.Second)
+	defer r.stopLoad()
 	r.sp.WaitSteady("stale", "PROGRESSING", time.Second, 20*time.Second)
 	if err := r.envoy.Kill(); err != nil {
 		t.Fatal(err)
