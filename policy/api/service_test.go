@@ -654,7 +654,7 @@ analysis:
   minRequests: 30
   drainTimeout: 20s
 hooks:
-  beforeShift: [{webhook: {url: "http://127.0.0.1:9000/pre", timeout: 3s}, timeout: 5s}]
+  beforeShift: [{webhook: {url: "http://127.0.0.1:9000/pre", timeout: 3s}, timeout: 5s, retries: 3, retryBackoff: 200ms}]
   afterPromote: [{webhook: {url: "http://localhost:9000/post"}}]
 `
 

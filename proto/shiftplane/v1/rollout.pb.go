@@ -884,8 +884,15 @@ type Hook struct {
 	//	*Hook_Exec
 	//	*Hook_Webhook
 	Action isHook_Action `protobuf_oneof:"action"`
-	// Bound on the whole hook; unset means the server's default.
-	Timeout       *durationpb.Duration `protobuf:"bytes,3,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// Bound on the whole hook, retries and their waits included; unset means
+	// the server's default.
+	Timeout *durationpb.Duration `protobuf:"bytes,3,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// Extra attempts of a webhook after a network error or a 5xx answer
+	// (never after a 4xx); 0..10, default 0. Exec hooks take none.
+	Retries uint32 `protobuf:"varint,4,opt,name=retries,proto3" json:"retries,omitempty"`
+	// Wait before the first retry, doubled before each next one; unset means
+	// 1s. Waits never run past the hook's timeout.
+	RetryBackoff  *durationpb.Duration `protobuf:"bytes,5,opt,name=retry_backoff,json=retryBackoff,proto3" json:"retry_backoff,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -948,6 +955,20 @@ func (x *Hook) GetWebhook() *WebhookHook {
 func (x *Hook) GetTimeout() *durationpb.Duration {
 	if x != nil {
 		return x.Timeout
+	}
+	return nil
+}
+
+func (x *Hook) GetRetries() uint32 {
+	if x != nil {
+		return x.Retries
+	}
+	return 0
+}
+
+func (x *Hook) GetRetryBackoff() *durationpb.Duration {
+	if x != nil {
+		return x.RetryBackoff
 	}
 	return nil
 }
@@ -2655,11 +2676,13 @@ const file_shiftplane_v1_rollout_proto_rawDesc = "" +
 	"\rdrain_timeout\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\fdrainTimeout\"y\n" +
 	"\x05Hooks\x126\n" +
 	"\fbefore_shift\x18\x01 \x03(\v2\x13.shiftplane.v1.HookR\vbeforeShift\x128\n" +
-	"\rafter_promote\x18\x02 \x03(\v2\x13.shiftplane.v1.HookR\fafterPromote\"\xac\x01\n" +
+	"\rafter_promote\x18\x02 \x03(\v2\x13.shiftplane.v1.HookR\fafterPromote\"\x86\x02\n" +
 	"\x04Hook\x12-\n" +
 	"\x04exec\x18\x01 \x01(\v2\x17.shiftplane.v1.ExecHookH\x00R\x04exec\x126\n" +
 	"\awebhook\x18\x02 \x01(\v2\x1a.shiftplane.v1.WebhookHookH\x00R\awebhook\x123\n" +
-	"\atimeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\atimeoutB\b\n" +
+	"\atimeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12\x18\n" +
+	"\aretries\x18\x04 \x01(\rR\aretries\x12>\n" +
+	"\rretry_backoff\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\fretryBackoffB\b\n" +
 	"\x06action\"\x1e\n" +
 	"\bExecHook\x12\x12\n" +
 	"\x04argv\x18\x01 \x03(\tR\x04argv\"T\n" +
@@ -2880,61 +2903,62 @@ var file_shiftplane_v1_rollout_proto_depIdxs = []int32{
 	13, // 21: shiftplane.v1.Hook.exec:type_name -> shiftplane.v1.ExecHook
 	14, // 22: shiftplane.v1.Hook.webhook:type_name -> shiftplane.v1.WebhookHook
 	41, // 23: shiftplane.v1.Hook.timeout:type_name -> google.protobuf.Duration
-	41, // 24: shiftplane.v1.WebhookHook.timeout:type_name -> google.protobuf.Duration
-	1,  // 25: shiftplane.v1.Signal.state:type_name -> shiftplane.v1.SignalState
-	42, // 26: shiftplane.v1.Signal.since:type_name -> google.protobuf.Timestamp
-	0,  // 27: shiftplane.v1.Rollout.phase:type_name -> shiftplane.v1.Phase
-	41, // 28: shiftplane.v1.Rollout.hold_remaining:type_name -> google.protobuf.Duration
-	41, // 29: shiftplane.v1.Rollout.hold_counted:type_name -> google.protobuf.Duration
-	15, // 30: shiftplane.v1.Rollout.signal:type_name -> shiftplane.v1.Signal
-	16, // 31: shiftplane.v1.Rollout.fleet:type_name -> shiftplane.v1.FleetStatus
-	2,  // 32: shiftplane.v1.Rollout.plan:type_name -> shiftplane.v1.Plan
-	42, // 33: shiftplane.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
-	42, // 34: shiftplane.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
-	42, // 35: shiftplane.v1.Event.time:type_name -> google.protobuf.Timestamp
-	0,  // 36: shiftplane.v1.Event.from_phase:type_name -> shiftplane.v1.Phase
-	0,  // 37: shiftplane.v1.Event.to_phase:type_name -> shiftplane.v1.Phase
-	2,  // 38: shiftplane.v1.ApplyRequest.plan:type_name -> shiftplane.v1.Plan
-	17, // 39: shiftplane.v1.ApplyResponse.rollout:type_name -> shiftplane.v1.Rollout
-	17, // 40: shiftplane.v1.GetResponse.rollout:type_name -> shiftplane.v1.Rollout
-	17, // 41: shiftplane.v1.ListResponse.rollouts:type_name -> shiftplane.v1.Rollout
-	17, // 42: shiftplane.v1.WatchResponse.status:type_name -> shiftplane.v1.Rollout
-	18, // 43: shiftplane.v1.WatchResponse.event:type_name -> shiftplane.v1.Event
-	17, // 44: shiftplane.v1.PauseResponse.rollout:type_name -> shiftplane.v1.Rollout
-	17, // 45: shiftplane.v1.ResumeResponse.rollout:type_name -> shiftplane.v1.Rollout
-	17, // 46: shiftplane.v1.PromoteResponse.rollout:type_name -> shiftplane.v1.Rollout
-	17, // 47: shiftplane.v1.AbortResponse.rollout:type_name -> shiftplane.v1.Rollout
-	18, // 48: shiftplane.v1.HistoryResponse.events:type_name -> shiftplane.v1.Event
-	1,  // 49: shiftplane.v1.ReportSignalRequest.state:type_name -> shiftplane.v1.SignalState
-	41, // 50: shiftplane.v1.ReportSignalRequest.ttl:type_name -> google.protobuf.Duration
-	15, // 51: shiftplane.v1.ReportSignalResponse.signal:type_name -> shiftplane.v1.Signal
-	19, // 52: shiftplane.v1.RolloutService.Apply:input_type -> shiftplane.v1.ApplyRequest
-	21, // 53: shiftplane.v1.RolloutService.Get:input_type -> shiftplane.v1.GetRequest
-	23, // 54: shiftplane.v1.RolloutService.List:input_type -> shiftplane.v1.ListRequest
-	25, // 55: shiftplane.v1.RolloutService.Watch:input_type -> shiftplane.v1.WatchRequest
-	27, // 56: shiftplane.v1.RolloutService.Pause:input_type -> shiftplane.v1.PauseRequest
-	29, // 57: shiftplane.v1.RolloutService.Resume:input_type -> shiftplane.v1.ResumeRequest
-	31, // 58: shiftplane.v1.RolloutService.Promote:input_type -> shiftplane.v1.PromoteRequest
-	33, // 59: shiftplane.v1.RolloutService.Abort:input_type -> shiftplane.v1.AbortRequest
-	35, // 60: shiftplane.v1.RolloutService.Delete:input_type -> shiftplane.v1.DeleteRequest
-	37, // 61: shiftplane.v1.RolloutService.History:input_type -> shiftplane.v1.HistoryRequest
-	39, // 62: shiftplane.v1.RolloutService.ReportSignal:input_type -> shiftplane.v1.ReportSignalRequest
-	20, // 63: shiftplane.v1.RolloutService.Apply:output_type -> shiftplane.v1.ApplyResponse
-	22, // 64: shiftplane.v1.RolloutService.Get:output_type -> shiftplane.v1.GetResponse
-	24, // 65: shiftplane.v1.RolloutService.List:output_type -> shiftplane.v1.ListResponse
-	26, // 66: shiftplane.v1.RolloutService.Watch:output_type -> shiftplane.v1.WatchResponse
-	28, // 67: shiftplane.v1.RolloutService.Pause:output_type -> shiftplane.v1.PauseResponse
-	30, // 68: shiftplane.v1.RolloutService.Resume:output_type -> shiftplane.v1.ResumeResponse
-	32, // 69: shiftplane.v1.RolloutService.Promote:output_type -> shiftplane.v1.PromoteResponse
-	34, // 70: shiftplane.v1.RolloutService.Abort:output_type -> shiftplane.v1.AbortResponse
-	36, // 71: shiftplane.v1.RolloutService.Delete:output_type -> shiftplane.v1.DeleteResponse
-	38, // 72: shiftplane.v1.RolloutService.History:output_type -> shiftplane.v1.HistoryResponse
-	40, // 73: shiftplane.v1.RolloutService.ReportSignal:output_type -> shiftplane.v1.ReportSignalResponse
-	63, // [63:74] is the sub-list for method output_type
-	52, // [52:63] is the sub-list for method input_type
-	52, // [52:52] is the sub-list for extension type_name
-	52, // [52:52] is the sub-list for extension extendee
-	0,  // [0:52] is the sub-list for field type_name
+	41, // 24: shiftplane.v1.Hook.retry_backoff:type_name -> google.protobuf.Duration
+	41, // 25: shiftplane.v1.WebhookHook.timeout:type_name -> google.protobuf.Duration
+	1,  // 26: shiftplane.v1.Signal.state:type_name -> shiftplane.v1.SignalState
+	42, // 27: shiftplane.v1.Signal.since:type_name -> google.protobuf.Timestamp
+	0,  // 28: shiftplane.v1.Rollout.phase:type_name -> shiftplane.v1.Phase
+	41, // 29: shiftplane.v1.Rollout.hold_remaining:type_name -> google.protobuf.Duration
+	41, // 30: shiftplane.v1.Rollout.hold_counted:type_name -> google.protobuf.Duration
+	15, // 31: shiftplane.v1.Rollout.signal:type_name -> shiftplane.v1.Signal
+	16, // 32: shiftplane.v1.Rollout.fleet:type_name -> shiftplane.v1.FleetStatus
+	2,  // 33: shiftplane.v1.Rollout.plan:type_name -> shiftplane.v1.Plan
+	42, // 34: shiftplane.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
+	42, // 35: shiftplane.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
+	42, // 36: shiftplane.v1.Event.time:type_name -> google.protobuf.Timestamp
+	0,  // 37: shiftplane.v1.Event.from_phase:type_name -> shiftplane.v1.Phase
+	0,  // 38: shiftplane.v1.Event.to_phase:type_name -> shiftplane.v1.Phase
+	2,  // 39: shiftplane.v1.ApplyRequest.plan:type_name -> shiftplane.v1.Plan
+	17, // 40: shiftplane.v1.ApplyResponse.rollout:type_name -> shiftplane.v1.Rollout
+	17, // 41: shiftplane.v1.GetResponse.rollout:type_name -> shiftplane.v1.Rollout
+	17, // 42: shiftplane.v1.ListResponse.rollouts:type_name -> shiftplane.v1.Rollout
+	17, // 43: shiftplane.v1.WatchResponse.status:type_name -> shiftplane.v1.Rollout
+	18, // 44: shiftplane.v1.WatchResponse.event:type_name -> shiftplane.v1.Event
+	17, // 45: shiftplane.v1.PauseResponse.rollout:type_name -> shiftplane.v1.Rollout
+	17, // 46: shiftplane.v1.ResumeResponse.rollout:type_name -> shiftplane.v1.Rollout
+	17, // 47: shiftplane.v1.PromoteResponse.rollout:type_name -> shiftplane.v1.Rollout
+	17, // 48: shiftplane.v1.AbortResponse.rollout:type_name -> shiftplane.v1.Rollout
+	18, // 49: shiftplane.v1.HistoryResponse.events:type_name -> shiftplane.v1.Event
+	1,  // 50: shiftplane.v1.ReportSignalRequest.state:type_name -> shiftplane.v1.SignalState
+	41, // 51: shiftplane.v1.ReportSignalRequest.ttl:type_name -> google.protobuf.Duration
+	15, // 52: shiftplane.v1.ReportSignalResponse.signal:type_name -> shiftplane.v1.Signal
+	19, // 53: shiftplane.v1.RolloutService.Apply:input_type -> shiftplane.v1.ApplyRequest
+	21, // 54: shiftplane.v1.RolloutService.Get:input_type -> shiftplane.v1.GetRequest
+	23, // 55: shiftplane.v1.RolloutService.List:input_type -> shiftplane.v1.ListRequest
+	25, // 56: shiftplane.v1.RolloutService.Watch:input_type -> shiftplane.v1.WatchRequest
+	27, // 57: shiftplane.v1.RolloutService.Pause:input_type -> shiftplane.v1.PauseRequest
+	29, // 58: shiftplane.v1.RolloutService.Resume:input_type -> shiftplane.v1.ResumeRequest
+	31, // 59: shiftplane.v1.RolloutService.Promote:input_type -> shiftplane.v1.PromoteRequest
+	33, // 60: shiftplane.v1.RolloutService.Abort:input_type -> shiftplane.v1.AbortRequest
+	35, // 61: shiftplane.v1.RolloutService.Delete:input_type -> shiftplane.v1.DeleteRequest
+	37, // 62: shiftplane.v1.RolloutService.History:input_type -> shiftplane.v1.HistoryRequest
+	39, // 63: shiftplane.v1.RolloutService.ReportSignal:input_type -> shiftplane.v1.ReportSignalRequest
+	20, // 64: shiftplane.v1.RolloutService.Apply:output_type -> shiftplane.v1.ApplyResponse
+	22, // 65: shiftplane.v1.RolloutService.Get:output_type -> shiftplane.v1.GetResponse
+	24, // 66: shiftplane.v1.RolloutService.List:output_type -> shiftplane.v1.ListResponse
+	26, // 67: shiftplane.v1.RolloutService.Watch:output_type -> shiftplane.v1.WatchResponse
+	28, // 68: shiftplane.v1.RolloutService.Pause:output_type -> shiftplane.v1.PauseResponse
+	30, // 69: shiftplane.v1.RolloutService.Resume:output_type -> shiftplane.v1.ResumeResponse
+	32, // 70: shiftplane.v1.RolloutService.Promote:output_type -> shiftplane.v1.PromoteResponse
+	34, // 71: shiftplane.v1.RolloutService.Abort:output_type -> shiftplane.v1.AbortResponse
+	36, // 72: shiftplane.v1.RolloutService.Delete:output_type -> shiftplane.v1.DeleteResponse
+	38, // 73: shiftplane.v1.RolloutService.History:output_type -> shiftplane.v1.HistoryResponse
+	40, // 74: shiftplane.v1.RolloutService.ReportSignal:output_type -> shiftplane.v1.ReportSignalResponse
+	64, // [64:75] is the sub-list for method output_type
+	53, // [53:64] is the sub-list for method input_type
+	53, // [53:53] is the sub-list for extension type_name
+	53, // [53:53] is the sub-list for extension extendee
+	0,  // [0:53] is the sub-list for field type_name
 }
 
 func init() { file_shiftplane_v1_rollout_proto_init() }
