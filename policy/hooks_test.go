@@ -59,7 +59,9 @@ func answer(code int) func(int, http.ResponseWriter, *http.Request) {
 }
 
 func redirectTo(url string) func(int, http.ResponseWriter, *http.Request) {
-	return func(_ int, w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, url, http.StatusTemporaryRedirect) }
+	return func(_ int, w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, url, http.StatusTemporaryRedirect)
+	}
 }
 
 func runWebhook(t *testing.T, runner policy.CommandHooks, h policy.Hook, timeout time.Duration) (string, error) {

@@ -91,7 +91,7 @@ func newEnv(t *testing.T, nodes ...Node) *env {
 	t.Cleanup(func() { _ = store.Close() })
 	clock := &fakeClock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
 	// No stats source: reported signals are the gate's only data.
-	gate := signal.NewGate(nil, nil)
+	gate := signal.NewGate(nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	engine, err := policy.New(ctx, policy.Options{
