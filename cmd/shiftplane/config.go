@@ -341,7 +341,7 @@ func checkUnknownKeys(v *viper.Viper, path string) error {
 	var errs []error
 	for _, k := range v.AllKeys() {
 		if !known[k] {
-			errs = append(errs, fmt.Errorf("%s: unknown key in %s", k, path))
+			errs = append(errs, fmt.Errorf("%s: unknown key in %s (set to %s)", k, path, showValue(v.Get(k))))
 		}
 	}
 	return errors.Join(errs...)

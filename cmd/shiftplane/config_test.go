@@ -27,7 +27,7 @@ func loadWith(t *testing.T, env map[string]string, args ...string) (Config, erro
 func TestConfigSources(t *testing.T) {
 	dir := t.TempDir()
 	tokenFile := writeFile(t, dir, "token", "s3cret\n")
-	file := writeFile(t, dir, "c.yaml", "engine:\n  tick: 250ms\nlog:\n  level: warn\n")
+	file := writeFile(t, dir, "c.yaml", "engine:\n  tick: 250ms\nlog:\n  level: warn\nhooks:\n  allowExec: true\n  allowHosts: [hooks.internal]\n")
 	other := writeFile(t, dir, "other.yaml", "engine:\n  tick: 3s\n")
 	tests := map[string]struct {
 		env  map[string]string
@@ -103,7 +103,7 @@ func TestConfigTraps(t *testing.T) {
 		"zero duration": {env: map[string]string{"SHIFTPLANE_ENGINE_TICK": "0s"},
 			want: []string{"engine.tick: must be > 0, got 0s (engine.tick from SHIFTPLANE_ENGINE_TICK)"}},
 		"unknown key names the file": {args: []string{"--config", file("unknown.yaml", "engine:\n  tik: 1s\n")},
-			want: []string{"engine.tik: unknown key in " + filepath.Join(dir, "unknown.yaml")}},
+			want: []string{"engine.tik: unknown key in " + filepath.Join(dir, "unknown.yaml") + ` (set to "1s")`}},
 		"missing file from SHIFTPLANE_CONFIG": {env: map[string]string{"SHIFTPLANE_CONFIG": filepath.Join(dir, "nope.yaml")},
 			want: []string{"config file " + filepath.Join(dir, "nope.yaml") + " (from SHIFTPLANE_CONFIG)"}},
 	}
