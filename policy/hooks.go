@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os/exec"
 	"strings"
+	"time"
 )
 
 // CommandHooks runs exec and webhook hooks for real. Exec hooks run only
@@ -41,38 +42,107 @@ func (c CommandHooks) Run(ctx context.Context, h Hook, status []byte) (string, e
 		}
 		return boundOutput(string(out)), nil
 	case h.Webhook != nil:
-		u, err := url.Parse(h.Webhook.URL)
-		if err != nil {
-			return "", fmt.Errorf("webhook url: %w", err)
-		}
-		if !HostAllowed(u.Hostname(), c.AllowHosts) {
-			return "", fmt.Errorf("webhook host %q is not in hooks.allowHosts", u.Hostname())
-		}
-		if t := h.Webhook.Timeout.D(); t > 0 {
-			var cancel context.CancelFunc
-			ctx, cancel = context.WithTimeout(ctx, t)
-			defer cancel()
-		}
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, h.Webhook.URL, bytes.NewReader(status))
-		if err != nil {
-			return "", err
-		}
-		req.Header.Set("Content-Type", "application/json")
-		client := c.Client
-		if client == nil {
-			client = http.DefaultClient
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			return "", fmt.Errorf("webhook %s: %w", h.Webhook.URL, err)
-		}
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, maxHookOutput))
-		out := strings.TrimSpace(string(body))
-		if resp.StatusCode < 200 || resp.StatusCode > 299 {
-			return out, fmt.Errorf("webhook %s: status %d", h.Webhook.URL, resp.StatusCode)
-		}
-		return out, nil
+		return c.webhook(ctx, h, status)
 	}
 	return "", errors.New("hook has neither exec nor webhook")
+}
+
+// maxRedirects bounds the hops a webhook may be redirected through.
+const maxRedirects = 3
+
+// errRedirect marks a redirect the hook refused; it is not retried.
+var errRedirect = errors.New("redirect refused")
+
+// webhook POSTs status to the hook's URL, retrying network errors and 5xx
+// answers up to h.Retries times with a doubling wait that never runs past
+// ctx's deadline (the hook's timeout). A 4xx, a refused redirect or the end
+// of ctx ends it at once.
+func (c CommandHooks) webhook(ctx context.Context, h Hook, status []byte) (string, error) {
+	u, err := url.Parse(h.Webhook.URL)
+	if err != nil {
+		return "", fmt.Errorf("webhook url: %w", err)
+	}
+	if !HostAllowed(u.Hostname(), c.AllowHosts) {
+		return "", fmt.Errorf("webhook host %q is not in hooks.allowHosts", u.Hostname())
+	}
+	client := c.client()
+	wait := h.RetryBackoff.D()
+	if wait <= 0 {
+		wait = DefaultRetryBackoff
+	}
+	for attempt := 0; ; attempt++ {
+		out, err, retry := c.post(ctx, client, h.Webhook, status)
+		if err == nil || !retry || attempt >= h.Retries {
+			if err != nil && attempt > 0 {
+				err = fmt.Errorf("%w (after %d attempts)", err, attempt+1)
+			}
+			return out, err
+		}
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
+			return out, fmt.Errorf("%w (after %d attempts; the hook's timeout ends before the next retry in %s)", err, attempt+1, wait)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return out, fmt.Errorf("%w (after %d attempts; %w)", err, attempt+1, ctx.Err())
+		case <-t.C:
+		}
+		wait *= 2
+	}
+}
+
+// post makes one attempt; retry says whether another attempt may help.
+func (c CommandHooks) post(ctx context.Context, client *http.Client, w *Webhook, status []byte) (out string, err error, retry bool) {
+	hookCtx := ctx
+	if t := w.Timeout.D(); t > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, t)
+		defer cancel()
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, w.URL, bytes.NewReader(status))
+	if err != nil {
+		return "", err, false
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		// A refused redirect or the end of the whole hook is final; a
+		// network error or this attempt's own timeout may pass.
+		final := errors.Is(err, errRedirect) || hookCtx.Err() != nil
+		return "", fmt.Errorf("webhook %s: %w", w.URL, err), !final
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxHookOutput))
+	out = strings.TrimSpace(string(body))
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return out, fmt.Errorf("webhook %s: status %d", w.URL, resp.StatusCode), resp.StatusCode >= 500
+	}
+	return out, nil, false
+}
+
+// client is c.Client (or the default) with redirects limited: each hop must
+// go to an allowed host, never from https down to http, at most
+// maxRedirects of them.
+func (c CommandHooks) client() *http.Client {
+	var cl http.Client
+	if c.Client != nil {
+		cl = *c.Client
+	}
+	cl.CheckRedirect = func(req *http.Request, via []*http.Request) error {
+		if len(via) > maxRedirects {
+			return fmt.Errorf("%w: more than %d redirects", errRedirect, maxRedirects)
+		}
+		if req.URL.Scheme != "http" && req.URL.Scheme != "https" {
+			return fmt.Errorf("%w: to %q, not http or https", errRedirect, req.URL.Redacted())
+		}
+		if prev := via[len(via)-1]; prev.URL.Scheme == "https" && req.URL.Scheme != "https" {
+			return fmt.Errorf("%w: from https down to %s", errRedirect, req.URL.Redacted())
+		}
+		if !HostAllowed(req.URL.Hostname(), c.AllowHosts) {
+			return fmt.Errorf("%w: to host %q, not in hooks.allowHosts", errRedirect, req.URL.Hostname())
+		}
+		return nil
+	}
+	return &cl
 }

@@ -103,6 +103,13 @@ type Hook struct {
 	Exec    []string `yaml:"exec,omitempty" json:"exec,omitempty"`
 	Webhook *Webhook `yaml:"webhook,omitempty" json:"webhook,omitempty"`
 	Timeout Duration `yaml:"timeout,omitempty" json:"timeout,omitempty"`
+	// Retries are extra attempts of a webhook after a network error or a 5xx
+	// answer, never after a 4xx (0..10). Exec hooks take none: a command is
+	// not known to be safe to run twice.
+	Retries int `yaml:"retries,omitempty" json:"retries,omitempty"`
+	// RetryBackoff is the wait before the first retry, doubled before each
+	// next one (DefaultRetryBackoff when 0). No wait runs past Timeout.
+	RetryBackoff Duration `yaml:"retryBackoff,omitempty" json:"retryBackoff,omitempty"`
 }
 
 // Webhook is a POST of the rollout's status JSON; 2xx means go on.
@@ -118,6 +125,8 @@ const (
 	DefaultRollbackAfter = 2 * time.Minute
 	DefaultDrainTimeout  = 30 * time.Second
 	DefaultHookTimeout   = 2 * time.Minute
+	DefaultRetryBackoff  = time.Second
+	MaxHookRetries       = 10
 	DefaultMinRequests   = 20
 	DefaultMaxErrorRate  = 0.05
 )

@@ -151,6 +151,21 @@ func TestValidate(t *testing.T) {
 		"exec hook with an empty command": {edit: func(p *policy.Plan) { p.Hooks.BeforeShift[0] = policy.Hook{Exec: []string{"", "x"}} },
 			opts: policy.ValidateOptions{AllowExec: true},
 			want: []problem{{"hooks.beforeShift[0].exec[0]", "the command must not be empty"}}},
+		"webhook retries over 10": {edit: func(p *policy.Plan) { p.Hooks.BeforeShift[0].Retries = 12 },
+			want: []problem{{"hooks.beforeShift[0].retries", "must be 0..10, got 12"}}},
+		"webhook retries negative": {edit: func(p *policy.Plan) { p.Hooks.BeforeShift[0].Retries = -1 },
+			want: []problem{{"hooks.beforeShift[0].retries", "must be 0..10, got -1"}}},
+		"webhook retries 10 with a backoff is fine": {edit: func(p *policy.Plan) {
+			p.Hooks.BeforeShift[0].Retries, p.Hooks.BeforeShift[0].RetryBackoff = 10, dur(time.Second)
+		}},
+		"retry backoff negative": {edit: func(p *policy.Plan) {
+			p.Hooks.BeforeShift[0].Retries, p.Hooks.BeforeShift[0].RetryBackoff = 1, dur(-time.Second)
+		}, want: []problem{{"hooks.beforeShift[0].retryBackoff", "must be >= 0, got -1s"}}},
+		"retry backoff without retries": {edit: func(p *policy.Plan) { p.Hooks.AfterPromote[0].RetryBackoff = dur(time.Second) },
+			want: []problem{{"hooks.afterPromote[0].retryBackoff", "needs retries > 0"}}},
+		"exec hook with retries": {edit: func(p *policy.Plan) { p.Hooks.AfterPromote[0] = policy.Hook{Exec: []string{"./migrate"}, Retries: 2} },
+			opts: policy.ValidateOptions{AllowExec: true},
+			want: []problem{{"hooks.afterPromote[0].retries", "only webhooks are retried"}}},
 		"webhook not http": {edit: func(p *policy.Plan) { p.Hooks.BeforeShift[0].Webhook.URL = "ftp://127.0.0.1/x" },
 			want: []problem{{"hooks.beforeShift[0].webhook.url", `must be an http or https URL, got "ftp://127.0.0.1/x"`}}},
 		"webhook without host": {edit: func(p *policy.Plan) { p.Hooks.BeforeShift[0].Webhook.URL = "http:///x" },

@@ -219,6 +219,16 @@ func (c *checker) analysis(a Analysis) {
 func (c *checker) hooks(field string, hs []Hook, opts ValidateOptions) {
 	for i, h := range hs {
 		f := fmt.Sprintf("%s[%d]", field, i)
+		if h.Retries < 0 || h.Retries > MaxHookRetries {
+			c.add(f+".retries", "must be 0..%d, got %d", MaxHookRetries, h.Retries)
+		} else if h.Retries > 0 && len(h.Exec) > 0 {
+			c.add(f+".retries", "only webhooks are retried (a command is not known to be safe to run twice), got %d", h.Retries)
+		}
+		if h.RetryBackoff < 0 {
+			c.add(f+".retryBackoff", "must be >= 0, got %s", h.RetryBackoff.D())
+		} else if h.RetryBackoff > 0 && h.Retries == 0 {
+			c.add(f+".retryBackoff", "needs retries > 0, got retryBackoff %s with no retries", h.RetryBackoff.D())
+		}
 		switch {
 		case len(h.Exec) > 0 && h.Webhook != nil:
 			c.add(f, "give either exec or webhook, not both")

@@ -84,7 +84,8 @@ type typeProgress struct {
 	hashes    map[string]string // resource name → content hash now served
 	published time.Time
 	lagging   int  // subscribed streams that have not ACKed latest
-	pending   bool // latest not yet seen converged
+	acked     int  // streams that ACKed latest since it was published
+	pending   bool // latest not yet seen converged, and some node had to ACK it
 }
 
 // NewFleet returns an empty fleet tracker.
@@ -115,8 +116,7 @@ func (f *Fleet) Published(p Published) {
 		tp := f.progress(t)
 		tp.latest = p.Version
 		tp.published = p.Time
-		tp.pending = true
-		tp.lagging = 0
+		tp.lagging, tp.acked = 0, 0
 		for _, s := range f.streams {
 			if st, ok := s.types[t]; ok {
 				st.upToDate = st.ackedN >= tp.latest
@@ -125,14 +125,20 @@ func (f *Fleet) Published(p Published) {
 				}
 			}
 		}
-		f.maybeConverged(t, tp)
+		// A publish no node subscribes to converges on nothing: timing it
+		// would put a 0 (or, once a node turns up, its connect time) into
+		// the convergence histogram.
+		tp.pending = tp.lagging > 0
 	}
 }
 
-func (f *Fleet) maybeConverged(typeURL string, tp *typeProgress) {
-	if tp.pending && tp.lagging == 0 && len(f.streams) > 0 {
+// maybeConverged observes the convergence time once no subscribed stream
+// lags, if at least one of them ACKed the version (streams that only went
+// away converged nothing).
+func (f *Fleet) maybeConverged(tp *typeProgress) {
+	if tp.pending && tp.lagging == 0 {
 		tp.pending = false
-		if f.metrics != nil {
+		if tp.acked > 0 && f.metrics != nil {
 			f.metrics.convergence.Observe(f.now().Sub(tp.published).Seconds())
 		}
 	}
@@ -266,7 +272,7 @@ func (f *Fleet) closed(id int64) {
 		if !st.upToDate {
 			tp.lagging--
 		}
-		f.maybeConverged(t, tp)
+		f.maybeConverged(tp)
 	}
 	if f.metrics != nil {
 		f.metrics.streams.Dec()
@@ -331,7 +337,8 @@ func (f *Fleet) request(id int64, node *corev3.Node, typeURL, nonce, version str
 	if !st.upToDate && n >= tp.latest {
 		st.upToDate = true
 		tp.lagging--
-		f.maybeConverged(typeURL, tp)
+		tp.acked++
+		f.maybeConverged(tp)
 	}
 }
 

@@ -1,6 +1,14 @@
 package xds
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// servedTypes are the resource types shiftplane serves; their push and NACK
+// counters exist at 0 from the start, so a rate() or an alert on the first
+// NACK sees it.
+var servedTypes = []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType}
 
 // Metrics are the xDS server's Prometheus metrics.
 type Metrics struct {
@@ -24,9 +32,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"type"}),
 		convergence: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "shiftplane_convergence_seconds",
-			Help:    "Time from publishing a version to every connected node ACKing it.",
+			Help:    "Time from publishing a version to every connected node ACKing it; only publishes that some node had to ACK.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}),
+	}
+	for _, t := range servedTypes {
+		m.pushes.WithLabelValues(shortType(t))
+		m.nacks.WithLabelValues(shortType(t))
 	}
 	if reg != nil {
 		reg.MustRegister(m.streams, m.pushes, m.nacks, m.convergence)

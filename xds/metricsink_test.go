@@ -228,7 +228,7 @@ func wantGateSignal(t *testing.T, g *signal.Gate, now time.Time, q policy.Signal
 func TestMetricsSinkFeedsGate(t *testing.T) {
 	e := startSink(t)
 	t0 := e.clock.now()
-	gate := signal.NewGate(nil, nil, e.sink)
+	gate := signal.NewGate(nil, e.sink)
 	q := policy.SignalQuery{
 		Rollout: "checkout", CanaryCluster: "app-v2", Since: t0.Add(-time.Minute),
 		Analysis: policy.Plan{}.WithDefaults().Analysis,

@@ -34,8 +34,13 @@ type testServer struct {
 
 func startTestServer(t *testing.T) *testServer {
 	t.Helper()
+	return startTestServerWith(t, NewMetrics(nil))
+}
+
+func startTestServerWith(t *testing.T, m *Metrics) *testServer {
+	t.Helper()
 	log := slog.New(slog.DiscardHandler)
-	fleet := NewFleet(log, NewMetrics(nil), time.Now)
+	fleet := NewFleet(log, m, time.Now)
 	cache := NewCache()
 	pub := NewPublisher(cache, &memCounter{}, time.Now, fleet.Published)
 	gs := NewGRPCServer()

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -79,51 +80,260 @@ var configKeys = []struct {
 }
 
 func addConfigFlags(fs *pflag.FlagSet) {
-	fs.String("config", "", "config file (YAML)")
+	fs.String("config", "", "config file (YAML); default $"+configEnv)
 	for _, k := range configKeys {
 		switch d := k.def.(type) {
 		case string:
 			fs.String(k.flag, d, k.help)
 		case bool:
 			fs.Bool(k.flag, d, k.help)
+		case int:
+			fs.Int(k.flag, d, k.help)
 		case []string:
 			fs.StringSlice(k.flag, d, k.help)
 		case time.Duration:
-			fs.Duration(k.flag, d, k.help)
+			// Kept as text so a flag's bad duration gets the same error as
+			// the file's and the environment's.
+			v := durationText(d.String())
+			fs.Var(&v, k.flag, k.help)
+		default:
+			panic(fmt.Sprintf("config key %s: no flag for a default of type %T", k.key, k.def))
 		}
 	}
 }
 
-// loadConfig reads the config from its file, the environment and fs. Every
-// problem names the key.
+// configEnv names the config file when --config is not given.
+const configEnv = "SHIFTPLANE_CONFIG"
+
+// durationText is a duration flag parsed by loadConfig, not by pflag.
+type durationText string
+
+func (d *durationText) String() string     { return string(*d) }
+func (d *durationText) Set(s string) error { *d = durationText(s); return nil }
+func (d *durationText) Type() string       { return "duration" }
+
+// envNames are the environment variables that set a key: the flag's name
+// (SHIFTPLANE_HOOKS_ALLOW_EXEC) and the key's own spelling that earlier
+// releases read (SHIFTPLANE_HOOKS_ALLOWEXEC); one name when both agree.
+func envNames(key, flag string) []string {
+	names := []string{"SHIFTPLANE_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))}
+	if old := "SHIFTPLANE_" + strings.ToUpper(strings.ReplaceAll(key, ".", "_")); old != names[0] {
+		names = append(names, old)
+	}
+	return names
+}
+
+// keyError is a problem with one key's value; loadConfig adds where the
+// value came from.
+type keyError struct {
+	key string // the key whose source the message is completed with
+	msg string // the whole message, starting with the key
+}
+
+func (e *keyError) Error() string { return e.msg }
+
+func keyErrorf(key, format string, args ...any) error {
+	return &keyError{key: key, msg: fmt.Sprintf(format, args...)}
+}
+
+// loadConfig reads the config from its file (--config or $SHIFTPLANE_CONFIG),
+// the environment (SHIFTPLANE_*) and fs, in rising precedence. Every problem
+// names the key, the value and where it came from. The values are converted
+// here, not by viper: viper would take a bare number as nanoseconds.
 func loadConfig(fs *pflag.FlagSet) (Config, error) {
-	v := viper.New()
-	v.SetEnvPrefix("SHIFTPLANE")
-	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
-	v.AutomaticEnv()
-	for _, k := range configKeys {
-		v.SetDefault(k.key, k.def)
-		if err := v.BindPFlag(k.key, fs.Lookup(k.flag)); err != nil {
+	file := viper.New()
+	path, _ := fs.GetString("config")
+	pathFrom := "--config"
+	if path == "" {
+		path, pathFrom = os.Getenv(configEnv), configEnv
+	}
+	if path != "" {
+		file.SetConfigFile(path)
+		if err := file.ReadInConfig(); err != nil {
+			return Config{}, fmt.Errorf("config file %s (from %s): %w", path, pathFrom, err)
+		}
+		if err := checkUnknownKeys(file, path); err != nil {
 			return Config{}, err
 		}
 	}
-	if path, _ := fs.GetString("config"); path != "" {
-		v.SetConfigFile(path)
-		if err := v.ReadInConfig(); err != nil {
-			return Config{}, fmt.Errorf("config %s: %w", path, err)
+	out := viper.New()
+	from := map[string]string{}
+	var errs []error
+	for _, k := range configKeys {
+		raw, src, err := lookupKey(k.key, k.flag, fs, file, path)
+		if err != nil {
+			errs = append(errs, err)
+			continue
 		}
-		if err := checkUnknownKeys(v); err != nil {
-			return Config{}, fmt.Errorf("config %s: %w", path, err)
+		from[k.key] = src
+		if src == "" {
+			from[k.key] = "the default"
+			out.Set(k.key, k.def)
+			continue
 		}
+		val, err := convert(k.def, raw)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %s from %s: %w", k.key, showValue(raw), src, err))
+			continue
+		}
+		out.Set(k.key, val)
+	}
+	if len(errs) > 0 {
+		return Config{}, errors.Join(errs...)
 	}
 	var c Config
-	if err := v.UnmarshalExact(&c); err != nil {
+	if err := out.UnmarshalExact(&c); err != nil {
 		return Config{}, fmt.Errorf("config: %w", err)
 	}
-	return c, c.Validate()
+	if err := c.Validate(); err != nil {
+		return Config{}, withSources(err, from)
+	}
+	return c, nil
 }
 
-func checkUnknownKeys(v *viper.Viper) error {
+// lookupKey returns a key's raw value and where it came from (a flag, an
+// environment variable, the file), or "" for the default.
+func lookupKey(key, flag string, fs *pflag.FlagSet, file *viper.Viper, path string) (any, string, error) {
+	if f := fs.Lookup(flag); f != nil && f.Changed {
+		if sv, ok := f.Value.(pflag.SliceValue); ok {
+			return sv.GetSlice(), "--" + flag, nil
+		}
+		return f.Value.String(), "--" + flag, nil
+	}
+	var setName, setVal string
+	for _, name := range envNames(key, flag) {
+		val, ok := os.LookupEnv(name)
+		if !ok || val == "" {
+			continue
+		}
+		if setName != "" && val != setVal {
+			return nil, "", fmt.Errorf("%s: %s=%q and %s=%q disagree; set one of them", key, setName, setVal, name, val)
+		}
+		if setName == "" {
+			setName, setVal = name, val
+		}
+	}
+	if setName != "" {
+		return setVal, setName, nil
+	}
+	if file.IsSet(key) {
+		return file.Get(key), path, nil
+	}
+	return nil, "", nil
+}
+
+// convert turns a raw value (text from a flag or the environment, or what
+// YAML decoded) into the type of the key's default.
+func convert(def, raw any) (any, error) {
+	switch def.(type) {
+	case string:
+		switch r := raw.(type) {
+		case string:
+			return r, nil
+		case int, int64, uint64, float64, bool:
+			return fmt.Sprint(r), nil
+		}
+		return nil, errors.New("not a string")
+	case bool:
+		switch r := raw.(type) {
+		case bool:
+			return r, nil
+		case string:
+			if b, err := strconv.ParseBool(r); err == nil {
+				return b, nil
+			}
+		}
+		return nil, errors.New("not true or false")
+	case int:
+		switch r := raw.(type) {
+		case int:
+			return r, nil
+		case string:
+			if n, err := strconv.Atoi(r); err == nil {
+				return n, nil
+			}
+		}
+		return nil, errors.New("not a whole number")
+	case []string:
+		switch r := raw.(type) {
+		case []string:
+			return r, nil
+		case string: // the environment: comma-separated
+			var list []string
+			for _, s := range strings.Split(r, ",") {
+				if s = strings.TrimSpace(s); s != "" {
+					list = append(list, s)
+				}
+			}
+			return list, nil
+		case []any:
+			list := make([]string, 0, len(r))
+			for i, e := range r {
+				switch e.(type) {
+				case string, int, float64, bool:
+					list = append(list, fmt.Sprint(e))
+				default:
+					return nil, fmt.Errorf("[%d] is not a string", i)
+				}
+			}
+			return list, nil
+		}
+		return nil, errors.New("not a list of strings")
+	case time.Duration:
+		s, ok := raw.(string)
+		if !ok {
+			if _, isNum := raw.(int); isNum || isFloat(raw) {
+				return nil, errors.New("a bare number is not a duration (write e.g. 100ms or 1s)")
+			}
+			return nil, errors.New("not a duration (write e.g. 100ms or 1s)")
+		}
+		if _, err := strconv.ParseFloat(strings.TrimSpace(s), 64); err == nil {
+			return nil, errors.New("a bare number is not a duration (write e.g. 100ms or 1s)")
+		}
+		d, err := time.ParseDuration(strings.TrimSpace(s))
+		if err != nil {
+			return nil, errors.New("not a duration (write e.g. 100ms or 1s)")
+		}
+		return d, nil
+	}
+	return nil, fmt.Errorf("no conversion to %T", def)
+}
+
+func isFloat(v any) bool { _, ok := v.(float64); return ok }
+
+// showValue prints a raw value the way a user wrote it: text quoted,
+// numbers bare.
+func showValue(raw any) string {
+	switch r := raw.(type) {
+	case string:
+		return strconv.Quote(r)
+	case []string:
+		return fmt.Sprintf("%q", r)
+	}
+	return fmt.Sprint(raw)
+}
+
+// withSources completes each key error from Validate with where the key's
+// value came from.
+func withSources(err error, from map[string]string) error {
+	var list []error
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		list = j.Unwrap()
+	} else {
+		list = []error{err}
+	}
+	out := make([]error, 0, len(list))
+	for _, e := range list {
+		var ke *keyError
+		if errors.As(e, &ke) && from[ke.key] != "" {
+			e = fmt.Errorf("%w (%s from %s)", e, ke.key, from[ke.key])
+		}
+		out = append(out, e)
+	}
+	return errors.Join(out...)
+}
+
+func checkUnknownKeys(v *viper.Viper, path string) error {
 	known := map[string]bool{}
 	for _, k := range configKeys {
 		known[strings.ToLower(k.key)] = true
@@ -131,49 +341,57 @@ func checkUnknownKeys(v *viper.Viper) error {
 	var errs []error
 	for _, k := range v.AllKeys() {
 		if !known[k] {
-			errs = append(errs, fmt.Errorf("%s: unknown key", k))
+			errs = append(errs, fmt.Errorf("%s: unknown key in %s (set to %s)", k, path, showValue(v.Get(k))))
 		}
 	}
 	return errors.Join(errs...)
 }
 
-// Validate checks the config; errors name the key.
+// Validate checks the config; errors name the key and the value (loadConfig
+// adds where the value came from).
 func (c Config) Validate() error {
 	var errs []error
 	for _, a := range []struct{ key, addr string }{{"xds.address", c.XDS.Address}, {"api.address", c.API.Address}, {"http.address", c.HTTP.Address}} {
 		if _, port, err := net.SplitHostPort(a.addr); err != nil || port == "" {
-			errs = append(errs, fmt.Errorf("%s: must be host:port, got %q", a.key, a.addr))
+			errs = append(errs, keyErrorf(a.key, "%s: must be host:port, got %q", a.key, a.addr))
 		}
 	}
 	if c.Store.Path == "" {
-		errs = append(errs, errors.New("store.path: must not be empty"))
+		errs = append(errs, keyErrorf("store.path", `store.path: must not be empty, got ""`))
 	}
 	if c.API.TokenFile != "" {
 		if _, err := os.Stat(c.API.TokenFile); err != nil {
-			errs = append(errs, fmt.Errorf("api.tokenFile: %w", err))
+			errs = append(errs, keyErrorf("api.tokenFile", "api.tokenFile: %q: %v", c.API.TokenFile, err))
 		}
 	}
 	if (c.API.TLS.Cert == "") != (c.API.TLS.Key == "") {
-		errs = append(errs, errors.New("api.tls: cert and key must be given together"))
+		key := "api.tls.cert"
+		if c.API.TLS.Cert == "" {
+			key = "api.tls.key"
+		}
+		errs = append(errs, keyErrorf(key, "api.tls: cert and key must be given together, got cert %q and key %q", c.API.TLS.Cert, c.API.TLS.Key))
 	}
 	if c.API.TLS.ClientCA != "" && c.API.TLS.Cert == "" {
-		errs = append(errs, errors.New("api.tls.clientCA: needs api.tls.cert and api.tls.key"))
+		errs = append(errs, keyErrorf("api.tls.clientCA", "api.tls.clientCA: %q needs api.tls.cert and api.tls.key", c.API.TLS.ClientCA))
 	}
 	if !isLoopback(c.API.Address) && c.API.Token == "" && c.API.TokenFile == "" && c.API.TLS.ClientCA == "" {
-		errs = append(errs, fmt.Errorf("api.address: %q is not loopback; set api.token, api.tokenFile or api.tls.clientCA (mTLS) so the policy API is not open", c.API.Address))
+		errs = append(errs, keyErrorf("api.address", "api.address: %q is not loopback; set api.token, api.tokenFile or api.tls.clientCA (mTLS) so the policy API is not open", c.API.Address))
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
-		errs = append(errs, fmt.Errorf("log.level: must be debug, info, warn or error, got %q", c.Log.Level))
+		errs = append(errs, keyErrorf("log.level", "log.level: must be debug, info, warn or error, got %q", c.Log.Level))
 	}
 	switch c.Log.Format {
 	case "text", "json":
 	default:
-		errs = append(errs, fmt.Errorf("log.format: must be text or json, got %q", c.Log.Format))
+		errs = append(errs, keyErrorf("log.format", "log.format: must be text or json, got %q", c.Log.Format))
 	}
 	if c.Engine.Tick <= 0 {
-		errs = append(errs, errors.New("engine.tick: must be > 0"))
+		errs = append(errs, keyErrorf("engine.tick", "engine.tick: must be > 0, got %s", c.Engine.Tick))
+	}
+	if c.Signal.ScrapeEvery <= 0 {
+		errs = append(errs, keyErrorf("signal.scrapeEvery", "signal.scrapeEvery: must be > 0, got %s", c.Signal.ScrapeEvery))
 	}
 	return errors.Join(errs...)
 }

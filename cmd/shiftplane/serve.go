@@ -104,6 +104,8 @@ func serve(ctx context.Context, cfg Config, planPaths []string, log *slog.Logger
 		return err
 	}
 	registerRolloutMetrics(reg, engine)
+	registerSignalMetrics(reg, engine.List)
+	registerBuildInfo(reg)
 
 	files := newPlanFiles(engine, cfg.ValidateOptions(), log)
 	if err := files.applyInitial(loaded, store); err != nil {

@@ -37,7 +37,7 @@ func newSignalDeps(_ context.Context, cfg Config, reg prometheus.Registerer, log
 		d.scraper = s
 		sources = append(sources, s)
 	}
-	d.gate = signal.NewGate(log, reg, sources...)
+	d.gate = signal.NewGate(log, sources...)
 	return d, nil
 }
 

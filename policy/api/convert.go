@@ -122,6 +122,8 @@ func (c *converter) hooks(field string, hs []*shiftplanev1.Hook) []policy.Hook {
 			ph.Webhook = &policy.Webhook{URL: a.Webhook.GetUrl(), Timeout: c.duration(f+".webhook.timeout", a.Webhook.GetTimeout())}
 		}
 		ph.Timeout = c.duration(f+".timeout", h.GetTimeout())
+		ph.Retries = int(min(h.GetRetries(), policy.MaxHookRetries+1)) // out of range either way; validation names it
+		ph.RetryBackoff = c.duration(f+".retryBackoff", h.GetRetryBackoff())
 		out = append(out, ph)
 	}
 	return out
@@ -213,7 +215,7 @@ func PlanToProto(p policy.Plan) *shiftplanev1.Plan {
 func hooksProto(hs []policy.Hook) []*shiftplanev1.Hook {
 	var out []*shiftplanev1.Hook
 	for _, h := range hs {
-		ph := &shiftplanev1.Hook{Timeout: durationProto(h.Timeout)}
+		ph := &shiftplanev1.Hook{Timeout: durationProto(h.Timeout), Retries: uint32(max(h.Retries, 0)), RetryBackoff: durationProto(h.RetryBackoff)}
 		switch {
 		case h.Webhook != nil:
 			ph.Action = &shiftplanev1.Hook_Webhook{Webhook: &shiftplanev1.WebhookHook{Url: h.Webhook.URL, Timeout: durationProto(h.Webhook.Timeout)}}

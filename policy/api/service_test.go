@@ -91,7 +91,7 @@ func newEnv(t *testing.T, nodes ...Node) *env {
 	t.Cleanup(func() { _ = store.Close() })
 	clock := &fakeClock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
 	// No stats source: reported signals are the gate's only data.
-	gate := signal.NewGate(nil, nil)
+	gate := signal.NewGate(nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	engine, err := policy.New(ctx, policy.Options{
@@ -656,7 +656,7 @@ analysis:
   minRequests: 30
   drainTimeout: 20s
 hooks:
-  beforeShift: [{webhook: {url: "http://127.0.0.1:9000/pre", timeout: 3s}, timeout: 5s}]
+  beforeShift: [{webhook: {url: "http://127.0.0.1:9000/pre", timeout: 3s}, timeout: 5s, retries: 3, retryBackoff: 200ms}]
   afterPromote: [{webhook: {url: "http://localhost:9000/post"}}]
 `
 

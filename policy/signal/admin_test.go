@@ -167,7 +167,7 @@ func TestAdminScraper(t *testing.T) {
 	a1.set(map[string]float64{detected: 1, done: 25, active: 1}, 0)
 	clock.Advance(time.Second)
 	s.Poll(ctx)
-	g := NewGate(nil, nil, s)
+	g := NewGate(nil, s)
 	sig := g.Evaluate(clock.Now(), query(policy.Analysis{}))
 	if sig.State != policy.SignalFiring || sig.Reason != "node "+url1+": "+active+"=1" {
 		t.Errorf("gate over the scraper: %s (%s), want FIRING on %s", sig.State, sig.Reason, url1)

@@ -8,8 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/shiftplane/shiftplane/policy"
 )
 
@@ -36,7 +34,6 @@ const maxReasons = 5
 type Gate struct {
 	sources []StatsSource
 	log     *slog.Logger
-	firing  *prometheus.GaugeVec
 
 	mu       sync.Mutex
 	reported map[string]map[string]reportedSignal // rollout → source → latest report
@@ -44,46 +41,33 @@ type Gate struct {
 
 var _ policy.SignalGate = (*Gate)(nil)
 
-// NewGate returns a gate reading sources, and registers
-// shiftplane_signal_firing{rollout} with reg (nil: not registered). A nil
-// log discards.
-func NewGate(log *slog.Logger, reg prometheus.Registerer, sources ...StatsSource) *Gate {
+// NewGate returns a gate reading sources. A nil log discards. The gate
+// exports no metrics itself: shiftplane_signal_firing and
+// shiftplane_signal_state come from the engine's rollout status (what the
+// engine acted on), so a finished or deleted rollout has no signal series.
+func NewGate(log *slog.Logger, sources ...StatsSource) *Gate {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	g := &Gate{
-		sources: sources,
-		log:     log,
-		firing: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "shiftplane_signal_firing",
-			Help: "1 while the rollout's signal is firing, else 0 (stale included).",
-		}, []string{"rollout"}),
+		sources:  sources,
+		log:      log,
 		reported: map[string]map[string]reportedSignal{},
-	}
-	if reg != nil {
-		reg.MustRegister(g.firing)
 	}
 	return g
 }
 
 // Evaluate implements policy.SignalGate.
 func (g *Gate) Evaluate(now time.Time, q policy.SignalQuery) policy.Signal {
-	s := g.evaluate(now, q)
-	v := 0.0
-	if s.State == policy.SignalFiring {
-		v = 1
-	}
-	g.firing.WithLabelValues(q.Rollout).Set(v)
-	return s
+	return g.evaluate(now, q)
 }
 
-// Forget drops a rollout's reported signals and its firing metric; call it
-// when the rollout is deleted.
+// Forget drops a rollout's reported signals; call it when the rollout is
+// deleted.
 func (g *Gate) Forget(rollout string) {
 	g.mu.Lock()
 	delete(g.reported, rollout)
 	g.mu.Unlock()
-	g.firing.DeleteLabelValues(rollout)
 }
 
 func (g *Gate) evaluate(now time.Time, q policy.SignalQuery) policy.Signal {

@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/shiftplane/shiftplane/policy"
 )
 
@@ -221,7 +219,7 @@ func TestEvaluateStats(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			src := &fakeSource{}
 			src.set(tc.nodes...)
-			g := NewGate(nil, nil, src)
+			g := NewGate(nil, src)
 			q := query(tc.analysis)
 			if !tc.since.IsZero() {
 				q.Since = tc.since
@@ -302,7 +300,7 @@ func TestActiveRequests(t *testing.T) {
 				s.set(rs...)
 				srcs = append(srcs, s)
 			}
-			got, known := NewGate(nil, nil, srcs...).ActiveRequests(t0, "app-v2")
+			got, known := NewGate(nil, srcs...).ActiveRequests(t0, "app-v2")
 			if got != tc.want || known != tc.wantKnown {
 				t.Errorf("ActiveRequests = %g, %v; want %g, %v", got, known, tc.want, tc.wantKnown)
 			}
@@ -313,8 +311,7 @@ func TestActiveRequests(t *testing.T) {
 func TestReportedSignals(t *testing.T) {
 	src := &fakeSource{}
 	src.set(node("envoy-1", 0, nil, map[string]float64{}))
-	reg := prometheus.NewRegistry()
-	g := NewGate(nil, reg, src)
+	g := NewGate(nil, src)
 	q := query(policy.Analysis{})
 	at := func(d time.Duration) time.Time { return t0.Add(d) }
 	fresh := func(d time.Duration) { src.set(node("envoy-1", -d, nil, map[string]float64{})) }
@@ -326,13 +323,6 @@ func TestReportedSignals(t *testing.T) {
 			t.Fatalf("at +%s: state = %s (%s), want %s", d, got.State, got.Reason, want)
 		}
 		checkReason(t, got.Reason, reason)
-		wantMetric := 0.0
-		if want == policy.SignalFiring {
-			wantMetric = 1
-		}
-		if m := gaugeValue(t, reg, "shiftplane_signal_firing", "checkout"); m != wantMetric {
-			t.Errorf("at +%s: shiftplane_signal_firing = %g, want %g", d, m, wantMetric)
-		}
 	}
 
 	expect(0, policy.SignalClear, "")
@@ -384,7 +374,7 @@ func TestReportedSignals(t *testing.T) {
 }
 
 func TestReportedOnly(t *testing.T) {
-	g := NewGate(nil, nil) // no stats source: reported signals are all there is
+	g := NewGate(nil) // no stats source: reported signals are all there is
 	q := query(policy.Analysis{})
 	if got := g.Evaluate(t0, q); got.State != policy.SignalStale {
 		t.Errorf("nothing reported: %s (%s), want STALE", got.State, got.Reason)
@@ -418,7 +408,7 @@ func TestReportRejectsBadInput(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			src := &fakeSource{}
 			src.set(node("envoy-1", 0, nil, map[string]float64{}))
-			g := NewGate(nil, nil, src)
+			g := NewGate(nil, src)
 			err := g.Report(tc.rollout, tc.state, "why", tc.source, tc.ttl, t0)
 			if !errors.Is(err, ErrInvalidReport) || !strings.Contains(err.Error(), tc.field) {
 				t.Fatalf("Report error = %v, want ErrInvalidReport naming %q", err, tc.field)
@@ -470,28 +460,6 @@ func TestCountersWentDown(t *testing.T) {
 			}
 		})
 	}
-}
-
-// gaugeValue reads one labelled gauge from reg; -1 if it is absent.
-func gaugeValue(t *testing.T, reg *prometheus.Registry, name, label string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetValue() == label {
-					return m.GetGauge().GetValue()
-				}
-			}
-		}
-	}
-	return -1
 }
 
 func ptr[T any](v T) *T { return &v }

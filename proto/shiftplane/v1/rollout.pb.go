@@ -887,8 +887,15 @@ type Hook struct {
 	//	*Hook_Exec
 	//	*Hook_Webhook
 	Action isHook_Action `protobuf_oneof:"action"`
-	// Bound on the whole hook; unset means the server's default.
-	Timeout       *durationpb.Duration `protobuf:"bytes,3,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// Bound on the whole hook, retries and their waits included; unset means
+	// the server's default.
+	Timeout *durationpb.Duration `protobuf:"bytes,3,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// Extra attempts of a webhook after a network error or a 5xx answer
+	// (never after a 4xx); 0..10, default 0. Exec hooks take none.
+	Retries uint32 `protobuf:"varint,4,opt,name=retries,proto3" json:"retries,omitempty"`
+	// Wait before the first retry, doubled before each next one; unset means
+	// 1s. Waits never run past the hook's timeout.
+	RetryBackoff  *durationpb.Duration `protobuf:"bytes,5,opt,name=retry_backoff,json=retryBackoff,proto3" json:"retry_backoff,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -951,6 +958,20 @@ func (x *Hook) GetWebhook() *WebhookHook {
 func (x *Hook) GetTimeout() *durationpb.Duration {
 	if x != nil {
 		return x.Timeout
+	}
+	return nil
+}
+
+func (x *Hook) GetRetries() uint32 {
+	if x != nil {
+		return x.Retries
+	}
+	return 0
+}
+
+func (x *Hook) GetRetryBackoff() *durationpb.Duration {
+	if x != nil {
+		return x.RetryBackoff
 	}
 	return nil
 }
@@ -2783,11 +2804,13 @@ const file_shiftplane_v1_rollout_proto_rawDesc = "" +
 	"\r_min_requests\"y\n" +
 	"\x05Hooks\x126\n" +
 	"\fbefore_shift\x18\x01 \x03(\v2\x13.shiftplane.v1.HookR\vbeforeShift\x128\n" +
-	"\rafter_promote\x18\x02 \x03(\v2\x13.shiftplane.v1.HookR\fafterPromote\"\xac\x01\n" +
+	"\rafter_promote\x18\x02 \x03(\v2\x13.shiftplane.v1.HookR\fafterPromote\"\x86\x02\n" +
 	"\x04Hook\x12-\n" +
 	"\x04exec\x18\x01 \x01(\v2\x17.shiftplane.v1.ExecHookH\x00R\x04exec\x126\n" +
 	"\awebhook\x18\x02 \x01(\v2\x1a.shiftplane.v1.WebhookHookH\x00R\awebhook\x123\n" +
-	"\atimeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\atimeoutB\b\n" +
+	"\atimeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12\x18\n" +
+	"\aretries\x18\x04 \x01(\rR\aretries\x12>\n" +
+	"\rretry_backoff\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\fretryBackoffB\b\n" +
 	"\x06action\"\x1e\n" +
 	"\bExecHook\x12\x12\n" +
 	"\x04argv\x18\x01 \x03(\tR\x04argv\"T\n" +
@@ -3021,66 +3044,67 @@ var file_shiftplane_v1_rollout_proto_depIdxs = []int32{
 	13, // 21: shiftplane.v1.Hook.exec:type_name -> shiftplane.v1.ExecHook
 	14, // 22: shiftplane.v1.Hook.webhook:type_name -> shiftplane.v1.WebhookHook
 	42, // 23: shiftplane.v1.Hook.timeout:type_name -> google.protobuf.Duration
-	42, // 24: shiftplane.v1.WebhookHook.timeout:type_name -> google.protobuf.Duration
-	1,  // 25: shiftplane.v1.Signal.state:type_name -> shiftplane.v1.SignalState
-	43, // 26: shiftplane.v1.Signal.since:type_name -> google.protobuf.Timestamp
-	0,  // 27: shiftplane.v1.Rollout.phase:type_name -> shiftplane.v1.Phase
-	42, // 28: shiftplane.v1.Rollout.hold_remaining:type_name -> google.protobuf.Duration
-	42, // 29: shiftplane.v1.Rollout.hold_counted:type_name -> google.protobuf.Duration
-	15, // 30: shiftplane.v1.Rollout.signal:type_name -> shiftplane.v1.Signal
-	16, // 31: shiftplane.v1.Rollout.fleet:type_name -> shiftplane.v1.FleetStatus
-	2,  // 32: shiftplane.v1.Rollout.plan:type_name -> shiftplane.v1.Plan
-	43, // 33: shiftplane.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
-	43, // 34: shiftplane.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
-	43, // 35: shiftplane.v1.Event.time:type_name -> google.protobuf.Timestamp
-	0,  // 36: shiftplane.v1.Event.from_phase:type_name -> shiftplane.v1.Phase
-	0,  // 37: shiftplane.v1.Event.to_phase:type_name -> shiftplane.v1.Phase
-	2,  // 38: shiftplane.v1.ApplyRequest.plan:type_name -> shiftplane.v1.Plan
-	17, // 39: shiftplane.v1.ApplyResponse.rollout:type_name -> shiftplane.v1.Rollout
-	17, // 40: shiftplane.v1.GetResponse.rollout:type_name -> shiftplane.v1.Rollout
-	17, // 41: shiftplane.v1.ListResponse.rollouts:type_name -> shiftplane.v1.Rollout
-	17, // 42: shiftplane.v1.WatchResponse.status:type_name -> shiftplane.v1.Rollout
-	18, // 43: shiftplane.v1.WatchResponse.event:type_name -> shiftplane.v1.Event
-	34, // 44: shiftplane.v1.PauseRequest.expect:type_name -> shiftplane.v1.Expect
-	17, // 45: shiftplane.v1.PauseResponse.rollout:type_name -> shiftplane.v1.Rollout
-	34, // 46: shiftplane.v1.ResumeRequest.expect:type_name -> shiftplane.v1.Expect
-	17, // 47: shiftplane.v1.ResumeResponse.rollout:type_name -> shiftplane.v1.Rollout
-	34, // 48: shiftplane.v1.PromoteRequest.expect:type_name -> shiftplane.v1.Expect
-	17, // 49: shiftplane.v1.PromoteResponse.rollout:type_name -> shiftplane.v1.Rollout
-	34, // 50: shiftplane.v1.AbortRequest.expect:type_name -> shiftplane.v1.Expect
-	0,  // 51: shiftplane.v1.Expect.phase:type_name -> shiftplane.v1.Phase
-	17, // 52: shiftplane.v1.AbortResponse.rollout:type_name -> shiftplane.v1.Rollout
-	18, // 53: shiftplane.v1.HistoryResponse.events:type_name -> shiftplane.v1.Event
-	1,  // 54: shiftplane.v1.ReportSignalRequest.state:type_name -> shiftplane.v1.SignalState
-	42, // 55: shiftplane.v1.ReportSignalRequest.ttl:type_name -> google.protobuf.Duration
-	15, // 56: shiftplane.v1.ReportSignalResponse.signal:type_name -> shiftplane.v1.Signal
-	19, // 57: shiftplane.v1.RolloutService.Apply:input_type -> shiftplane.v1.ApplyRequest
-	21, // 58: shiftplane.v1.RolloutService.Get:input_type -> shiftplane.v1.GetRequest
-	23, // 59: shiftplane.v1.RolloutService.List:input_type -> shiftplane.v1.ListRequest
-	25, // 60: shiftplane.v1.RolloutService.Watch:input_type -> shiftplane.v1.WatchRequest
-	27, // 61: shiftplane.v1.RolloutService.Pause:input_type -> shiftplane.v1.PauseRequest
-	29, // 62: shiftplane.v1.RolloutService.Resume:input_type -> shiftplane.v1.ResumeRequest
-	31, // 63: shiftplane.v1.RolloutService.Promote:input_type -> shiftplane.v1.PromoteRequest
-	33, // 64: shiftplane.v1.RolloutService.Abort:input_type -> shiftplane.v1.AbortRequest
-	36, // 65: shiftplane.v1.RolloutService.Delete:input_type -> shiftplane.v1.DeleteRequest
-	38, // 66: shiftplane.v1.RolloutService.History:input_type -> shiftplane.v1.HistoryRequest
-	40, // 67: shiftplane.v1.RolloutService.ReportSignal:input_type -> shiftplane.v1.ReportSignalRequest
-	20, // 68: shiftplane.v1.RolloutService.Apply:output_type -> shiftplane.v1.ApplyResponse
-	22, // 69: shiftplane.v1.RolloutService.Get:output_type -> shiftplane.v1.GetResponse
-	24, // 70: shiftplane.v1.RolloutService.List:output_type -> shiftplane.v1.ListResponse
-	26, // 71: shiftplane.v1.RolloutService.Watch:output_type -> shiftplane.v1.WatchResponse
-	28, // 72: shiftplane.v1.RolloutService.Pause:output_type -> shiftplane.v1.PauseResponse
-	30, // 73: shiftplane.v1.RolloutService.Resume:output_type -> shiftplane.v1.ResumeResponse
-	32, // 74: shiftplane.v1.RolloutService.Promote:output_type -> shiftplane.v1.PromoteResponse
-	35, // 75: shiftplane.v1.RolloutService.Abort:output_type -> shiftplane.v1.AbortResponse
-	37, // 76: shiftplane.v1.RolloutService.Delete:output_type -> shiftplane.v1.DeleteResponse
-	39, // 77: shiftplane.v1.RolloutService.History:output_type -> shiftplane.v1.HistoryResponse
-	41, // 78: shiftplane.v1.RolloutService.ReportSignal:output_type -> shiftplane.v1.ReportSignalResponse
-	68, // [68:79] is the sub-list for method output_type
-	57, // [57:68] is the sub-list for method input_type
-	57, // [57:57] is the sub-list for extension type_name
-	57, // [57:57] is the sub-list for extension extendee
-	0,  // [0:57] is the sub-list for field type_name
+	42, // 24: shiftplane.v1.Hook.retry_backoff:type_name -> google.protobuf.Duration
+	42, // 25: shiftplane.v1.WebhookHook.timeout:type_name -> google.protobuf.Duration
+	1,  // 26: shiftplane.v1.Signal.state:type_name -> shiftplane.v1.SignalState
+	43, // 27: shiftplane.v1.Signal.since:type_name -> google.protobuf.Timestamp
+	0,  // 28: shiftplane.v1.Rollout.phase:type_name -> shiftplane.v1.Phase
+	42, // 29: shiftplane.v1.Rollout.hold_remaining:type_name -> google.protobuf.Duration
+	42, // 30: shiftplane.v1.Rollout.hold_counted:type_name -> google.protobuf.Duration
+	15, // 31: shiftplane.v1.Rollout.signal:type_name -> shiftplane.v1.Signal
+	16, // 32: shiftplane.v1.Rollout.fleet:type_name -> shiftplane.v1.FleetStatus
+	2,  // 33: shiftplane.v1.Rollout.plan:type_name -> shiftplane.v1.Plan
+	43, // 34: shiftplane.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
+	43, // 35: shiftplane.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
+	43, // 36: shiftplane.v1.Event.time:type_name -> google.protobuf.Timestamp
+	0,  // 37: shiftplane.v1.Event.from_phase:type_name -> shiftplane.v1.Phase
+	0,  // 38: shiftplane.v1.Event.to_phase:type_name -> shiftplane.v1.Phase
+	2,  // 39: shiftplane.v1.ApplyRequest.plan:type_name -> shiftplane.v1.Plan
+	17, // 40: shiftplane.v1.ApplyResponse.rollout:type_name -> shiftplane.v1.Rollout
+	17, // 41: shiftplane.v1.GetResponse.rollout:type_name -> shiftplane.v1.Rollout
+	17, // 42: shiftplane.v1.ListResponse.rollouts:type_name -> shiftplane.v1.Rollout
+	17, // 43: shiftplane.v1.WatchResponse.status:type_name -> shiftplane.v1.Rollout
+	18, // 44: shiftplane.v1.WatchResponse.event:type_name -> shiftplane.v1.Event
+	34, // 45: shiftplane.v1.PauseRequest.expect:type_name -> shiftplane.v1.Expect
+	17, // 46: shiftplane.v1.PauseResponse.rollout:type_name -> shiftplane.v1.Rollout
+	34, // 47: shiftplane.v1.ResumeRequest.expect:type_name -> shiftplane.v1.Expect
+	17, // 48: shiftplane.v1.ResumeResponse.rollout:type_name -> shiftplane.v1.Rollout
+	34, // 49: shiftplane.v1.PromoteRequest.expect:type_name -> shiftplane.v1.Expect
+	17, // 50: shiftplane.v1.PromoteResponse.rollout:type_name -> shiftplane.v1.Rollout
+	34, // 51: shiftplane.v1.AbortRequest.expect:type_name -> shiftplane.v1.Expect
+	0,  // 52: shiftplane.v1.Expect.phase:type_name -> shiftplane.v1.Phase
+	17, // 53: shiftplane.v1.AbortResponse.rollout:type_name -> shiftplane.v1.Rollout
+	18, // 54: shiftplane.v1.HistoryResponse.events:type_name -> shiftplane.v1.Event
+	1,  // 55: shiftplane.v1.ReportSignalRequest.state:type_name -> shiftplane.v1.SignalState
+	42, // 56: shiftplane.v1.ReportSignalRequest.ttl:type_name -> google.protobuf.Duration
+	15, // 57: shiftplane.v1.ReportSignalResponse.signal:type_name -> shiftplane.v1.Signal
+	19, // 58: shiftplane.v1.RolloutService.Apply:input_type -> shiftplane.v1.ApplyRequest
+	21, // 59: shiftplane.v1.RolloutService.Get:input_type -> shiftplane.v1.GetRequest
+	23, // 60: shiftplane.v1.RolloutService.List:input_type -> shiftplane.v1.ListRequest
+	25, // 61: shiftplane.v1.RolloutService.Watch:input_type -> shiftplane.v1.WatchRequest
+	27, // 62: shiftplane.v1.RolloutService.Pause:input_type -> shiftplane.v1.PauseRequest
+	29, // 63: shiftplane.v1.RolloutService.Resume:input_type -> shiftplane.v1.ResumeRequest
+	31, // 64: shiftplane.v1.RolloutService.Promote:input_type -> shiftplane.v1.PromoteRequest
+	33, // 65: shiftplane.v1.RolloutService.Abort:input_type -> shiftplane.v1.AbortRequest
+	36, // 66: shiftplane.v1.RolloutService.Delete:input_type -> shiftplane.v1.DeleteRequest
+	38, // 67: shiftplane.v1.RolloutService.History:input_type -> shiftplane.v1.HistoryRequest
+	40, // 68: shiftplane.v1.RolloutService.ReportSignal:input_type -> shiftplane.v1.ReportSignalRequest
+	20, // 69: shiftplane.v1.RolloutService.Apply:output_type -> shiftplane.v1.ApplyResponse
+	22, // 70: shiftplane.v1.RolloutService.Get:output_type -> shiftplane.v1.GetResponse
+	24, // 71: shiftplane.v1.RolloutService.List:output_type -> shiftplane.v1.ListResponse
+	26, // 72: shiftplane.v1.RolloutService.Watch:output_type -> shiftplane.v1.WatchResponse
+	28, // 73: shiftplane.v1.RolloutService.Pause:output_type -> shiftplane.v1.PauseResponse
+	30, // 74: shiftplane.v1.RolloutService.Resume:output_type -> shiftplane.v1.ResumeResponse
+	32, // 75: shiftplane.v1.RolloutService.Promote:output_type -> shiftplane.v1.PromoteResponse
+	35, // 76: shiftplane.v1.RolloutService.Abort:output_type -> shiftplane.v1.AbortResponse
+	37, // 77: shiftplane.v1.RolloutService.Delete:output_type -> shiftplane.v1.DeleteResponse
+	39, // 78: shiftplane.v1.RolloutService.History:output_type -> shiftplane.v1.HistoryResponse
+	41, // 79: shiftplane.v1.RolloutService.ReportSignal:output_type -> shiftplane.v1.ReportSignalResponse
+	69, // [69:80] is the sub-list for method output_type
+	58, // [58:69] is the sub-list for method input_type
+	58, // [58:58] is the sub-list for extension type_name
+	58, // [58:58] is the sub-list for extension extendee
+	0,  // [0:58] is the sub-list for field type_name
 }
 
 func init() { file_shiftplane_v1_rollout_proto_init() }
