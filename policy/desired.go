@@ -1,41 +1,40 @@
 package policy
 
-// DesiredState is what the engine wants the fleet to run: for every live
-// rollout, its two backends and the canary's share of traffic. Package xds
-// translates it into Envoy resources; it carries no policy of its own.
-type DesiredState struct {
-	Services []ServiceState
-}
+import "github.com/shiftplane/shiftplane/xds/model"
+
+// DesiredState is what the engine wants the fleet to run (package
+// xds/desired); package xds translates it into Envoy resources.
+type DesiredState = model.State
 
 // ServiceState is one rollout's wanted traffic split.
-type ServiceState struct {
-	Name     string
-	Listener Listener // defaults applied: domains and pathPrefix are set
-	Stable   Backend
-	Canary   Backend
-	Outlier  OutlierDetection
-	// CanaryWeight is the canary's percentage of traffic, 0..100.
-	CanaryWeight int
-	// CanaryPublished says the canary cluster exists in CDS. It is published
-	// (make before break) before any route sends it traffic.
-	CanaryPublished bool
-	// StablePublished is false once the stable cluster has drained after
-	// promotion and is withdrawn.
-	StablePublished bool
-}
+type ServiceState = model.Service
 
 // ServiceStateFor returns plan p's service at weight w with both clusters
-// published: the state a plan file maps to before the engine takes over.
+// published. p must be valid: its endpoints are IP:port.
 func ServiceStateFor(p Plan, w int) ServiceState {
 	p = p.WithDefaults()
+	od := *p.OutlierDetection
 	return ServiceState{
-		Name:            p.Name,
-		Listener:        p.Listener,
-		Stable:          p.Stable,
-		Canary:          p.Canary,
-		Outlier:         *p.OutlierDetection,
+		Name:     p.Name,
+		Listener: model.Listener{Address: p.Listener.Address, Domains: append([]string(nil), p.Listener.Domains...), PathPrefix: p.Listener.PathPrefix},
+		Stable:   backend(p.Stable),
+		Canary:   backend(p.Canary),
+		Outlier: model.Outlier{Consecutive5xx: od.Consecutive5xx, Interval: od.Interval.D(),
+			BaseEjectionTime: od.BaseEjectionTime.D(), MaxEjectionPercent: od.MaxEjectionPercent},
 		CanaryWeight:    w,
 		CanaryPublished: true,
 		StablePublished: true,
 	}
+}
+
+func backend(b Backend) model.Backend {
+	out := model.Backend{Cluster: b.Cluster}
+	for _, s := range b.Endpoints {
+		// Plans are validated before they get here; an endpoint that does
+		// not parse is left out, and model.Validate reports an empty list.
+		if e, err := model.ParseEndpoint(s); err == nil {
+			out.Endpoints = append(out.Endpoints, e)
+		}
+	}
+	return out
 }

@@ -4,12 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"net/url"
 	"regexp"
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/shiftplane/shiftplane/xds/model"
 )
 
 // ErrInvalidPlan is wrapped by every validation error, so callers can tell a
@@ -352,14 +353,8 @@ func ValidateSet(plans []Plan, files []string) Problems {
 }
 
 // ListenerKey normalises a listener address, so that [::1]:80 and
-// [0:0::1]:80 name one listener. An address that does not parse is its own key.
-func ListenerKey(address string) string {
-	ap, err := netip.ParseAddrPort(address)
-	if err != nil {
-		return address
-	}
-	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String()
-}
+// [0:0::1]:80 name one listener.
+func ListenerKey(address string) string { return model.ListenerKey(address) }
 
 func orHere(f string) string {
 	if f == "" {

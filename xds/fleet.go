@@ -14,7 +14,7 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 
-	"github.com/shiftplane/shiftplane/policy"
+	"github.com/shiftplane/shiftplane/xds/model"
 )
 
 // TypeStatus is one node's view of one resource type.
@@ -146,12 +146,12 @@ func (f *Fleet) maybeConverged(tp *typeProgress) {
 
 // Convergence implements policy.FleetView. Clusters count as converged only
 // when their endpoints are too: a cluster is usable once both arrived.
-func (f *Fleet) Convergence(kind policy.ResourceKind, version string) policy.Convergence {
+func (f *Fleet) Convergence(kind model.ResourceKind, version string) model.Convergence {
 	var types []string
 	switch kind {
-	case policy.KindClusters:
+	case model.KindClusters:
 		types = []string{resourcev3.ClusterType, resourcev3.EndpointType}
-	case policy.KindListeners:
+	case model.KindListeners:
 		types = []string{resourcev3.ListenerType}
 	default:
 		types = []string{resourcev3.RouteType}
@@ -159,7 +159,7 @@ func (f *Fleet) Convergence(kind policy.ResourceKind, version string) policy.Con
 	v := parseVersion(version)
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	c := policy.Convergence{Converged: true}
+	c := model.Convergence{Converged: true}
 	for _, s := range f.streams {
 		subscribed := false
 		for _, t := range types {

@@ -13,7 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/shiftplane/shiftplane/policy"
+	"github.com/shiftplane/shiftplane/xds/model"
 )
 
 // scrapeMetrics reads reg through the Prometheus HTTP handler, as a scrape
@@ -69,7 +69,7 @@ func TestConvergenceObservesOnlyPublishesWithNodes(t *testing.T) {
 	c := dialADS(t, srv.addr, "envoy-a")
 	c.run()
 	waitFor(t, "the node to ACK the first snapshot", func() bool {
-		conv := srv.fleet.Convergence(policy.KindRoutes, first.Versions[resourcev3.RouteType])
+		conv := srv.fleet.Convergence(model.KindRoutes, first.Versions[resourcev3.RouteType])
 		return conv.Converged && conv.Nodes == 1
 	})
 	time.Sleep(50 * time.Millisecond) // every ACK of the first snapshot is in

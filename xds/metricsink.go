@@ -16,7 +16,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/shiftplane/shiftplane/policy/signal"
+	"github.com/shiftplane/shiftplane/xds/model"
 )
 
 // Envoy's default tag names, as labels when the sink runs with
@@ -30,8 +30,8 @@ const (
 // MetricsSink is the Envoy MetricsService (envoy.service.metrics.v3): every
 // Envoy with a metrics_service stat sink streams its stats here each flush
 // interval. It keeps, per node, the latest and the previous report of the
-// stats the signal gate reads (signal.Wanted) and serves them as a
-// signal.StatsSource. Safe for concurrent use.
+// stats the signal gate reads (model.Wanted) and serves them as a
+// model.StatsSource. Safe for concurrent use.
 //
 // It needs cumulative counters (Envoy's default, report_counters_as_deltas:
 // false). It accepts both emit_tags_as_labels settings and stores the full
@@ -48,13 +48,13 @@ type MetricsSink struct {
 // sinkNode is one node's data and the stream that last reported it.
 type sinkNode struct {
 	stream      int64
-	report      signal.NodeReport
+	report      model.NodeReport
 	counters    map[string]bool // which of report.Latest are counters
 	deltaWarned bool            // logged that this stream's counters went down
 	staleWarned bool            // logged that an older stream still sends
 }
 
-var _ signal.StatsSource = (*MetricsSink)(nil)
+var _ model.StatsSource = (*MetricsSink)(nil)
 
 // NewMetricsSink returns an empty sink and registers
 // shiftplane_stats_report_age_seconds{node} with reg (nil: not registered).
@@ -75,11 +75,11 @@ func (s *MetricsSink) Register(gs *grpc.Server) {
 	metricsv3.RegisterMetricsServiceServer(gs, sinkServer{sink: s})
 }
 
-// Reports implements signal.StatsSource.
-func (s *MetricsSink) Reports() []signal.NodeReport {
+// Reports implements model.StatsSource.
+func (s *MetricsSink) Reports() []model.NodeReport {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]signal.NodeReport, 0, len(s.nodes))
+	out := make([]model.NodeReport, 0, len(s.nodes))
 	for _, n := range s.nodes {
 		out = append(out, n.report)
 	}
@@ -137,7 +137,7 @@ func (s *MetricsSink) record(node string, stream int64, families []*promv1.Metri
 		}
 		for _, m := range f.GetMetric() {
 			name := dottedName(f.GetName(), m.GetLabel())
-			if !signal.Wanted(name) {
+			if !model.Wanted(name) {
 				continue
 			}
 			if isCounter {
@@ -152,7 +152,7 @@ func (s *MetricsSink) record(node string, stream int64, families []*promv1.Metri
 	at := s.now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	n := &sinkNode{stream: stream, counters: counters, report: signal.NodeReport{Node: node, At: at, Latest: values}}
+	n := &sinkNode{stream: stream, counters: counters, report: model.NodeReport{Node: node, At: at, Latest: values}}
 	if old, ok := s.nodes[node]; ok {
 		if old.stream > stream {
 			// A newer stream of this node has taken over (Envoy reconnected,
@@ -171,7 +171,7 @@ func (s *MetricsSink) record(node string, stream int64, families []*promv1.Metri
 			// A new stream is a new Envoy process (or a reconnect): its
 			// counters start a new baseline.
 			s.log.Info("node reconnected its metrics stream; starting a new baseline", "node", node, "stream", stream)
-		case !signal.CountersWentDown(old.report.Latest, values, func(name string) bool { return old.counters[name] }):
+		case !model.CountersWentDown(old.report.Latest, values, func(name string) bool { return old.counters[name] }):
 			n.report.Prev, n.report.PrevAt = old.report.Latest, old.report.At
 		case !n.deltaWarned:
 			// Within one stream counters only go down if they are sent as deltas.

@@ -19,7 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/shiftplane/shiftplane/policy"
+	"github.com/shiftplane/shiftplane/xds/model"
 )
 
 type memCounter struct{ n atomic.Uint64 }
@@ -55,13 +55,17 @@ func startTestServerWith(t *testing.T, m *Metrics) *testServer {
 	return &testServer{addr: lis.Addr().String(), pub: pub, fleet: fleet}
 }
 
-func testState(weight int) policy.DesiredState {
-	return policy.DesiredState{Services: []policy.ServiceState{policy.ServiceStateFor(policy.Plan{
-		Name:     "checkout",
-		Listener: policy.Listener{Address: "127.0.0.1:10000"},
-		Stable:   policy.Backend{Cluster: "checkout-v1", Endpoints: []string{"127.0.0.1:8081"}},
-		Canary:   policy.Backend{Cluster: "checkout-v2", Endpoints: []string{"127.0.0.1:8082"}},
-	}, weight)}}
+func testState(weight int) model.State {
+	return model.State{Services: []model.Service{{
+		Name:            "checkout",
+		Listener:        model.Listener{Address: "127.0.0.1:10000", Domains: []string{"*"}, PathPrefix: "/"},
+		Stable:          model.Backend{Cluster: "checkout-v1", Endpoints: []model.Endpoint{{IP: "127.0.0.1", Port: 8081}}},
+		Canary:          model.Backend{Cluster: "checkout-v2", Endpoints: []model.Endpoint{{IP: "127.0.0.1", Port: 8082}}},
+		Outlier:         model.Outlier{Consecutive5xx: 5, Interval: time.Second, BaseEjectionTime: 30 * time.Second, MaxEjectionPercent: 100},
+		CanaryWeight:    weight,
+		CanaryPublished: true,
+		StablePublished: true,
+	}}}
 }
 
 // adsClient is a raw SotW ADS client that subscribes like Envoy (CDS, EDS,
@@ -213,7 +217,7 @@ func TestWeightChangeSendsOnlyRDS(t *testing.T) {
 		clients = append(clients, c)
 	}
 	waitFor(t, "both nodes to converge on the first snapshot", func() bool {
-		c := srv.fleet.Convergence(policy.KindRoutes, first.Versions[resourcev3.RouteType])
+		c := srv.fleet.Convergence(model.KindRoutes, first.Versions[resourcev3.RouteType])
 		return c.Converged && c.Nodes == 2
 	})
 	before := []map[string]int{clients[0].counts(), clients[1].counts()}
@@ -226,7 +230,7 @@ func TestWeightChangeSendsOnlyRDS(t *testing.T) {
 		t.Fatalf("a weight step changed %v, want only routes", step.Changed)
 	}
 	waitFor(t, "both nodes to ACK the weight step", func() bool {
-		c := srv.fleet.Convergence(policy.KindRoutes, step.Versions[resourcev3.RouteType])
+		c := srv.fleet.Convergence(model.KindRoutes, step.Versions[resourcev3.RouteType])
 		return c.Converged && c.Nodes == 2
 	})
 	time.Sleep(100 * time.Millisecond) // anything else the server would send arrives by now
@@ -297,7 +301,7 @@ func TestNACKIsNotResent(t *testing.T) {
 	if !strings.Contains(nackErr, "rejected by test") {
 		t.Fatalf("fleet status NACK error = %q, want the node's error text", nackErr)
 	}
-	conv := srv.fleet.Convergence(policy.KindRoutes, nv)
+	conv := srv.fleet.Convergence(model.KindRoutes, nv)
 	if conv.Converged || len(conv.Nacks) != 1 || !strings.Contains(conv.Nacks[0], "envoy-nack") {
 		t.Fatalf("convergence = %+v, want not converged with a NACK naming the node", conv)
 	}
@@ -306,7 +310,7 @@ func TestNACKIsNotResent(t *testing.T) {
 	reject.Store(false)
 	good, _ := srv.pub.Set(ctx, testState(60), "fixed")
 	waitFor(t, "the fixed version to be ACKed", func() bool {
-		return srv.fleet.Convergence(policy.KindRoutes, good.Versions[resourcev3.RouteType]).Converged
+		return srv.fleet.Convergence(model.KindRoutes, good.Versions[resourcev3.RouteType]).Converged
 	})
 }
 
@@ -322,24 +326,24 @@ func TestConvergenceNeedsEveryKnownNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	rv := rec.Versions[resourcev3.RouteType]
-	if c := srv.fleet.Convergence(policy.KindRoutes, rv); c.Converged || c.Nodes != 0 {
+	if c := srv.fleet.Convergence(model.KindRoutes, rv); c.Converged || c.Nodes != 0 {
 		t.Fatalf("no node connected: %+v, want not converged", c)
 	}
 	c1 := dialADS(t, srv.addr, "envoy-a")
 	c1.run()
-	waitFor(t, "envoy-a to ACK", func() bool { return srv.fleet.Convergence(policy.KindRoutes, rv).Converged })
+	waitFor(t, "envoy-a to ACK", func() bool { return srv.fleet.Convergence(model.KindRoutes, rv).Converged })
 
 	mu.Lock()
 	stats = []string{"envoy-a", "envoy-b"} // envoy-b streams stats, not yet xDS
 	mu.Unlock()
-	c := srv.fleet.Convergence(policy.KindRoutes, rv)
+	c := srv.fleet.Convergence(model.KindRoutes, rv)
 	if c.Converged || len(c.Missing) != 1 || c.Missing[0] != "envoy-b" {
 		t.Fatalf("envoy-b without xDS: %+v, want not converged, missing envoy-b", c)
 	}
 	c2 := dialADS(t, srv.addr, "envoy-b")
 	c2.run()
 	waitFor(t, "both to ACK", func() bool {
-		c := srv.fleet.Convergence(policy.KindRoutes, rv)
+		c := srv.fleet.Convergence(model.KindRoutes, rv)
 		return c.Converged && c.Nodes == 2
 	})
 }

@@ -12,7 +12,7 @@ import (
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
-	"github.com/shiftplane/shiftplane/policy"
+	"github.com/shiftplane/shiftplane/xds/model"
 )
 
 // FleetKey is the one snapshot key every node shares: the whole fleet gets
@@ -71,18 +71,18 @@ func NewPublisher(cache cachev3.SnapshotCache, counter VersionCounter, now func(
 var publishedTypes = []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType}
 
 // Publish implements policy.Publisher.
-func (p *Publisher) Publish(ctx context.Context, ds policy.DesiredState, reason string) (policy.PublishResult, error) {
+func (p *Publisher) Publish(ctx context.Context, ds model.State, reason string) (model.PublishResult, error) {
 	rec, err := p.Set(ctx, ds, reason)
 	if err != nil {
-		return policy.PublishResult{}, err
+		return model.PublishResult{}, err
 	}
-	return policy.PublishResult{ClusterVersion: rec.Versions[resourcev3.ClusterType], ListenerVersion: rec.Versions[resourcev3.ListenerType], RouteVersion: rec.Versions[resourcev3.RouteType]}, nil
+	return model.PublishResult{ClusterVersion: rec.Versions[resourcev3.ClusterType], ListenerVersion: rec.Versions[resourcev3.ListenerType], RouteVersion: rec.Versions[resourcev3.RouteType]}, nil
 }
 
 // Set translates ds and sets it as the fleet's snapshot. It returns the
 // publish record; when nothing changed it sets nothing and reports no
 // changed types. An error leaves the fleet on the last good snapshot.
-func (p *Publisher) Set(ctx context.Context, ds policy.DesiredState, reason string) (Published, error) {
+func (p *Publisher) Set(ctx context.Context, ds model.State, reason string) (Published, error) {
 	res, err := Translate(ds)
 	if err != nil {
 		return Published{}, fmt.Errorf("translate: %w", err)

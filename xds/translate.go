@@ -7,8 +7,8 @@ package xds
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
@@ -24,7 +24,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
-	"github.com/shiftplane/shiftplane/policy"
+	"github.com/shiftplane/shiftplane/xds/model"
 )
 
 // Resources is one translation's output, each list sorted by name.
@@ -36,27 +36,24 @@ type Resources struct {
 }
 
 // ListenerName is the name of the listener (and its route configuration)
-// for a listener address.
+// for a listener address, normalised first.
 func ListenerName(address string) string {
-	host, port, _ := net.SplitHostPort(address)
+	host, port, _ := net.SplitHostPort(model.ListenerKey(address))
 	return "ingress_" + strings.ReplaceAll(host, ":", "_") + "_" + port
 }
 
 // Translate turns desired state into Envoy resources. It is pure: the same
-// input always gives the same, sorted output.
-func Translate(ds policy.DesiredState) (Resources, error) {
+// input always gives the same, sorted output. The input is validated first
+// (model.State.Validate); an invalid one translates to nothing.
+func Translate(ds model.State) (Resources, error) {
+	if err := ds.Validate(); err != nil {
+		return Resources{}, err
+	}
 	var out Resources
-	services := append([]policy.ServiceState(nil), ds.Services...)
-	sort.Slice(services, func(i, j int) bool { return services[i].Name < services[j].Name })
+	services := ds.Sorted().Services
 
-	byListener := map[string][]policy.ServiceState{}
+	byListener := map[string][]model.Service{}
 	for _, s := range services {
-		if !s.StablePublished && !s.CanaryPublished {
-			return Resources{}, fmt.Errorf("service %q: neither stable nor canary is published", s.Name)
-		}
-		if s.CanaryWeight < 0 || s.CanaryWeight > 100 {
-			return Resources{}, fmt.Errorf("service %q: canary weight %d outside 0..100", s.Name, s.CanaryWeight)
-		}
 		if s.StablePublished {
 			out.Clusters = append(out.Clusters, edsCluster(s.Stable.Cluster, nil))
 			out.Endpoints = append(out.Endpoints, loadAssignment(s.Stable))
@@ -66,7 +63,8 @@ func Translate(ds policy.DesiredState) (Resources, error) {
 			out.Clusters = append(out.Clusters, edsCluster(s.Canary.Cluster, &od))
 			out.Endpoints = append(out.Endpoints, loadAssignment(s.Canary))
 		}
-		byListener[s.Listener.Address] = append(byListener[s.Listener.Address], s)
+		key := model.ListenerKey(s.Listener.Address)
+		byListener[key] = append(byListener[key], s)
 	}
 
 	addrs := make([]string, 0, len(byListener))
@@ -117,7 +115,7 @@ func adsSource() *corev3.ConfigSource {
 	}
 }
 
-func edsCluster(name string, od *policy.OutlierDetection) *clusterv3.Cluster {
+func edsCluster(name string, od *model.Outlier) *clusterv3.Cluster {
 	c := &clusterv3.Cluster{
 		Name:                 name,
 		ConnectTimeout:       durationpb.New(2 * time.Second),
@@ -128,8 +126,8 @@ func edsCluster(name string, od *policy.OutlierDetection) *clusterv3.Cluster {
 	if od != nil {
 		c.OutlierDetection = &clusterv3.OutlierDetection{
 			Consecutive_5Xx:    wrapperspb.UInt32(od.Consecutive5xx),
-			Interval:           durationpb.New(od.Interval.D()),
-			BaseEjectionTime:   durationpb.New(od.BaseEjectionTime.D()),
+			Interval:           durationpb.New(od.Interval),
+			BaseEjectionTime:   durationpb.New(od.BaseEjectionTime),
 			MaxEjectionPercent: wrapperspb.UInt32(od.MaxEjectionPercent),
 			// A one-host canary must be ejectable whatever the percentage says.
 			AlwaysEjectOneHost: wrapperspb.Bool(true),
@@ -138,19 +136,17 @@ func edsCluster(name string, od *policy.OutlierDetection) *clusterv3.Cluster {
 	return c
 }
 
-func loadAssignment(b policy.Backend) *endpointv3.ClusterLoadAssignment {
+func loadAssignment(b model.Backend) *endpointv3.ClusterLoadAssignment {
 	lle := &endpointv3.LocalityLbEndpoints{
 		// Proxyless gRPC clients reject endpoints without a locality.
 		Locality: &corev3.Locality{Region: "shiftplane", Zone: "default"},
 	}
-	eps := append([]string(nil), b.Endpoints...)
-	sort.Strings(eps)
+	eps := append([]model.Endpoint(nil), b.Endpoints...)
+	sort.Slice(eps, func(i, j int) bool { return eps[i].String() < eps[j].String() })
 	for _, e := range eps {
-		host, portStr, _ := net.SplitHostPort(e)
-		port, _ := strconv.Atoi(portStr)
 		lle.LbEndpoints = append(lle.LbEndpoints, &endpointv3.LbEndpoint{
 			HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
-				Address: socketAddress(host, port),
+				Address: socketAddress(e.IP, e.Port),
 			}},
 		})
 	}
@@ -160,23 +156,20 @@ func loadAssignment(b policy.Backend) *endpointv3.ClusterLoadAssignment {
 	}
 }
 
-func socketAddress(host string, port int) *corev3.Address {
+func socketAddress(host string, port uint32) *corev3.Address {
 	return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
 		Protocol:      corev3.SocketAddress_TCP,
 		Address:       host,
-		PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(port)},
+		PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port},
 	}}}
 }
 
 func listener(name, addr string) (*listenerv3.Listener, error) {
-	host, portStr, err := net.SplitHostPort(addr)
+	ap, err := netip.ParseAddrPort(addr)
 	if err != nil {
 		return nil, fmt.Errorf("listener %q: %w", addr, err)
 	}
-	port, err := strconv.Atoi(portStr)
-	if err != nil {
-		return nil, fmt.Errorf("listener %q: bad port: %w", addr, err)
-	}
+	host, port := ap.Addr().String(), uint32(ap.Port())
 	router, err := anypb.New(&routerv3.Router{})
 	if err != nil {
 		return nil, err
@@ -209,7 +202,7 @@ func listener(name, addr string) (*listenerv3.Listener, error) {
 	}, nil
 }
 
-func virtualHost(s policy.ServiceState) *routev3.VirtualHost {
+func virtualHost(s model.Service) *routev3.VirtualHost {
 	action := &routev3.RouteAction{
 		// Connection failures and refused streams never reached the
 		// backend, so retrying them is safe for any method.

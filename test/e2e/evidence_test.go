@@ -84,7 +84,13 @@ analysis: {stableFor: 1s, staleAfter: 3s, drainTimeout: 2s, minRequests: 0}
 
 	var st *shiftplanev1.Rollout
 	waitFor(t, 20*time.Second, "the rollout to report Envoy's listener NACK", func() (bool, string) {
-		st = rolloutStatus(t, rc, "nack")
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		resp, err := rc.Get(ctx, &shiftplanev1.GetRequest{Name: "nack"})
+		if err != nil {
+			return false, err.Error() // the watcher may not have applied the file yet
+		}
+		st = resp.GetRollout()
 		return strings.Contains(st.GetMessage(), "rejected listeners") && strings.Contains(st.GetMessage(), "envoy-nack"), st.GetMessage()
 	})
 	t.Logf("listener on a taken port: %s: %s", st.GetPhase(), st.GetMessage())
