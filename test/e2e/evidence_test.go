@@ -91,7 +91,7 @@ analysis: {stableFor: 1s, staleAfter: 3s, drainTimeout: 2s, minRequests: 0}
 			return false, err.Error() // the watcher may not have applied the file yet
 		}
 		st = resp.GetRollout()
-		return strings.Contains(st.GetMessage(), "rejected listeners") && strings.Contains(st.GetMessage(), "envoy-nack"), st.GetMessage()
+		return strings.Contains(st.GetMessage(), "rejected Listener") && strings.Contains(st.GetMessage(), "Address already in use") && strings.Contains(st.GetMessage(), "envoy-nack"), st.GetMessage()
 	})
 	t.Logf("listener on a taken port: %s: %s", st.GetPhase(), st.GetMessage())
 	// Longer than the whole schedule: nothing moves, nothing converges.
