@@ -70,7 +70,11 @@ func checkPlanFile(path string, st fs.FileInfo) error {
 		return &NotPlanFileError{Path: path, Reason: "not a regular file (" + kind + ")"}
 	}
 	if st.Size() > MaxPlanFileSize {
-		return &NotPlanFileError{Path: path, Reason: sizeText(st.Size()) + " is over the " + sizeText(MaxPlanFileSize) + " plan file limit"}
+		size, limit := sizeText(st.Size()), sizeText(MaxPlanFileSize)
+		if size == limit {
+			size = fmt.Sprintf("%d bytes", st.Size()) // just over: "4 MiB is over 4 MiB" would read wrong
+		}
+		return &NotPlanFileError{Path: path, Reason: size + " is over the " + limit + " plan file limit"}
 	}
 	return nil
 }

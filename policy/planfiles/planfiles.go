@@ -426,11 +426,21 @@ func (f *Files) checkSet(order []string, present map[string]bool, changed []*can
 				}
 			}
 		}
-		rejected := false
+		byFile := map[string]policy.Problems{}
 		for _, pr := range policy.ValidateSet(plans, files) {
-			if c := good[pr.File]; c != nil {
-				c.problems = append(c.problems, pr)
+			if good[pr.File] != nil {
+				byFile[pr.File] = append(byFile[pr.File], pr)
+			}
+		}
+		// Reject one file at a time, the first in order: a conflict is
+		// reported on the later of two plans, so that file is to blame
+		// whatever is decided about the files after it.
+		rejected := false
+		for _, c := range changed {
+			if ps := byFile[c.path]; good[c.path] != nil && len(ps) > 0 {
+				c.problems = ps
 				rejected = true
+				break
 			}
 		}
 		if !rejected {
