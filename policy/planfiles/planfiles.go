@@ -231,12 +231,12 @@ func (f *Files) ApplyInitial(e Engine) error {
 		if !ok || !f.watches(path) {
 			continue
 		}
-		if st, ok := f.files[path]; ok {
+		if st, ok := f.files[filepath.Clean(path)]; ok {
 			if _, defined := st.plans[s.Plan.Name]; defined {
 				continue
 			}
 		}
-		f.detach(s.Plan.Name, path)
+		f.detach(s.Plan.Name, path) // the source as stored, which Detach compares
 	}
 	return nil
 }
