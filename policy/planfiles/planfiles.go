@@ -325,7 +325,7 @@ func (f *Files) rescan() {
 	l := f.list(false)
 	present := map[string]bool{}
 	for p, err := range l.unreadable {
-		f.setErrors(p, policy.Problems{policy.ReadProblem(p, err)})
+		f.reject(p, policy.Problems{policy.ReadProblem(p, err)})
 		present[p] = true
 		// The files of a folder that cannot be listed are not removed:
 		// their rollouts stay as they are.
@@ -509,18 +509,19 @@ func applyProblems(file, name string, err error) policy.Problems {
 	return policy.Problems{{File: file, Msg: fmt.Sprintf("plan %q: %v", name, err)}}
 }
 
+// reject records a file's problems and logs those that are new: a file
+// that stays bad is read again on every rescan, but logged once.
 func (f *Files) reject(file string, ps policy.Problems) {
-	for _, p := range ps {
-		f.log.Error("plan file rejected; its rollouts keep running the plans they had", "file", file, "problem", p.String())
+	for _, p := range f.setErrors(file, ps) {
+		f.log.Error("plan file rejected; its rollouts keep running the plans they had", "file", file, "field", p.Field, "problem", p.Msg)
 	}
-	f.setErrors(file, ps)
 }
 
 func (f *Files) detach(name, file string) {
 	err := f.engine.Detach(name, policy.FileSource(file))
 	switch {
 	case err == nil:
-		f.log.Info("rollout detached from its plan file; kept as it is", "rollout", name, "file", file)
+		f.log.Debug("rollout detached from its plan file; kept as it is", "rollout", name, "file", file)
 	case errors.Is(err, policy.ErrNotFound):
 		// Deleted through the API already: nothing to keep.
 	default:
@@ -537,14 +538,15 @@ func sortedNames(m map[string]policy.Plan) []string {
 	return names
 }
 
-// setErrors replaces file's standing problems (nil clears them). A problem
-// that stood already keeps the time it was first seen.
-func (f *Files) setErrors(file string, ps policy.Problems) {
+// setErrors replaces file's standing problems (nil clears them) and
+// returns those that did not stand already. A problem that stood already
+// keeps the time it was first seen.
+func (f *Files) setErrors(file string, ps policy.Problems) policy.Problems {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if len(ps) == 0 {
 		delete(f.errs, file)
-		return
+		return nil
 	}
 	since := map[string]time.Time{}
 	for _, e := range f.errs[file] {
@@ -552,14 +554,17 @@ func (f *Files) setErrors(file string, ps policy.Problems) {
 	}
 	now := f.now()
 	out := make([]LoadError, 0, len(ps))
+	var fresh policy.Problems
 	for _, p := range ps {
 		t, ok := since[p.Field+"\x00"+p.Msg]
 		if !ok {
 			t = now
+			fresh = append(fresh, p)
 		}
 		out = append(out, LoadError{File: file, Field: p.Field, Problem: p.Msg, Time: t})
 	}
 	f.errs[file] = out
+	return fresh
 }
 
 // forgetErrors drops the problems of files and folders that are gone (or,

@@ -1,9 +1,11 @@
 package planfiles
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -646,4 +648,31 @@ func TestRunFollowsTheFolder(t *testing.T) {
 		defer e.mu.Unlock()
 		return e.rollouts["a"].Source == policy.SourceAPI
 	})
+}
+
+// A file that stays bad is read on every rescan but logged once.
+func TestStandingProblemIsLoggedOnce(t *testing.T) {
+	dir := t.TempDir()
+	a := filepath.Join(dir, "a.yaml")
+	write(t, a, plan("a", 10001, 10))
+	var logs bytes.Buffer
+	f, err := Open(Options{Paths: []string{dir}, Log: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.ApplyInitial(newFakeEngine()); err != nil {
+		t.Fatal(err)
+	}
+	write(t, a, plan("a", 10001, 120))
+	for range 3 {
+		f.rescan()
+	}
+	if n := strings.Count(logs.String(), "plan file rejected"); n != 1 {
+		t.Errorf("the standing problem was logged %d times, want once:\n%s", n, logs.String())
+	}
+	write(t, a, plan("a", 10001, 130))
+	f.rescan()
+	if n := strings.Count(logs.String(), "got 130"); n != 1 {
+		t.Errorf("a new problem of the same file was logged %d times, want once:\n%s", n, logs.String())
+	}
 }
