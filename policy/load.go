@@ -281,9 +281,9 @@ func LoadPaths(paths []string, opts ValidateOptions) ([]SourcedPlan, Problems) {
 	files, ps := expandPaths(paths)
 	var out []SourcedPlan
 	for _, f := range files {
-		data, err := os.ReadFile(f)
+		data, _, err := ReadPlanFile(f)
 		if err != nil {
-			ps = append(ps, Problem{File: f, Msg: err.Error()})
+			ps = append(ps, ReadProblem(f, err))
 			continue
 		}
 		plans, perr := ParseAndValidate(data, f, opts)

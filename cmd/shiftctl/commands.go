@@ -152,7 +152,7 @@ func (a *app) getCmd() *cobra.Command {
 func (a *app) listCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "list",
-		Short: "List every rollout",
+		Short: "List every rollout, then a warning line for each plan file problem",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := a.callCtx(cmd)
@@ -161,7 +161,15 @@ func (a *app) listCmd() *cobra.Command {
 			if err != nil {
 				return a.callError(err)
 			}
-			return writeRolloutTable(a.out, resp.GetRollouts(), time.Now())
+			if err := writeRolloutTable(a.out, resp.GetRollouts(), time.Now()); err != nil {
+				return err
+			}
+			errs, err := a.sourceWarnings(cmd)
+			if err != nil {
+				fmt.Fprintf(a.out, "warning: plan file problems unknown: %s\n", oneLine(err.Error()))
+				return nil
+			}
+			return writeSourceWarnings(a.out, errs, time.Now())
 		},
 	}
 }

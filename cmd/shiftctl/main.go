@@ -94,6 +94,7 @@ type app struct {
 	conn               *grpc.ClientConn
 	rollouts           shiftplanev1.RolloutServiceClient
 	fleet              shiftplanev1.FleetServiceClient
+	sources            shiftplanev1.SourceServiceClient
 }
 
 func (a *app) rootCmd() *cobra.Command {
@@ -123,7 +124,7 @@ Exit status: 0 on success, 1 with a one-line reason when a call fails,
 		a.simpleCmd("pause", "Stop a rollout's schedule where it is", "paused"),
 		a.simpleCmd("resume", "Continue a paused rollout, or pass a manual gate", "resumed"),
 		a.simpleCmd("promote", "Skip the remaining steps: weight 100, then drain and withdraw the stable", "promoted"),
-		a.abortCmd(), a.deleteCmd(), a.historyCmd(), a.fleetCmd(), a.reportSignalCmd(),
+		a.abortCmd(), a.deleteCmd(), a.historyCmd(), a.fleetCmd(), a.reportSignalCmd(), a.sourcesCmd(),
 	)
 	return root
 }
@@ -159,6 +160,7 @@ func (a *app) connect(cmd *cobra.Command, _ []string) error {
 	a.conn = conn
 	a.rollouts = shiftplanev1.NewRolloutServiceClient(conn)
 	a.fleet = shiftplanev1.NewFleetServiceClient(conn)
+	a.sources = shiftplanev1.NewSourceServiceClient(conn)
 	return nil
 }
 

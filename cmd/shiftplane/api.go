@@ -38,13 +38,14 @@ type apiServer struct {
 // apiStopGrace bounds how long stop waits for calls in flight.
 const apiStopGrace = 5 * time.Second
 
-// startAPI serves the policy API (RolloutService, FleetService), the gRPC
-// health service and server reflection on api.address. Access: a bearer
+// startAPI serves the policy API (RolloutService, FleetService,
+// SourceService), the gRPC health service and server reflection on
+// api.address. Access: a bearer
 // token when api.token or api.tokenFile is set, client certificates when
 // api.tls.clientCA is set; config validation has already refused an open
 // API on a non-loopback address. Health and reflection stay open so probes
 // and grpcurl work without credentials; they change nothing.
-func startAPI(_ context.Context, cfg Config, engine *policy.Engine, fleet *xds.Fleet, deps *signalDeps, log *slog.Logger) (*apiServer, error) {
+func startAPI(_ context.Context, cfg Config, engine *policy.Engine, fleet *xds.Fleet, deps *signalDeps, sources api.SourceLister, log *slog.Logger) (*apiServer, error) {
 	log = log.With("component", "api")
 	token, err := apiToken(cfg)
 	if err != nil {
@@ -75,8 +76,9 @@ func startAPI(_ context.Context, cfg Config, engine *policy.Engine, fleet *xds.F
 		Log:      log,
 	})
 	svc.Register(gs)
+	api.NewSourceService(sources).Register(gs)
 	hs := health.NewServer()
-	for _, name := range []string{"", shiftplanev1.RolloutService_ServiceDesc.ServiceName, shiftplanev1.FleetService_ServiceDesc.ServiceName} {
+	for _, name := range []string{"", shiftplanev1.RolloutService_ServiceDesc.ServiceName, shiftplanev1.FleetService_ServiceDesc.ServiceName, shiftplanev1.SourceService_ServiceDesc.ServiceName} {
 		hs.SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)
 	}
 	healthpb.RegisterHealthServer(gs, hs)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,12 +9,10 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"sync/atomic"
 	"syscall"
 	"time"
 
-	"github.com/fsnotify/fsnotify"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -23,6 +20,7 @@ import (
 
 	"github.com/shiftplane/shiftplane/policy"
 	"github.com/shiftplane/shiftplane/policy/boltstore"
+	"github.com/shiftplane/shiftplane/policy/planfiles"
 	"github.com/shiftplane/shiftplane/xds"
 )
 
@@ -74,9 +72,9 @@ func serve(ctx context.Context, cfg Config, planPaths []string, log *slog.Logger
 	defer store.Close()
 
 	// Check the plan files before anything is published.
-	loaded, ps := policy.LoadPaths(planPaths, cfg.ValidateOptions())
-	if len(ps) > 0 {
-		return fmt.Errorf("invalid plans:\n%w", ps)
+	files, err := planfiles.Open(planfiles.Options{Paths: planPaths, Validate: cfg.ValidateOptions(), Log: log})
+	if err != nil {
+		return fmt.Errorf("invalid plans:\n%w", err)
 	}
 
 	reg := prometheus.NewRegistry()
@@ -107,8 +105,7 @@ func serve(ctx context.Context, cfg Config, planPaths []string, log *slog.Logger
 	registerSignalMetrics(reg, engine.List)
 	registerBuildInfo(reg)
 
-	files := newPlanFiles(engine, cfg.ValidateOptions(), log)
-	if err := files.applyInitial(loaded, store); err != nil {
+	if err := files.ApplyInitial(engine); err != nil {
 		return err
 	}
 
@@ -120,7 +117,7 @@ func serve(ctx context.Context, cfg Config, planPaths []string, log *slog.Logger
 	xds.Register(ctx, gs, cache, fleet, log)
 	deps.registerSink(gs)
 
-	apiSrv, err := startAPI(ctx, cfg, engine, fleet, deps, log)
+	apiSrv, err := startAPI(ctx, cfg, engine, fleet, deps, files, log)
 	if err != nil {
 		xdsLis.Close()
 		return err
@@ -140,9 +137,14 @@ func serve(ctx context.Context, cfg Config, planPaths []string, log *slog.Logger
 	go func() { errc <- httpSrv.Serve(httpLis) }()
 	go engine.Run(ctx, cfg.Engine.Tick)
 	go deps.run(ctx)
-	if len(planPaths) > 0 {
-		go files.watch(ctx, planPaths)
-	}
+	filesCtx, stopFiles := context.WithCancel(ctx)
+	filesDone := make(chan struct{})
+	go func() {
+		defer close(filesDone)
+		if err := files.Run(filesCtx); err != nil {
+			log.Error("plan files are not watched", "error", err)
+		}
+	}()
 	ready.Store(true)
 	if onReady != nil {
 		onReady(engine)
@@ -156,6 +158,8 @@ func serve(ctx context.Context, cfg Config, planPaths []string, log *slog.Logger
 	}
 	ready.Store(false)
 	log.Info("shiftplane stopping")
+	stopFiles()
+	<-filesDone
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = httpSrv.Shutdown(shutdownCtx)
@@ -220,120 +224,3 @@ func (c collectorFunc) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c collectorFunc) Collect(ch chan<- prometheus.Metric) { c.collect(ch) }
-
-// planFiles applies plan files to the engine and re-applies a file when its
-// content changes. A file that disappears does not delete its rollout.
-type planFiles struct {
-	engine *policy.Engine
-	opts   policy.ValidateOptions
-	log    *slog.Logger
-	hashes map[string][32]byte
-}
-
-func newPlanFiles(e *policy.Engine, opts policy.ValidateOptions, log *slog.Logger) *planFiles {
-	return &planFiles{engine: e, opts: opts, log: log, hashes: map[string][32]byte{}}
-}
-
-// applyInitial applies the plans read at start. A plan the API replaced
-// after the file was last written keeps the API's version.
-func (f *planFiles) applyInitial(loaded []policy.SourcedPlan, store policy.Store) error {
-	stored := map[string]policy.Rollout{}
-	rs, err := store.Load()
-	if err != nil {
-		return err
-	}
-	for _, r := range rs {
-		stored[r.Plan.Name] = r
-	}
-	for _, sp := range loaded {
-		f.remember(sp.File)
-		if r, ok := stored[sp.Plan.Name]; ok && r.Source == "api" {
-			if st, err := os.Stat(sp.File); err == nil && st.ModTime().Before(r.AppliedAt) {
-				f.log.Info("plan file older than the API's apply; keeping the API's plan", "rollout", sp.Plan.Name, "file", sp.File)
-				continue
-			}
-		}
-		if _, err := f.engine.Apply(sp.Plan, "file:"+sp.File); err != nil {
-			return fmt.Errorf("%s: %w", sp.File, err)
-		}
-	}
-	return nil
-}
-
-func (f *planFiles) remember(file string) bool {
-	data, err := os.ReadFile(file)
-	if err != nil {
-		return false
-	}
-	h := sha256.Sum256(data)
-	changed := f.hashes[file] != h
-	f.hashes[file] = h
-	return changed
-}
-
-// watch re-reads the plan paths when a file in them changes and applies the
-// plans of changed files. Invalid plans are logged and change nothing.
-func (f *planFiles) watch(ctx context.Context, paths []string) {
-	w, err := fsnotify.NewWatcher()
-	if err != nil {
-		f.log.Error("plan watcher", "error", err)
-		return
-	}
-	defer w.Close()
-	for _, p := range paths {
-		dir := p
-		if st, err := os.Stat(p); err == nil && !st.IsDir() {
-			dir = filepath.Dir(p)
-		}
-		if err := w.Add(dir); err != nil {
-			f.log.Error("watch plan path", "path", dir, "error", err)
-		}
-	}
-	var debounce <-chan time.Time
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case ev, ok := <-w.Events:
-			if !ok {
-				return
-			}
-			if ev.Has(fsnotify.Write) || ev.Has(fsnotify.Create) || ev.Has(fsnotify.Rename) {
-				debounce = time.After(200 * time.Millisecond)
-			}
-		case err, ok := <-w.Errors:
-			if !ok {
-				return
-			}
-			f.log.Error("plan watcher", "error", err)
-		case <-debounce:
-			f.reload(paths)
-		}
-	}
-}
-
-func (f *planFiles) reload(paths []string) {
-	loaded, ps := policy.LoadPaths(paths, f.opts)
-	if len(ps) > 0 {
-		for _, p := range ps {
-			f.log.Error("plan rejected; the running rollouts are unchanged", "problem", p.String())
-		}
-		return
-	}
-	changed := map[string]bool{}
-	for _, sp := range loaded {
-		if _, seen := changed[sp.File]; !seen {
-			changed[sp.File] = f.remember(sp.File)
-		}
-	}
-	for _, sp := range loaded {
-		if !changed[sp.File] {
-			continue
-		}
-		if _, err := f.engine.Apply(sp.Plan, "file:"+sp.File); err != nil {
-			f.log.Error("plan rejected; the running rollout is unchanged", "rollout", sp.Plan.Name, "file", sp.File, "error", err)
-			continue
-		}
-		f.log.Info("plan applied from file", "rollout", sp.Plan.Name, "file", sp.File)
-	}
-}

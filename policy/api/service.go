@@ -26,7 +26,7 @@ import (
 )
 
 // Source is what the engine records as the origin of plans applied here.
-const Source = "api"
+const Source = policy.SourceAPI
 
 // Limits on free-text request fields, so one call cannot bloat the store or
 // the logs.
