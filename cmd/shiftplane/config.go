@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/viper"
 
 	"github.com/shiftplane/shiftplane/policy"
+	"github.com/shiftplane/shiftplane/policy/notify"
 )
 
 // Config is the server configuration: file, SHIFTPLANE_* environment and
@@ -53,6 +54,12 @@ type Config struct {
 		Level  string `mapstructure:"level"`
 		Format string `mapstructure:"format"`
 	} `mapstructure:"log"`
+	// Notifications are the webhook sinks told about rollout events (config
+	// file only: a list has no flag).
+	Notifications []notify.SinkConfig `mapstructure:"notifications"`
+	Notify        struct {
+		AllowHosts []string `mapstructure:"allowHosts"`
+	} `mapstructure:"notify"`
 }
 
 // configKeys are every key the config accepts, with defaults and flag help.
@@ -67,7 +74,7 @@ var configKeys = []struct {
 	{"api.tls.cert", "api-tls-cert", "policy API TLS certificate file", ""},
 	{"api.tls.key", "api-tls-key", "policy API TLS key file", ""},
 	{"api.tls.clientCA", "api-tls-client-ca", "CA that policy API clients' certificates must chain to (mTLS)", ""},
-	{"http.address", "http-address", "address of /metrics, /healthz, /readyz and the status page", "127.0.0.1:18002"},
+	{"http.address", "http-address", "address of /metrics, /healthz, /readyz and the dashboard", "127.0.0.1:18002"},
 	{"store.path", "store-path", "bbolt file holding plans, state, events and the version counter", "shiftplane.db"},
 	{"hooks.allowExec", "hooks-allow-exec", "allow plans to run exec hooks on this host", false},
 	{"hooks.allowHosts", "hooks-allow-hosts", "hosts webhook hooks may call (default loopback)", []string{}},
@@ -76,7 +83,11 @@ var configKeys = []struct {
 	{"engine.tick", "engine-tick", "how often the engine re-evaluates rollouts", 100 * time.Millisecond},
 	{"log.level", "log-level", "debug, info, warn or error", "info"},
 	{"log.format", "log-format", "text or json", "text"},
+	{"notify.allowHosts", "notify-allow-hosts", "hosts notification sinks may call (default loopback)", []string{}},
 }
+
+// fileOnlyKeys are keys only a config file can set.
+var fileOnlyKeys = []string{"notifications"}
 
 func addConfigFlags(fs *pflag.FlagSet) {
 	fs.String("config", "", "config file (YAML)")
@@ -128,6 +139,9 @@ func checkUnknownKeys(v *viper.Viper) error {
 	for _, k := range configKeys {
 		known[strings.ToLower(k.key)] = true
 	}
+	for _, k := range fileOnlyKeys {
+		known[k] = true
+	}
 	var errs []error
 	for _, k := range v.AllKeys() {
 		if !known[k] {
@@ -174,6 +188,9 @@ func (c Config) Validate() error {
 	}
 	if c.Engine.Tick <= 0 {
 		errs = append(errs, errors.New("engine.tick: must be > 0"))
+	}
+	if err := notify.Validate(c.Notifications, c.Notify.AllowHosts); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
