@@ -229,9 +229,10 @@
     const W = 1000, H = 260, L = 44, R = 50, T = 12, B = 26;
     const pts = r.series || [];
     const evs = (r.events || []).filter((e) => e.kind !== 'info');
-    const t1 = Math.max(data.now, pts.length ? pts[pts.length - 1].t : 0);
-    let t0 = pts.length ? pts[0].t : t1 - 60000;
-    if (t1 - t0 < 30000) t0 = t1 - 30000;
+    // From the first sample to now; a young rollout gets a 20 s frame that
+    // fills from the left.
+    const t0 = pts.length ? pts[0].t : data.now - 20000;
+    const t1 = Math.max(data.now, pts.length ? pts[pts.length - 1].t : 0, t0 + 20000);
     const x = (t) => L + ((t - t0) / (t1 - t0)) * (W - L - R);
     const y = (v) => T + (1 - v / 100) * (H - T - B);
     let emax = 5;

@@ -1,0 +1,333 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+
+	shiftplanev1 "github.com/shiftplane/shiftplane/proto/shiftplane/v1"
+	"github.com/shiftplane/shiftplane/test/harness"
+)
+
+// findChromium returns the browser for the dashboard test: $CHROMIUM_BIN,
+// or chromium on PATH (scripts/install-chromium.sh installs it). Missing
+// fails under CI=true and skips otherwise, as Envoy does.
+func findChromium(t *testing.T) string {
+	t.Helper()
+	if p := os.Getenv("CHROMIUM_BIN"); p != "" {
+		return p
+	}
+	for _, n := range []string{"chromium", "chromium-browser", "google-chrome"} {
+		if p, err := exec.LookPath(n); err == nil {
+			return p
+		}
+	}
+	msg := "chromium not found ($CHROMIUM_BIN, PATH); install it with: bash scripts/install-chromium.sh"
+	if ci, _ := strconv.ParseBool(os.Getenv("CI")); ci {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
+	return ""
+}
+
+// artifactDir is where screenshots go: $SHIFTPLANE_ARTIFACTS/<test> or a
+// temporary folder, logged either way.
+func artifactDir(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	if base := os.Getenv("SHIFTPLANE_ARTIFACTS"); base != "" {
+		dir = filepath.Join(base, t.Name())
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("screenshots in %s", dir)
+	return dir
+}
+
+// browser starts a headless Chromium (its own profile, so no cookies are
+// shared between calls) and returns a tab context.
+func browser(t *testing.T, bin string) context.Context {
+	t.Helper()
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(bin),
+		chromedp.NoSandbox, // root in CI
+		chromedp.Headless,
+		chromedp.DisableGPU,
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(1280, 1000),
+		chromedp.Flag("disable-dev-shm-usage", true),
+	)
+	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancelC := chromedp.NewContext(actx)
+	t.Cleanup(func() { cancelC(); cancelA() })
+	// The first Run starts the browser, which lives as long as ctx.
+	if _, err := chromedp.Run(ctx, chromedp.Navigate("about:blank")); err != nil {
+		t.Fatalf("start chromium %s: %v", bin, err)
+	}
+	return ctx
+}
+
+func screenshot(t *testing.T, ctx context.Context, dir, name string) {
+	t.Helper()
+	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100) /* 100: PNG */)
+	if err != nil {
+		t.Fatalf("screenshot %s: %v", name, err)
+	}
+	path := filepath.Join(dir, name)
+	if err := os.WriteFile(path, png, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("screenshot %s (%d bytes)", path, len(png))
+}
+
+func dashboardPlan(listen string, v1, v2 *harness.Backend) string {
+	return fmt.Sprintf(`name: web
+listener: {address: %q}
+stable: {cluster: web-v1, endpoints: [%q]}
+canary: {cluster: web-v2, endpoints: [%q]}
+steps:
+  - {weight: 20, hold: 3s}
+  - {weight: 40, hold: 3s}
+  - {weight: 60, hold: 1m}
+  - {weight: 100}
+analysis: {stableFor: 1s, staleAfter: 5s, rollbackAfter: 1m, drainTimeout: 3s}
+`, listen, v1.Addr, v2.Addr)
+}
+
+// The dashboard against a running shiftplane and a real Envoy during a
+// rollout: the list shows it; the rollout page's weight and step move live
+// without a reload; without credentials there are no buttons and a forged
+// POST is refused; logged in with the API token, Pause pauses the rollout
+// (checked through the policy API).
+func TestDashboardInBrowser(t *testing.T) {
+	bin := findChromium(t)
+	const token = "dash-e2e-token"
+	sp := StartShiftplane(t, "--api-token", token)
+	v1, v2 := harness.StartBackend(t, "v1"), harness.StartBackend(t, "v2")
+	listen := fmt.Sprintf("127.0.0.1:%d", harness.FreePort(t))
+	sp.WritePlan("web.yaml", dashboardPlan(listen, v1, v2))
+	envoy := harness.StartEnvoy(t, harness.EnvoyOptions{NodeID: "envoy-dash", Cluster: "e2e", XDSAddr: sp.XDSAddr})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := envoy.WaitListener(ctx, listen); err != nil {
+		t.Fatal(err)
+	}
+	// Traffic, so the signal has evidence and holds count.
+	loadCtx, stopLoad := context.WithCancel(ctx)
+	loadDone := make(chan struct{})
+	go func() {
+		defer close(loadDone)
+		_, _ = harness.HTTPLoad(loadCtx, "http://"+listen+"/", harness.LoadOptions{Duration: 90 * time.Second, Rate: 100, Concurrency: 4})
+	}()
+	defer func() { stopLoad(); <-loadDone }()
+	WaitRouteWeights(t, envoy, "web-v2", 20)
+
+	dir := artifactDir(t)
+	base := "http://" + sp.HTTPAddr
+	b := browser(t, bin)
+
+	// The list shows the rollout.
+	if err := chromedp.Do(b,
+		chromedp.Navigate(base+"/"),
+		chromedp.WaitVisible(chromedp.CSS(`#rollouts tr[data-name="web"]`)),
+	); err != nil {
+		t.Fatalf("rollout list: %v", err)
+	}
+	listText := text(t, b, `#rollouts tr[data-name="web"]`)
+	if !strings.Contains(listText, "web") || !strings.Contains(listText, "%") {
+		t.Fatalf("list row %q lacks the rollout's name and weight", listText)
+	}
+	paint := firstPaint(t, b)
+	t.Logf("list page: first contentful paint %.0f ms", paint)
+	if paint < 0 || paint > 1000 {
+		t.Fatalf("first contentful paint %.0f ms; want a measured paint well under a second (target 200 ms)", paint)
+	}
+	screenshot(t, b, dir, "dashboard-list.png")
+
+	// The rollout page moves live: mark the window, then watch the weight
+	// and the step change; the mark survives, so the page never reloaded.
+	if err := chromedp.Do(b,
+		chromedp.Navigate(base+"/rollouts/web"),
+		chromedp.WaitVisible(chromedp.CSS(`#weight`)),
+	); err != nil {
+		t.Fatalf("rollout page: %v", err)
+	}
+	paint = firstPaint(t, b)
+	eval[int](t, b, `window.__noReload = 1`)
+	weight0, step0 := text(t, b, "#weight"), text(t, b, "#step")
+	t.Logf("rollout page: first contentful paint %.0f ms; weight %s, step %s", paint, weight0, step0)
+	if paint < 0 || paint > 1000 {
+		t.Fatalf("rollout page: first contentful paint %.0f ms; want a measured paint well under a second (target 200 ms)", paint)
+	}
+	if step0 != "1/4" && step0 != "2/4" {
+		t.Fatalf("step shows %q; want the CLI's 1-based \"1/4\" or \"2/4\"", step0)
+	}
+	var weight1, step1 string
+	waitFor(t, 30*time.Second, "weight and step to move on the open page", func() (bool, string) {
+		weight1, step1 = text(t, b, "#weight"), text(t, b, "#step")
+		return weight1 == "60%" && step1 == "3/4", weight1 + " " + step1
+	})
+	mark := eval[int](t, b, `window.__noReload || 0`)
+	hasPause := eval[bool](t, b, `document.querySelector('#btn-pause') !== null`)
+	if mark != 1 {
+		t.Fatal("the page reloaded to show the change; it must update in place")
+	}
+	t.Logf("live on the open page: %s step %s → %s step %s", weight0, step0, weight1, step1)
+	if hasPause {
+		t.Fatal("an unauthenticated page shows the Pause button")
+	}
+	screenshot(t, b, dir, "dashboard-rollout-readonly.png")
+
+	// A forged POST is refused: from the read-only page itself, from a
+	// client with no credentials, and from another origin with a session.
+	forged := eval[int](t, b, `fetch('/api/dashboard/rollouts/web/pause', {method: 'POST'}).then(r => r.status)`, chromedp.EvalAwaitPromise)
+	if forged != http.StatusUnauthorized {
+		t.Fatalf("forged POST from the read-only page: status %d, want 401", forged)
+	}
+	if code := post(t, base+"/api/dashboard/rollouts/web/pause", nil); code != http.StatusUnauthorized {
+		t.Fatalf("POST without credentials: status %d, want 401", code)
+	}
+	cookie := login(t, base, token)
+	if code := post(t, base+"/api/dashboard/rollouts/web/pause", map[string]string{"Cookie": cookie}); code != http.StatusForbidden {
+		t.Fatalf("POST with the session cookie but no CSRF token: status %d, want 403", code)
+	}
+	if code := post(t, base+"/api/dashboard/rollouts/web/pause", map[string]string{"Authorization": "Bearer " + token, "Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"}); code != http.StatusForbidden {
+		t.Fatalf("cross-site POST: status %d, want 403", code)
+	}
+	if code := post(t, base+"/api/dashboard/rollouts/web/pause", map[string]string{"Authorization": "Bearer wrong"}); code != http.StatusUnauthorized {
+		t.Fatalf("POST with a wrong token: status %d, want 401", code)
+	}
+	rc := tokenClient(t, sp, token)
+	if p := apiPhase(ctx, t, rc); p != "PROGRESSING" && p != "HOLDING" {
+		t.Fatalf("after the refused POSTs the rollout is %s; want it still running", p)
+	}
+
+	// Logged in with the API token, the buttons are there and Pause pauses.
+	if err := chromedp.Do(b,
+		chromedp.WaitVisible(chromedp.CSS(`#login input[name="token"]`)),
+		chromedp.SendKeys(chromedp.CSS(`#login input[name="token"]`), token),
+		chromedp.Submit(chromedp.CSS(`#login`)),
+		chromedp.WaitEnabled(chromedp.CSS(`#btn-pause`)),
+	); err != nil {
+		t.Fatalf("log in: %v", err)
+	}
+	screenshot(t, b, dir, "dashboard-rollout.png")
+	if err := chromedp.Do(b, chromedp.Click(chromedp.CSS(`#btn-pause`))); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the rollout to be PAUSED (through the API)", func() (bool, string) {
+		p := apiPhase(ctx, t, rc)
+		return p == "PAUSED", p
+	})
+	waitFor(t, 10*time.Second, "the page to show PAUSED", func() (bool, string) {
+		phase := text(t, b, "#phase")
+		return phase == "PAUSED", phase
+	})
+	screenshot(t, b, dir, "dashboard-rollout-paused.png")
+}
+
+// text reads an element's text; "" when it is not there (yet).
+func text(t *testing.T, b context.Context, css string) string {
+	t.Helper()
+	v, _ := chromedp.Run(b, chromedp.Evaluate[string](fmt.Sprintf(`(document.querySelector(%q)||{}).textContent||""`, css)))
+	return v
+}
+
+func eval[T any](t *testing.T, b context.Context, js string, opts ...chromedp.EvaluateOption) T {
+	t.Helper()
+	v, err := chromedp.Run(b, chromedp.Evaluate[T](js, opts...))
+	if err != nil {
+		t.Fatalf("evaluate %s: %v", js, err)
+	}
+	return v
+}
+
+// firstPaint is the page's first contentful paint in ms after navigation
+// start, as the browser measured it.
+func firstPaint(t *testing.T, b context.Context) float64 {
+	t.Helper()
+	return eval[float64](t, b, `new Promise((resolve) => {
+		const fcp = (es) => es.find((e) => e.name === 'first-contentful-paint');
+		const e = fcp(performance.getEntriesByType('paint'));
+		if (e) return resolve(e.startTime);
+		new PerformanceObserver((l) => { const e = fcp(l.getEntries()); if (e) resolve(e.startTime); }).observe({type: 'paint', buffered: true});
+		setTimeout(() => resolve(-1), 5000);
+	})`, chromedp.EvalAwaitPromise)
+}
+
+// post sends an empty POST with headers and returns the status.
+func post(t *testing.T, u string, headers map[string]string) int {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, u, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// login posts the token to /login and returns the session cookie header.
+func login(t *testing.T, base, token string) string {
+	t.Helper()
+	c := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := c.PostForm(base+"/login", url.Values{"token": {token}, "next": {"/"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	for _, ck := range resp.Cookies() {
+		if ck.Name == "shiftplane_session" && ck.Value != "" {
+			if !ck.HttpOnly || ck.SameSite != http.SameSiteStrictMode {
+				t.Fatalf("session cookie HttpOnly=%v SameSite=%v; want HttpOnly and Strict", ck.HttpOnly, ck.SameSite)
+			}
+			return ck.Name + "=" + ck.Value
+		}
+	}
+	t.Fatalf("login answered %d without a session cookie", resp.StatusCode)
+	return ""
+}
+
+func tokenClient(t *testing.T, sp *Shiftplane, token string) shiftplanev1.RolloutServiceClient {
+	t.Helper()
+	cc, err := grpc.NewClient(sp.APIAddr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithUnaryInterceptor(func(ctx context.Context, m string, req, reply any, cc *grpc.ClientConn, inv grpc.UnaryInvoker, o ...grpc.CallOption) error {
+			return inv(metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token), m, req, reply, cc, o...)
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return shiftplanev1.NewRolloutServiceClient(cc)
+}
+
+func apiPhase(ctx context.Context, t *testing.T, rc shiftplanev1.RolloutServiceClient) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	resp, err := rc.Get(ctx, &shiftplanev1.GetRequest{Name: "web"})
+	if err != nil {
+		t.Fatalf("policy API get: %v", err)
+	}
+	return strings.TrimPrefix(resp.GetRollout().GetPhase().String(), "PHASE_")
+}
