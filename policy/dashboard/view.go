@@ -117,7 +117,7 @@ func summarize(s policy.Status) Summary {
 // actions are the operations the engine would accept in phase p (mirrors
 // the checks of policy.Engine's Pause, Resume, Promote and Abort).
 func actions(s policy.Status) []string {
-	var out []string
+	out := []string{}
 	switch p := s.State.Phase; {
 	case p == policy.PhasePaused:
 		out = append(out, "resume")

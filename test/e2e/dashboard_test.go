@@ -2,7 +2,10 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -10,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,6 +22,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/shiftplane/shiftplane/policy/notify"
 	shiftplanev1 "github.com/shiftplane/shiftplane/proto/shiftplane/v1"
 	"github.com/shiftplane/shiftplane/test/harness"
 )
@@ -99,12 +104,13 @@ func dashboardPlan(listen string, v1, v2 *harness.Backend) string {
 listener: {address: %q}
 stable: {cluster: web-v1, endpoints: [%q]}
 canary: {cluster: web-v2, endpoints: [%q]}
+outlierDetection: {consecutive5xx: 3, interval: 1s, baseEjectionTime: 3s, maxEjectionPercent: 100}
 steps:
   - {weight: 20, hold: 3s}
   - {weight: 40, hold: 3s}
   - {weight: 60, hold: 1m}
   - {weight: 100}
-analysis: {stableFor: 1s, staleAfter: 5s, rollbackAfter: 1m, drainTimeout: 3s}
+analysis: {stableFor: 1s, staleAfter: 5s, rollbackAfter: 4s, drainTimeout: 3s, maxErrorRate: 0.2}
 `, listen, v1.Addr, v2.Addr)
 }
 
@@ -112,11 +118,18 @@ analysis: {stableFor: 1s, staleAfter: 5s, rollbackAfter: 1m, drainTimeout: 3s}
 // rollout: the list shows it; the rollout page's weight and step move live
 // without a reload; without credentials there are no buttons and a forged
 // POST is refused; logged in with the API token, Pause pauses the rollout
-// (checked through the policy API).
+// (checked through the policy API), Resume resumes, and a failing canary's
+// rollback is drawn on the open page. A notification sink configured on the
+// same server gets every transition, signed.
 func TestDashboardInBrowser(t *testing.T) {
 	bin := findChromium(t)
 	const token = "dash-e2e-token"
-	sp := StartShiftplane(t, "--api-token", token)
+	hook := startReceiver(t, "notify-secret")
+	cfg := filepath.Join(t.TempDir(), "shiftplane.yaml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("notifications:\n  - name: e2e\n    url: %s\n    secret: notify-secret\n", hook.url)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sp := StartShiftplane(t, "--api-token", token, "--config", cfg)
 	v1, v2 := harness.StartBackend(t, "v1"), harness.StartBackend(t, "v2")
 	listen := fmt.Sprintf("127.0.0.1:%d", harness.FreePort(t))
 	sp.WritePlan("web.yaml", dashboardPlan(listen, v1, v2))
@@ -167,7 +180,7 @@ func TestDashboardInBrowser(t *testing.T) {
 		t.Fatalf("rollout page: %v", err)
 	}
 	paint = firstPaint(t, b)
-	eval[int](t, b, `window.__noReload = 1`)
+	eval[int](t, b, `window.__noReload = 1; window.addEventListener('error', (e) => { window.__lastErr = String(e.message) }); 1`)
 	weight0, step0 := text(t, b, "#weight"), text(t, b, "#step")
 	t.Logf("rollout page: first contentful paint %.0f ms; weight %s, step %s", paint, weight0, step0)
 	if paint < 0 || paint > 1000 {
@@ -238,6 +251,107 @@ func TestDashboardInBrowser(t *testing.T) {
 		return phase == "PAUSED", phase
 	})
 	screenshot(t, b, dir, "dashboard-rollout-paused.png")
+
+	// Resume, then the canary fails: the open page shows the signal firing,
+	// the hold and the rollback.
+	if err := chromedp.Do(b, chromedp.WaitEnabled(chromedp.CSS(`#btn-resume`)), chromedp.Click(chromedp.CSS(`#btn-resume`))); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the rollout to run again (through the API)", func() (bool, string) {
+		p := apiPhase(ctx, t, rc)
+		return p == "PROGRESSING" || p == "HOLDING", p
+	})
+	eval[int](t, b, `window.__noReload = 2`) // logging in loaded the page anew
+	time.Sleep(2 * time.Second)              // a stretch of healthy timeline before the failure
+	v2.SetFailing(503)
+	waitFor(t, 40*time.Second, "the page to show ROLLED_BACK", func() (bool, string) {
+		phase := text(t, b, "#phase")
+		return phase == "ROLLED_BACK", phase + " conn=" + text(t, b, "#conn") + " err=" + eval[string](t, b, `window.__lastErr || ""`)
+	})
+	if eval[int](t, b, `window.__noReload || 0`) != 2 {
+		t.Fatal("the page reloaded during the rollback")
+	}
+	if !eval[bool](t, b, `document.querySelector('.mark-rollback') !== null && document.querySelector('.mark-hold') !== null`) {
+		t.Fatal("the timeline has no hold and rollback markers")
+	}
+	time.Sleep(1500 * time.Millisecond) // one more sample after the rollback
+	screenshot(t, b, dir, "dashboard-rollback.png")
+
+	// The notification sink saw the whole story, in order and signed.
+	var got []string
+	waitFor(t, 10*time.Second, "the ROLLED_BACK notification", func() (bool, string) {
+		got = hook.transitions()
+		return len(got) > 0 && got[len(got)-1] == "ROLLING_BACK>ROLLED_BACK", strings.Join(got, " ")
+	})
+	want := []string{">PENDING", "PENDING>PROGRESSING", "PROGRESSING>PAUSED", "PAUSED>PROGRESSING", "ROLLING_BACK>ROLLED_BACK"}
+	if !isOrderedSubset(want, got) {
+		t.Fatalf("notifications %v; want %v among them, in order", got, want)
+	}
+	if bad := hook.badSignatures(); bad != 0 {
+		t.Fatalf("%d notifications with a bad signature", bad)
+	}
+	if v := sp.Metric(`shiftplane_notifications_total{result="delivered",sink="e2e"}`); v < float64(len(got)) {
+		t.Fatalf("shiftplane_notifications_total delivered = %v, want ≥ %d", v, len(got))
+	}
+	t.Logf("notifications (phase changes): %s", strings.Join(got, ", "))
+}
+
+// receiver is a local notification sink that checks each body's signature.
+type receiver struct {
+	url    string
+	secret string
+	mu     sync.Mutex
+	phases []string
+	bad    int
+}
+
+func startReceiver(t *testing.T, secret string) *receiver {
+	t.Helper()
+	r := &receiver{secret: secret}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.url = "http://" + lis.Addr().String() + "/hook"
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		body, _ := io.ReadAll(req.Body)
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if req.Header.Get(notify.SignatureHeader) != notify.Sign([]byte(r.secret), body) {
+			r.bad++
+			return
+		}
+		var n notify.Notification
+		if json.Unmarshal(body, &n) == nil && n.From != n.To {
+			r.phases = append(r.phases, n.From+">"+n.To)
+		}
+	})}
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(func() { srv.Close() })
+	return r
+}
+
+func (r *receiver) transitions() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.phases...)
+}
+
+func (r *receiver) badSignatures() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.bad
+}
+
+// isOrderedSubset reports whether every element of sub appears in seq, in order.
+func isOrderedSubset(sub, seq []string) bool {
+	i := 0
+	for _, s := range seq {
+		if i < len(sub) && s == sub[i] {
+			i++
+		}
+	}
+	return i == len(sub)
 }
 
 // text reads an element's text; "" when it is not there (yet).

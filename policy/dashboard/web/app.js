@@ -38,7 +38,7 @@
   }
   const fmtTime = (t) => new Date(t).toLocaleTimeString([], { hour12: false });
   const ago = (t) => (t ? fmtDur(data.now - t) + ' ago' : '—');
-  const phaseBadge = (p) => h('span', { class: 'badge ph-' + p, id: 'phase', text: p });
+  const phaseBadge = (p, id) => h('span', { class: 'badge ph-' + p, id, text: p });
   const sigBadge = (sg) => h('span', { class: 'badge sig-' + sg, text: sg });
   const stepText = (r) => (r.stepCount ? r.step + '/' + r.stepCount : '-');
   function bar(w) {
@@ -104,7 +104,7 @@
     const r = data.rollout;
     if (!r) return [h('h1', { text: pageName }), h('p', { class: 'note', text: 'No rollout named "' + pageName + '" (deleted, or never applied).' })];
     const out = [];
-    out.push(h('h1', {}, [r.name, phaseBadge(r.phase), sigBadge(r.signal)]));
+    out.push(h('h1', {}, [r.name, phaseBadge(r.phase, 'phase'), sigBadge(r.signal)]));
     out.push(h('div', { class: 'kv' }, [
       h('div', {}, [h('span', { text: 'canary weight' }), h('b', { id: 'weight', text: r.weight + '%' })]),
       h('div', {}, [h('span', { text: 'step' }), h('b', { id: 'step', text: stepText(r) })]),
@@ -144,7 +144,7 @@
     }
     const labels = { pause: 'Pause', resume: 'Resume', promote: 'Promote', abort: 'Abort' };
     const kids = ['pause', 'resume', 'promote', 'abort'].map((v) => {
-      const allowed = r.actions.includes(v);
+      const allowed = (r.actions || []).includes(v);
       return h('button', { id: 'btn-' + v, class: v === 'abort' ? 'danger' : v === 'resume' ? 'primary' : '', disabled: !allowed, text: labels[v], onclick: (ev) => act(ev.target, r.name, v) });
     });
     if (actionMsg) kids.push(h('span', { class: actionMsg.bad ? 'bad' : 'muted', id: 'action-msg', text: actionMsg.text }));
@@ -170,6 +170,8 @@
     } catch (e) {
       actionMsg = { bad: true, text: verb + ' failed: ' + e };
     }
+    const shown = actionMsg;
+    setTimeout(() => { if (actionMsg === shown) { actionMsg = null; render(); } }, 6000);
     render();
   }
 
