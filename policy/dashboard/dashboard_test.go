@@ -16,6 +16,7 @@ import (
 
 	"github.com/shiftplane/shiftplane/policy"
 	"github.com/shiftplane/shiftplane/policy/dashboard"
+	"github.com/shiftplane/shiftplane/policy/signal"
 )
 
 // engine is a fake at the dashboard's Engine boundary: one rollout whose
@@ -277,4 +278,48 @@ func TestStreamFollowsUpdates(t *testing.T) {
 		}
 	}
 	t.Fatal("the stream never showed weight 50 at step 2")
+}
+
+type stats []signal.NodeReport
+
+func (s stats) Reports() []signal.NodeReport { return s }
+
+// The timeline's observed share and error rate come from the stats' last
+// interval, summed over nodes; a node without a previous report is not read.
+func TestTimelineObservesShareAndErrors(t *testing.T) {
+	e := newEngine()
+	now := time.Now()
+	src := stats{
+		{Node: "a", At: now, PrevAt: now.Add(-time.Second),
+			Latest: map[string]float64{"cluster.web-v2.upstream_rq_completed": 30, "cluster.web-v2.upstream_rq_5xx": 3, "cluster.web-v1.upstream_rq_completed": 100},
+			Prev:   map[string]float64{"cluster.web-v2.upstream_rq_completed": 10, "cluster.web-v2.upstream_rq_5xx": 1, "cluster.web-v1.upstream_rq_completed": 40}},
+		{Node: "b", At: now, PrevAt: now.Add(-time.Second),
+			Latest: map[string]float64{"cluster.web-v2.upstream_rq_2xx": 15, "cluster.web-v2.upstream_rq_5xx": 5, "cluster.web-v1.upstream_rq_2xx": 60},
+			Prev:   map[string]float64{"cluster.web-v2.upstream_rq_2xx": 15, "cluster.web-v2.upstream_rq_5xx": 5, "cluster.web-v1.upstream_rq_2xx": 40}},
+		{Node: "first-report", At: now, Latest: map[string]float64{"cluster.web-v2.upstream_rq_completed": 1e6}},
+	}
+	d := dashboard.New(dashboard.Options{Engine: e, Stats: []signal.StatsSource{src}, SampleEvery: 20 * time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go d.Run(ctx)
+	srv := httptest.NewServer(d)
+	defer srv.Close()
+	time.Sleep(100 * time.Millisecond)
+	pd := pageData(t, srv.URL+"/api/dashboard?rollout=web", nil)
+	ss := pd.Rollout.Series
+	if len(ss) == 0 {
+		t.Fatal("no samples")
+	}
+	last := ss[len(ss)-1]
+	// canary 20 of 20+60+20 = 20%; 5xx 2 of 20 = 10%.
+	if last.Share == nil || *last.Share != 20 || last.Errors == nil || *last.Errors != 10 {
+		t.Fatalf("last sample share %v errors %v, want 20 and 10", deref(last.Share), deref(last.Errors))
+	}
+}
+
+func deref(f *float64) any {
+	if f == nil {
+		return nil
+	}
+	return *f
 }

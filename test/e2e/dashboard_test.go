@@ -274,6 +274,9 @@ func TestDashboardInBrowser(t *testing.T) {
 	if !eval[bool](t, b, `document.querySelector('.mark-rollback') !== null && document.querySelector('.mark-hold') !== null`) {
 		t.Fatal("the timeline has no hold and rollback markers")
 	}
+	if !eval[bool](t, b, `document.querySelector('.band-FIRING') !== null && document.querySelector('#line-errors').getAttribute('d').length > 10`) {
+		t.Fatal("the timeline shows no FIRING band or no error-rate line")
+	}
 	time.Sleep(1500 * time.Millisecond) // one more sample after the rollback
 	screenshot(t, b, dir, "dashboard-rollback.png")
 

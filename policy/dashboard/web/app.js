@@ -246,7 +246,7 @@
       const p = pts[i];
       if (p.sig !== 'FIRING' && p.sig !== 'STALE') continue;
       const end = i + 1 < pts.length ? pts[i + 1].t : t1;
-      g.push(s('rect', { x: x(p.t), y: T, width: Math.max(1, x(end) - x(p.t)), height: H - T - B, fill: p.sig === 'FIRING' ? '#fecaca' : '#e5e7eb', opacity: 0.8 }));
+      g.push(s('rect', { x: x(p.t), y: T, width: Math.max(1, x(end) - x(p.t)), height: H - T - B, fill: p.sig === 'FIRING' ? '#fecaca' : '#e5e7eb', opacity: 0.8, class: 'band band-' + p.sig }));
     }
     // grid and axes
     for (const v of [0, 25, 50, 75, 100]) {
