@@ -124,7 +124,7 @@ func serve(ctx context.Context, cfg Config, planPaths []string, log *slog.Logger
 		return err
 	}
 
-	ui, err := startWeb(ctx, cfg, engine, fleet, deps, reg, log)
+	ui, err := startWeb(ctx, cfg, engine, fleet, pub, deps, reg, log)
 	if err != nil {
 		xdsLis.Close()
 		apiSrv.stop()

@@ -17,7 +17,7 @@ import (
 // startWeb builds the dashboard (served on http.address) and the notifier,
 // and runs both until ctx ends. Neither can block the engine: both read its
 // updates through Subscribe.
-func startWeb(ctx context.Context, cfg Config, engine *policy.Engine, fleet *xds.Fleet, deps *signalDeps, reg prometheus.Registerer, log *slog.Logger) (http.Handler, error) {
+func startWeb(ctx context.Context, cfg Config, engine *policy.Engine, fleet *xds.Fleet, pub *xds.Publisher, deps *signalDeps, reg prometheus.Registerer, log *slog.Logger) (http.Handler, error) {
 	token, err := apiToken(cfg)
 	if err != nil {
 		return nil, err
@@ -35,6 +35,13 @@ func startWeb(ctx context.Context, cfg Config, engine *policy.Engine, fleet *xds
 			// With no credentials at all the API is open on loopback; the
 			// dashboard's actions are open only if its listener is loopback too.
 			Open: token == nil && cfg.API.TLS.ClientCA == "" && isLoopback(cfg.API.Address) && isLoopback(cfg.HTTP.Address),
+		},
+		Snapshots: func() []dashboard.Snapshot {
+			var out []dashboard.Snapshot
+			for _, p := range pub.History() {
+				out = append(out, dashboard.Snapshot{Version: p.Version, Time: p.Time, Changed: p.Changed, Reason: p.Reason})
+			}
+			return out
 		},
 		Log: log,
 	})

@@ -59,6 +59,16 @@ type Options struct {
 	Keep        int
 	// HistoryLimit bounds the events a rollout page shows (default 200).
 	HistoryLimit int
+	// Snapshots lists the recent xDS snapshots published, oldest first; nil shows none.
+	Snapshots func() []Snapshot
+}
+
+// Snapshot is one published xDS snapshot, for the list page.
+type Snapshot struct {
+	Version uint64    `json:"version"`
+	Time    time.Time `json:"time"`
+	Changed []string  `json:"changed"` // short type names: CDS, EDS, LDS, RDS
+	Reason  string    `json:"reason"`
 }
 
 // Dashboard serves the pages, their JSON and the live stream. Create it with

@@ -18,6 +18,8 @@ type PageData struct {
 	Auth     AuthView   `json:"auth"`
 	Nodes    int        `json:"nodes"`
 	Fleet    []NodeView `json:"fleet,omitempty"`
+	// Snapshots are the recent xDS snapshots, newest first (list page only).
+	Snapshots []Snapshot `json:"snapshots,omitempty"`
 }
 
 // Summary is one row of the rollout list.
@@ -147,6 +149,18 @@ func (d *Dashboard) pageData(name string, who identity) (*PageData, error) {
 	pd.Nodes = len(pd.Fleet)
 	if name == "" {
 		pd.Fleet = nil // the list shows the count only
+		if d.o.Snapshots != nil {
+			snaps := d.o.Snapshots()
+			for i := len(snaps) - 1; i >= 0 && len(pd.Snapshots) < 10; i-- {
+				sn := snaps[i]
+				ch := make([]string, len(sn.Changed))
+				for j, c := range sn.Changed {
+					ch[j] = shortType(c)
+				}
+				sn.Changed = ch
+				pd.Snapshots = append(pd.Snapshots, sn)
+			}
+		}
 		return pd, nil
 	}
 	s, err := d.o.Engine.Get(name)

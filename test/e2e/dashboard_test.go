@@ -164,6 +164,9 @@ func TestDashboardInBrowser(t *testing.T) {
 	if !strings.Contains(listText, "web") || !strings.Contains(listText, "%") {
 		t.Fatalf("list row %q lacks the rollout's name and weight", listText)
 	}
+	if n := eval[int](t, b, `document.querySelectorAll('#snapshots tbody tr').length`); n == 0 {
+		t.Fatal("the list page shows no recent xDS snapshots")
+	}
 	paint := firstPaint(t, b)
 	t.Logf("list page: first contentful paint %.0f ms", paint)
 	if paint < 0 || paint > 1000 {

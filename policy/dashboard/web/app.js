@@ -96,6 +96,18 @@
       h('thead', {}, h('tr', {}, ['rollout', 'phase', 'canary weight', 'step', 'signal', 'fleet', 'reason'].map((t) => h('th', { text: t })))),
       h('tbody', {}, rows),
     ]));
+    if (data.snapshots && data.snapshots.length) {
+      out.push(h('h2', { text: 'Recent xDS snapshots' }));
+      out.push(h('table', { id: 'snapshots' }, [
+        h('thead', {}, h('tr', {}, ['version', 'time', 'types changed', 'reason'].map((t) => h('th', { text: t })))),
+        h('tbody', {}, data.snapshots.map((sn) => h('tr', {}, [
+          h('td', { class: 'mono', text: String(sn.version) }),
+          h('td', { class: 'mono', text: fmtTime(Date.parse(sn.time)) }),
+          h('td', { text: (sn.changed || []).join(' ') || '—' }),
+          h('td', { class: 'muted', text: sn.reason }),
+        ]))),
+      ]));
+    }
     return out;
   }
 
