@@ -80,6 +80,9 @@ type Dashboard struct {
 	sessions *sessions
 	static   http.Handler
 	mux      *http.ServeMux
+	// stopped closes when Run ends, so open streams end before the HTTP
+	// server's graceful shutdown would wait for them.
+	stopped chan struct{}
 }
 
 // New returns a dashboard; call Run to fill the timelines.
@@ -102,6 +105,7 @@ func New(o Options) *Dashboard {
 		series:   newSeriesStore(o.Keep),
 		sessions: newSessions(),
 		static:   http.StripPrefix("/static/", http.FileServerFS(sub)),
+		stopped:  make(chan struct{}),
 	}
 	m := http.NewServeMux()
 	m.HandleFunc("GET /{$}", d.page)
@@ -132,8 +136,9 @@ func (d *Dashboard) serveStatic(w http.ResponseWriter, r *http.Request) {
 }
 
 // Run samples every rollout into its timeline until ctx ends: on every
-// engine update and every SampleEvery.
+// engine update and every SampleEvery. When it returns, open streams end.
 func (d *Dashboard) Run(ctx context.Context) {
+	defer close(d.stopped)
 	updates, cancel := d.o.Engine.Subscribe()
 	defer cancel()
 	t := time.NewTicker(d.o.SampleEvery)
@@ -250,6 +255,8 @@ func (d *Dashboard) stream(w http.ResponseWriter, r *http.Request) {
 	for {
 		select {
 		case <-r.Context().Done():
+			return
+		case <-d.stopped:
 			return
 		case u, ok := <-updates:
 			if !ok {

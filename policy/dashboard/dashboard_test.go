@@ -323,3 +323,37 @@ func deref(f *float64) any {
 	}
 	return *f
 }
+
+// Open streams end when Run's context does, so a graceful HTTP shutdown
+// does not wait for browsers.
+func TestStreamsEndWithRun(t *testing.T) {
+	d := dashboard.New(dashboard.Options{Engine: newEngine()})
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan struct{})
+	go func() { defer close(ran); d.Run(ctx) }()
+	srv := httptest.NewServer(d)
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/api/dashboard/stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	if !sc.Scan() {
+		t.Fatal("no first event")
+	}
+	cancel()
+	<-ran
+	ended := make(chan struct{})
+	go func() {
+		for sc.Scan() {
+		}
+		close(ended)
+	}()
+	select {
+	case <-ended:
+	case <-time.After(3 * time.Second):
+		t.Fatal("the stream stayed open after Run ended")
+	}
+}
