@@ -1,6 +1,7 @@
 # shiftplane — the two commands a newcomer needs:
 #   make demo   a complete local rollout you can watch (installs Envoy if missing)
-#   make test   every test: gofmt, go vet, go test -race ./... against a real Envoy,
+#   make test   every test: gofmt, go vet, go test -race ./... against a real Envoy
+#               (and a headless Chromium for the dashboard),
 #               and the benchmarks in their short form (N = 100)
 # .ci/run runs `make test`.
 
@@ -17,9 +18,10 @@ build:
 
 test:
 	bash scripts/install-envoy.sh
+	bash scripts/install-chromium.sh
 	@bad="$$(gofmt -l $$(git ls-files '*.go'))"; if [ -n "$$bad" ]; then echo "gofmt needed: $$bad"; exit 1; fi
 	$(GO) vet ./...
-	ENVOY_BIN="$$(bash scripts/install-envoy.sh)" $(GO) test -race -count=1 -timeout 20m ./...
+	ENVOY_BIN="$$(bash scripts/install-envoy.sh)" CHROMIUM_BIN="$$(bash scripts/install-chromium.sh)" $(GO) test -race -count=1 -timeout 20m ./...
 	$(MAKE) bench-short
 
 demo:

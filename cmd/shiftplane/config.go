@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/viper"
 
 	"github.com/shiftplane/shiftplane/policy"
+	"github.com/shiftplane/shiftplane/policy/notify"
 )
 
 // Config is the server configuration: file, SHIFTPLANE_* environment and
@@ -54,6 +55,12 @@ type Config struct {
 		Level  string `mapstructure:"level"`
 		Format string `mapstructure:"format"`
 	} `mapstructure:"log"`
+	// Notifications are the webhook sinks told about rollout events (config
+	// file only: a list has no flag).
+	Notifications []notify.SinkConfig `mapstructure:"notifications"`
+	Notify        struct {
+		AllowHosts []string `mapstructure:"allowHosts"`
+	} `mapstructure:"notify"`
 }
 
 // configKeys are every key the config accepts, with defaults and flag help.
@@ -68,7 +75,7 @@ var configKeys = []struct {
 	{"api.tls.cert", "api-tls-cert", "policy API TLS certificate file", ""},
 	{"api.tls.key", "api-tls-key", "policy API TLS key file", ""},
 	{"api.tls.clientCA", "api-tls-client-ca", "CA that policy API clients' certificates must chain to (mTLS)", ""},
-	{"http.address", "http-address", "address of /metrics, /healthz, /readyz and the status page", "127.0.0.1:18002"},
+	{"http.address", "http-address", "address of /metrics, /healthz, /readyz and the dashboard", "127.0.0.1:18002"},
 	{"store.path", "store-path", "bbolt file holding plans, state, events and the version counter", "shiftplane.db"},
 	{"hooks.allowExec", "hooks-allow-exec", "allow plans to run exec hooks on this host", false},
 	{"hooks.allowHosts", "hooks-allow-hosts", "hosts webhook hooks may call (default loopback)", []string{}},
@@ -77,7 +84,11 @@ var configKeys = []struct {
 	{"engine.tick", "engine-tick", "how often the engine re-evaluates rollouts", 100 * time.Millisecond},
 	{"log.level", "log-level", "debug, info, warn or error", "info"},
 	{"log.format", "log-format", "text or json", "text"},
+	{"notify.allowHosts", "notify-allow-hosts", "hosts notification sinks may call (default loopback)", []string{}},
 }
+
+// fileOnlyKeys are keys only a config file can set.
+var fileOnlyKeys = []string{"notifications"}
 
 func addConfigFlags(fs *pflag.FlagSet) {
 	fs.String("config", "", "config file (YAML); default $"+configEnv)
@@ -177,6 +188,12 @@ func loadConfig(fs *pflag.FlagSet) (Config, error) {
 			continue
 		}
 		out.Set(k.key, val)
+	}
+	for _, k := range fileOnlyKeys {
+		if file.IsSet(k) {
+			out.Set(k, file.Get(k))
+			from[k] = path
+		}
 	}
 	if len(errs) > 0 {
 		return Config{}, errors.Join(errs...)
@@ -338,6 +355,9 @@ func checkUnknownKeys(v *viper.Viper, path string) error {
 	for _, k := range configKeys {
 		known[strings.ToLower(k.key)] = true
 	}
+	for _, k := range fileOnlyKeys {
+		known[k] = true
+	}
 	var errs []error
 	for _, k := range v.AllKeys() {
 		if !known[k] {
@@ -392,6 +412,9 @@ func (c Config) Validate() error {
 	}
 	if c.Signal.ScrapeEvery <= 0 {
 		errs = append(errs, keyErrorf("signal.scrapeEvery", "signal.scrapeEvery: must be > 0, got %s", c.Signal.ScrapeEvery))
+	}
+	if err := notify.Validate(c.Notifications, c.Notify.AllowHosts); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

@@ -170,7 +170,7 @@ func runDemo(ctx context.Context, o demoOptions, out io.Writer) error {
 	log := slog.New(slog.NewTextHandler(logFile, &slog.HandlerOptions{Level: slog.LevelInfo}))
 
 	fmt.Fprintf(out, "shiftplane demo: v1 on %s, v2 on %s, Envoy listener %s\n", v1.addr, v2.addr, listen)
-	fmt.Fprintf(out, "  status page http://%s/   policy API %s (try: shiftctl --server %s watch demo)\n", cfg.HTTP.Address, cfg.API.Address, cfg.API.Address)
+	fmt.Fprintf(out, "  dashboard   http://%s/   policy API %s (try: shiftctl --server %s watch demo)\n", cfg.HTTP.Address, cfg.API.Address, cfg.API.Address)
 
 	serveCtx, stopServe := context.WithCancel(ctx)
 	defer stopServe()

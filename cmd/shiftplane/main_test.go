@@ -122,11 +122,14 @@ func TestBadConfigNamesTheKey(t *testing.T) {
 		args   []string
 		want   string
 	}{
-		"unknown key":            {config: "xds:\n  adress: 127.0.0.1:1\n", want: "xds.adress: unknown key"},
-		"bad address":            {config: "http:\n  address: nowhere\n", want: `http.address: must be host:port, got "nowhere"`},
-		"open API off loopback":  {args: []string{"--api-address", "0.0.0.0:18001"}, want: "api.address: \"0.0.0.0:18001\" is not loopback; set api.token"},
-		"bad log level from env": {env: map[string]string{"SHIFTPLANE_LOG_LEVEL": "loud"}, want: `log.level: must be debug, info, warn or error, got "loud"`},
-		"tls half given":         {args: []string{"--api-tls-cert", "c.pem"}, want: "api.tls: cert and key must be given together"},
+		"unknown key":                        {config: "xds:\n  adress: 127.0.0.1:1\n", want: "xds.adress: unknown key"},
+		"bad address":                        {config: "http:\n  address: nowhere\n", want: `http.address: must be host:port, got "nowhere"`},
+		"open API off loopback":              {args: []string{"--api-address", "0.0.0.0:18001"}, want: "api.address: \"0.0.0.0:18001\" is not loopback; set api.token"},
+		"bad log level from env":             {env: map[string]string{"SHIFTPLANE_LOG_LEVEL": "loud"}, want: `log.level: must be debug, info, warn or error, got "loud"`},
+		"tls half given":                     {args: []string{"--api-tls-cert", "c.pem"}, want: "api.tls: cert and key must be given together"},
+		"notification off the allowed hosts": {config: "notifications:\n  - url: https://hooks.example.com/x\n", want: `notifications[0].url: host "hooks.example.com" is not in notify.allowHosts`},
+		"notification unknown field":         {config: "notifications:\n  - url: http://127.0.0.1:9/\n    evnts: [hold]\n", want: "evnts"},
+		"notification bad event":             {config: "notifications:\n  - url: http://127.0.0.1:9/\n    events: [holds]\n", want: `notifications[0].events[0]: unknown event "holds"`},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

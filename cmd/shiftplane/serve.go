@@ -123,8 +123,14 @@ func serve(ctx context.Context, cfg Config, planPaths []string, log *slog.Logger
 		return err
 	}
 
+	ui, err := startWeb(ctx, cfg, engine, fleet, pub, deps, reg, log)
+	if err != nil {
+		xdsLis.Close()
+		apiSrv.stop()
+		return err
+	}
 	var ready atomic.Bool
-	httpSrv := &http.Server{Addr: cfg.HTTP.Address, Handler: httpMux(reg, engine, pub, &ready), ReadHeaderTimeout: 5 * time.Second}
+	httpSrv := &http.Server{Addr: cfg.HTTP.Address, Handler: httpMux(reg, ui, &ready), ReadHeaderTimeout: 5 * time.Second}
 	httpLis, err := net.Listen("tcp", cfg.HTTP.Address)
 	if err != nil {
 		xdsLis.Close()
@@ -174,7 +180,7 @@ func serve(ctx context.Context, cfg Config, planPaths []string, log *slog.Logger
 	return nil
 }
 
-func httpMux(reg *prometheus.Registry, engine *policy.Engine, pub *xds.Publisher, ready *atomic.Bool) *http.ServeMux {
+func httpMux(reg *prometheus.Registry, ui http.Handler, ready *atomic.Bool) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
@@ -185,13 +191,7 @@ func httpMux(reg *prometheus.Registry, engine *policy.Engine, pub *xds.Publisher
 		}
 		fmt.Fprintln(w, "ready")
 	})
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/" {
-			http.NotFound(w, r)
-			return
-		}
-		writeStatusPage(w, engine.List(), pub.History())
-	})
+	mux.Handle("/", ui)
 	return mux
 }
 

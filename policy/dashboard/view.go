@@ -1,0 +1,264 @@
+package dashboard
+
+import (
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/shiftplane/shiftplane/policy"
+)
+
+// PageData is everything a page shows; the browser renders it and replaces
+// it with each streamed copy.
+type PageData struct {
+	Now      int64      `json:"now"` // unix ms
+	Rollouts []Summary  `json:"rollouts"`
+	Rollout  *Detail    `json:"rollout,omitempty"`
+	Missing  string     `json:"missing,omitempty"` // a rollout page whose rollout does not exist
+	Auth     AuthView   `json:"auth"`
+	Nodes    int        `json:"nodes"`
+	Fleet    []NodeView `json:"fleet,omitempty"`
+	// Snapshots are the recent xDS snapshots, newest first (list page only).
+	Snapshots []Snapshot `json:"snapshots,omitempty"`
+}
+
+// Summary is one row of the rollout list.
+type Summary struct {
+	Name         string   `json:"name"`
+	Phase        string   `json:"phase"`
+	Weight       int      `json:"weight"`
+	Step         int      `json:"step"` // counted from 1, as the CLI ("step 2/4")
+	StepCount    int      `json:"stepCount"`
+	Signal       string   `json:"signal"`
+	SignalReason string   `json:"signalReason"`
+	SignalSince  int64    `json:"signalSince,omitempty"`
+	Reason       string   `json:"reason"`
+	Converged    bool     `json:"converged"`
+	FleetNodes   int      `json:"fleetNodes"`
+	Nacks        []string `json:"nacks,omitempty"`
+	Updated      int64    `json:"updated"`
+	Stable       string   `json:"stable"`
+	Canary       string   `json:"canary"`
+	HookError    string   `json:"hookError,omitempty"`
+}
+
+// Detail is one rollout's page.
+type Detail struct {
+	Summary
+	Steps           []StepView  `json:"steps"`
+	HoldCountedMs   int64       `json:"holdCountedMs"`
+	HoldRemainingMs int64       `json:"holdRemainingMs"`
+	Actions         []string    `json:"actions"` // what the engine would accept now
+	Series          []Sample    `json:"series"`
+	Events          []EventView `json:"events"`
+	Source          string      `json:"source"`
+}
+
+// StepView is one step of the schedule.
+type StepView struct {
+	N      int    `json:"n"` // from 1
+	Weight *int   `json:"weight,omitempty"`
+	HoldMs int64  `json:"holdMs"`
+	Pause  bool   `json:"pause,omitempty"`
+	State  string `json:"state"` // done, current, todo
+}
+
+// EventView is one event of the history, with its kind for the timeline.
+type EventView struct {
+	Time   int64  `json:"t"`
+	From   string `json:"from"`
+	To     string `json:"to"`
+	Reason string `json:"reason"`
+	Weight int    `json:"weight"`
+	Step   int    `json:"step"`
+	Output string `json:"output,omitempty"`
+	Kind   string `json:"kind"` // phase, step, hold, nack, rollback, hook, success, info
+}
+
+// NodeView is one connected Envoy.
+type NodeView struct {
+	ID        string     `json:"id"`
+	Cluster   string     `json:"cluster"`
+	Protocol  string     `json:"protocol"`
+	Since     int64      `json:"since"`
+	LastStats int64      `json:"lastStats,omitempty"`
+	Converged bool       `json:"converged"`
+	Types     []TypeView `json:"types"`
+}
+
+// TypeView is a node's state of one resource type.
+type TypeView struct {
+	Type      string `json:"type"` // short: Cluster, Listener, …
+	Acked     string `json:"acked"`
+	Nacked    string `json:"nacked,omitempty"`
+	NackError string `json:"nackError,omitempty"`
+	NackTime  int64  `json:"nackTime,omitempty"`
+}
+
+func ms(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMilli()
+}
+
+func summarize(s policy.Status) Summary {
+	sum := Summary{
+		Name: s.Plan.Name, Phase: string(s.State.Phase), Weight: s.State.Weight,
+		Step: s.State.StepIndex + 1, StepCount: s.StepCount,
+		Signal: string(s.Signal.State), SignalReason: s.Signal.Reason, SignalSince: ms(s.Signal.Since),
+		Reason: s.State.Reason, Converged: s.Fleet.Converged, FleetNodes: s.Fleet.Nodes, Nacks: s.Fleet.Nacks,
+		Updated: ms(s.State.Updated), Stable: s.Plan.Stable.Cluster, Canary: s.Plan.Canary.Cluster, HookError: s.State.HookError,
+	}
+	if s.StepCount == 0 {
+		sum.Step = 0
+	}
+	return sum
+}
+
+// actions are the operations the engine would accept in phase p (mirrors
+// the checks of policy.Engine's Pause, Resume, Promote and Abort).
+func actions(s policy.Status) []string {
+	out := []string{}
+	switch p := s.State.Phase; {
+	case p == policy.PhasePaused:
+		out = append(out, "resume")
+		if s.State.PausedFrom != policy.PhasePending {
+			out = append(out, "promote")
+		}
+		out = append(out, "abort")
+	case p == policy.PhaseProgressing || p == policy.PhaseHolding:
+		out = append(out, "pause", "promote", "abort")
+	case p == policy.PhasePending:
+		out = append(out, "pause", "abort")
+	case p == policy.PhasePromoting && s.State.StablePublished:
+		out = append(out, "abort")
+	}
+	return out
+}
+
+func (d *Dashboard) pageData(name string, who identity) (*PageData, error) {
+	pd := &PageData{Now: time.Now().UnixMilli(), Auth: d.authView(who)}
+	for _, s := range d.o.Engine.List() {
+		pd.Rollouts = append(pd.Rollouts, summarize(s))
+	}
+	if pd.Rollouts == nil {
+		pd.Rollouts = []Summary{}
+	}
+	pd.Fleet = d.fleet()
+	pd.Nodes = len(pd.Fleet)
+	if name == "" {
+		pd.Fleet = nil // the list shows the count only
+		if d.o.Snapshots != nil {
+			snaps := d.o.Snapshots()
+			for i := len(snaps) - 1; i >= 0 && len(pd.Snapshots) < 10; i-- {
+				sn := snaps[i]
+				ch := make([]string, len(sn.Changed))
+				for j, c := range sn.Changed {
+					ch[j] = shortType(c)
+				}
+				sn.Changed = ch
+				pd.Snapshots = append(pd.Snapshots, sn)
+			}
+		}
+		return pd, nil
+	}
+	s, err := d.o.Engine.Get(name)
+	if err != nil {
+		pd.Missing = name
+		return pd, err
+	}
+	det := &Detail{Summary: summarize(s), Source: s.Source, Actions: actions(s),
+		HoldCountedMs: s.State.HoldCounted.Milliseconds(), HoldRemainingMs: s.HoldRemaining.Milliseconds()}
+	steps := s.Plan.WithDefaults().Schedule()
+	for i, st := range steps {
+		v := StepView{N: i + 1, Weight: st.Weight, HoldMs: st.Hold.D().Milliseconds(), Pause: st.Pause != nil}
+		switch {
+		case s.State.Phase == policy.PhaseSucceeded || i < s.State.StepIndex:
+			v.State = "done"
+		case i == s.State.StepIndex && s.State.Phase != policy.PhasePending && !s.State.Phase.Terminal():
+			v.State = "current"
+		default:
+			v.State = "todo"
+		}
+		det.Steps = append(det.Steps, v)
+	}
+	det.Series = d.series.get(name)
+	evs, err := d.o.Engine.History(name, d.o.HistoryLimit)
+	if err != nil {
+		return pd, err
+	}
+	det.Events = make([]EventView, 0, len(evs))
+	for _, ev := range evs {
+		det.Events = append(det.Events, EventView{Time: ms(ev.Time), From: string(ev.From), To: string(ev.To), Reason: ev.Reason,
+			Weight: ev.Weight, Step: ev.StepIndex + 1, Output: ev.Output, Kind: eventKind(ev)})
+	}
+	pd.Rollout = det
+	return pd, nil
+}
+
+// eventKind picks the one marker an event gets on the timeline.
+func eventKind(ev policy.Event) string {
+	switch {
+	case strings.Contains(ev.Reason, "hook failed"):
+		return "hook"
+	case strings.Contains(ev.Reason, "fleet rejected"):
+		return "nack"
+	case ev.From != ev.To && (ev.To == policy.PhaseRollingBack || ev.To == policy.PhaseRolledBack || ev.To == policy.PhaseAborted || ev.To == policy.PhaseFailed):
+		return "rollback"
+	case ev.From != ev.To && ev.To == policy.PhaseSucceeded:
+		return "success"
+	case ev.From != ev.To && ev.To == policy.PhaseHolding:
+		return "hold"
+	case strings.Contains(ev.Reason, "hook"):
+		return "hook"
+	case strings.HasPrefix(ev.Reason, "step "):
+		return "step"
+	case ev.From != ev.To:
+		return "phase"
+	}
+	return "info"
+}
+
+func (d *Dashboard) fleet() []NodeView {
+	if d.o.Fleet == nil {
+		return []NodeView{}
+	}
+	out := []NodeView{}
+	for _, n := range d.o.Fleet.Nodes() {
+		v := NodeView{ID: n.ID, Cluster: n.Cluster, Protocol: n.Protocol, Since: ms(n.ConnectedSince), LastStats: ms(n.LastStatsReport), Converged: n.Converged}
+		for _, t := range n.Types {
+			v.Types = append(v.Types, TypeView{Type: shortType(t.TypeURL), Acked: t.Acked, Nacked: t.Nacked, NackError: t.NackError, NackTime: ms(t.NackTime)})
+		}
+		sort.Slice(v.Types, func(i, j int) bool { return typeOrder(v.Types[i].Type) < typeOrder(v.Types[j].Type) })
+		out = append(out, v)
+	}
+	return out
+}
+
+// shortType names a type URL by its xDS service: CDS, EDS, LDS, RDS.
+func shortType(u string) string {
+	if i := strings.LastIndex(u, "."); i >= 0 {
+		u = u[i+1:]
+	}
+	switch u {
+	case "Cluster":
+		return "CDS"
+	case "ClusterLoadAssignment":
+		return "EDS"
+	case "Listener":
+		return "LDS"
+	case "RouteConfiguration":
+		return "RDS"
+	}
+	return u
+}
+
+func typeOrder(t string) int {
+	for i, x := range []string{"LDS", "RDS", "CDS", "EDS"} {
+		if x == t {
+			return i
+		}
+	}
+	return 9
+}
