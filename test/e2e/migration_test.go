@@ -20,6 +20,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	vegeta "github.com/tsenart/vegeta/v12/lib"
 
+	"github.com/shiftplane/shiftplane/examples/migration/pgtemp"
 	"github.com/shiftplane/shiftplane/examples/migration/schema"
 	"github.com/shiftplane/shiftplane/test/harness"
 )
@@ -77,7 +78,7 @@ func (a *usersApp) stats(t *testing.T) appStats {
 // migRig is PostgreSQL with v1's schema, shiftplane (exec hooks allowed),
 // one Envoy, and the service versions asked for.
 type migRig struct {
-	pg      *harness.Postgres
+	pg      *pgtemp.Server
 	db      *pgx.Conn
 	sp      *Shiftplane
 	envoy   *harness.Envoy

@@ -142,12 +142,6 @@ type proc struct {
 }
 
 func startProc(bin string, args, env []string, dir, logPath string) (*proc, error) {
-	return startProcAttr(bin, args, env, dir, logPath, sysProcAttr())
-}
-
-// startProcAttr is startProc with the caller's process attributes (another
-// user's credentials, say); attr should start from sysProcAttr().
-func startProcAttr(bin string, args, env []string, dir, logPath string, attr *syscall.SysProcAttr) (*proc, error) {
 	out, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
@@ -156,7 +150,7 @@ func startProcAttr(bin string, args, env []string, dir, logPath string, attr *sy
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = out, out // *os.File: no copying goroutine to wait for
-	cmd.SysProcAttr = attr
+	cmd.SysProcAttr = sysProcAttr()
 	if err := cmd.Start(); err != nil {
 		_ = out.Close()
 		return nil, err
