@@ -606,3 +606,26 @@ func TestMigrationReleaseTrain(t *testing.T) {
 		t.Errorf("schema at the end: %s", st)
 	}
 }
+
+// The example's plans are valid on a server that allows exec hooks (each
+// on its own: they are two releases of one rollout), and rejected, naming
+// every exec field, on one that does not.
+func TestMigrationExamplePlansValidate(t *testing.T) {
+	bin := harness.BuildBinary(t, "./cmd/shiftplane")
+	root := harness.RepoRoot(t)
+	cfg := filepath.Join(root, "examples/migration/shiftplane.yaml")
+	for _, name := range []string{"plan-v2.yaml", "plan-v3.yaml"} {
+		plan := filepath.Join(root, "examples/migration", name)
+		p := harness.StartProcess(t, bin, []string{"validate", "--config", cfg, plan}, nil)
+		if code, err := p.Wait(context.Background()); err != nil || code != 0 {
+			t.Errorf("validate --config %s %s: exit %d, %v: %s", cfg, name, code, err, p.Output())
+		}
+		p = harness.StartProcess(t, bin, []string{"validate", plan}, nil)
+		code, err := p.Wait(context.Background())
+		out := p.Output()
+		if err != nil || code == 0 || strings.Count(out, "exec hooks are disabled") != 3 ||
+			!strings.Contains(out, "hooks.afterPromote[1].exec") {
+			t.Errorf("validate %s without allowExec: exit %d, %v, output %q; want a failure naming the three exec hooks", name, code, err, out)
+		}
+	}
+}
