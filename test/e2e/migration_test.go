@@ -629,3 +629,65 @@ func TestMigrationExamplePlansValidate(t *testing.T) {
 		}
 	}
 }
+
+// `make demo-migration` runs to the end: the two-phase demo with no failed
+// write and no database error, passing through the contract's steps; the
+// naive one showing v1's NOT NULL violations.
+func TestMigrationDemo(t *testing.T) {
+	harness.FindPostgres(t)
+	args := []string{"--envoy", harness.FindEnvoy(t),
+		"--shiftplane", harness.BuildBinary(t, "./cmd/shiftplane"),
+		"--users", harness.BuildBinary(t, "./examples/migration/cmd/users"),
+		"--migrate", harness.BuildBinary(t, "./examples/migration/cmd/migrate")}
+	demo := harness.BuildBinary(t, "./examples/migration/cmd/demo")
+	tests := map[string]struct {
+		args []string
+		want []string // in the output
+		bad  []string // never in the phases table
+	}{
+		"two-phase": {
+			want: []string{"rollout: SUCCEEDED", "schema at the end: email NOT NULL", "email nullable + CHECK NOT VALID", "SUCCEEDED    100%       email NOT NULL"},
+			bad:  []string{"23502", "23514"},
+		},
+		"naive": {args: []string{"--naive"}, want: []string{"v1:23502="}},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			start := time.Now()
+			p := harness.StartProcess(t, demo, append(args, tc.args...), nil)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			code, err := p.Wait(ctx)
+			text := p.Output()
+			if err != nil || code != 0 {
+				t.Fatalf("demo %s: exit %d, %v after %s:\n%s", name, code, err, time.Since(start).Round(time.Second), text)
+			}
+			i := strings.Index(text, "\nphases\n")
+			if i < 0 {
+				t.Fatalf("no phases table in the demo output:\n%s", text)
+			}
+			table := text[i:]
+			if j := strings.Index(table, "\nrollout: "); j >= 0 {
+				table = table[:j]
+			}
+			t.Logf("demo %s took %s; its table:%s\n%s", name, time.Since(start).Round(time.Second), table, text[i+len(table):])
+			for _, w := range tc.want {
+				if !strings.Contains(text, w) {
+					t.Errorf("the demo output lacks %q", w)
+				}
+			}
+			for _, b := range tc.bad {
+				if strings.Contains(table, b) {
+					t.Errorf("the phases table shows %q", b)
+				}
+			}
+			if name == "two-phase" {
+				for _, line := range strings.Split(strings.TrimSpace(table), "\n")[2:] {
+					if f := strings.Fields(line); len(f) < 3 || f[len(f)-2] != "0" || f[len(f)-1] != "none" {
+						t.Errorf("a phase with failed writes or database errors: %q", line)
+					}
+				}
+			}
+		})
+	}
+}
