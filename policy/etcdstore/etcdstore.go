@@ -27,6 +27,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/shiftplane/shiftplane/policy"
 )
@@ -79,7 +80,7 @@ func Dial(cfg Config) (*clientv3.Client, error) {
 	if len(cfg.Endpoints) == 0 {
 		return nil, errors.New("store.etcd.endpoints: at least one endpoint is needed")
 	}
-	cc := clientv3.Config{Endpoints: cfg.Endpoints, DialTimeout: cfg.DialTimeout}
+	cc := clientv3.Config{Endpoints: cfg.Endpoints, DialTimeout: cfg.DialTimeout, Logger: zap.NewNop()}
 	if cfg.CA != "" || cfg.Cert != "" {
 		tc, err := tlsConfig(cfg)
 		if err != nil {
