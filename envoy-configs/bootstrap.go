@@ -39,7 +39,7 @@ type Bootstrap struct {
 	// (store.backend: etcd) instead of XDSAddress: the xds_cluster gets one
 	// host per replica and Envoy reconnects to another when one goes away.
 	XDSAddresses []string
-	UseDelta   bool   // DELTA_GRPC instead of GRPC
+	UseDelta     bool // DELTA_GRPC instead of GRPC
 }
 
 // Default returns the values envoy.yaml is rendered with.
