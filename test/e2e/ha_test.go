@@ -1,0 +1,294 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	shiftplanev1 "github.com/shiftplane/shiftplane/proto/shiftplane/v1"
+	"github.com/shiftplane/shiftplane/test/etcdharness"
+	"github.com/shiftplane/shiftplane/test/harness"
+)
+
+// haSessionTTL is the replicas' etcd session lease in these tests: a new
+// leader must be in charge within haSessionTTL + 2s of the old one's death.
+const haSessionTTL = 2 * time.Second
+
+// haRig is three shiftplane replicas on a real 3-member etcd, two backends
+// and two Envoys whose xds_cluster lists every replica.
+type haRig struct {
+	etcd     *etcdharness.Cluster
+	replicas []*Shiftplane
+	f        *fleet
+}
+
+func startHARig(t *testing.T) *haRig {
+	t.Helper()
+	r := &haRig{etcd: etcdharness.Start(t, 3)}
+	args := []string{"--store-backend", "etcd",
+		"--store-etcd-endpoints", strings.Join(r.etcd.Endpoints(), ","),
+		"--store-etcd-prefix", "/" + strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-")) + "/",
+		"--store-etcd-session-ttl", haSessionTTL.String(),
+		"--store-etcd-report-every", "200ms"}
+	for range 3 {
+		r.replicas = append(r.replicas, StartShiftplane(t, args...))
+	}
+	r.f = &fleet{sp: r.replicas[0], v1: harness.StartBackend(t, "v1"), v2: harness.StartBackend(t, "v2"),
+		listen: fmt.Sprintf("127.0.0.1:%d", harness.FreePort(t))}
+	var xds []string
+	for _, sp := range r.replicas {
+		xds = append(xds, sp.XDSAddr)
+	}
+	for i := range 2 {
+		r.f.envoys = append(r.f.envoys, harness.StartEnvoy(t, harness.EnvoyOptions{NodeID: nodeID(t, i), Cluster: "e2e-ha", XDSAddrs: xds}))
+	}
+	return r
+}
+
+// alive reports whether replica i's process runs and answers on HTTP.
+func (r *haRig) alive(i int) bool {
+	select {
+	case <-r.replicas[i].Proc.Done():
+		return false
+	default:
+	}
+	return true
+}
+
+// leader returns the index of the replica whose /metrics says it leads, or -1.
+func (r *haRig) leader(t *testing.T, except ...int) int {
+	t.Helper()
+next:
+	for i, sp := range r.replicas {
+		for _, e := range except {
+			if i == e {
+				continue next
+			}
+		}
+		if r.alive(i) && sp.Metric("shiftplane_ha_leader") == 1 {
+			return i
+		}
+	}
+	return -1
+}
+
+func (r *haRig) waitLeader(t *testing.T, timeout time.Duration, except ...int) (int, time.Time) {
+	t.Helper()
+	l := -1
+	at := waitFor(t, timeout, "a replica leads", func() (bool, string) {
+		l = r.leader(t, except...)
+		return l >= 0, ""
+	})
+	return l, at
+}
+
+// nodeReplicas returns node id → the replica its xDS stream is on, and
+// whether the fleet API counts it converged.
+func nodeReplicas(ctx context.Context, fc shiftplanev1.FleetServiceClient) (map[string]string, map[string]bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	resp, err := fc.ListNodes(ctx, &shiftplanev1.ListNodesRequest{})
+	if err != nil {
+		return nil, nil, err
+	}
+	on, conv := map[string]string{}, map[string]bool{}
+	for _, n := range resp.GetNodes() {
+		on[n.GetId()], conv[n.GetId()] = n.GetReplica(), n.GetConverged()
+	}
+	return on, conv, nil
+}
+
+// routeSampler reads every Envoy's routes every 20 ms.
+type routeSampler struct {
+	mu      sync.Mutex
+	samples []routeSample
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+}
+
+func sampleRoutes(t *testing.T, envoys []*harness.Envoy) *routeSampler {
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &routeSampler{cancel: cancel}
+	for i, e := range envoys {
+		s.wg.Go(func() {
+			for ctx.Err() == nil {
+				rs := readRoutes(ctx, e, i)
+				if !rs.Err && ctx.Err() == nil {
+					s.mu.Lock()
+					s.samples = append(s.samples, rs)
+					s.mu.Unlock()
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		})
+	}
+	t.Cleanup(s.stop)
+	return s
+}
+
+func (s *routeSampler) stop() { s.cancel(); s.wg.Wait() }
+
+func (s *routeSampler) between(from, to time.Time) []routeSample {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []routeSample
+	for _, rs := range s.samples {
+		if !rs.Sent.Before(from) && !rs.At.After(to) {
+			out = append(out, rs)
+		}
+	}
+	return out
+}
+
+// Three replicas, three etcd members, two Envoys listing every replica,
+// constant load. The leader is SIGKILLed mid-hold: another replica leads
+// within TTL + 2s and carries on from the same step and counted hold, with
+// every Envoy's route version and weight unchanged across the failover.
+// Then the replica an Envoy is on is killed: the Envoy moves to another
+// replica, gets the same version, and counts in convergence again. Then an
+// etcd member is killed, and the rollout still finishes. No request fails.
+func TestHALeaderKilledMidRollout(t *testing.T) {
+	r := startHARig(t)
+	f := r.f
+	lead, _ := r.waitLeader(t, 10*time.Second)
+	follower := (lead + 1) % 3
+	rc, _ := apiClients(t, r.replicas[follower])
+
+	// The plan goes in through a follower: it is forwarded to the leader.
+	plan := f.plan(planSpec{Steps: []planStep{{10, 3 * time.Second}, {30, 30 * time.Second}, {100, 0}}})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if _, err := rc.Apply(ctx, &shiftplanev1.ApplyRequest{Source: &shiftplanev1.ApplyRequest_PlanYaml{PlanYaml: plan}}); err != nil {
+		t.Fatalf("apply through follower %d: %v", follower, err)
+	}
+	f.waitListeners(t)
+	load := f.startLoad(t, 100)
+	routes := sampleRoutes(t, f.envoys)
+
+	// Mid-hold at step 1 (weight 30).
+	var before *shiftplanev1.Rollout
+	waitFor(t, time.Minute, "step 1 holding with 3s counted", func() (bool, string) {
+		ro, err := getRollout(ctx, rc)
+		if err != nil {
+			return false, err.Error()
+		}
+		before = ro
+		return ro.GetStepIndex() == 1 && ro.GetCanaryWeight() == 30 && ro.GetHoldCounted().AsDuration() >= 3*time.Second,
+			fmt.Sprintf("step %d weight %d counted %s phase %s: %s", ro.GetStepIndex(), ro.GetCanaryWeight(), ro.GetHoldCounted().AsDuration(), ro.GetPhase(), ro.GetReason())
+	})
+	f.waitFleetWeight(t, 10*time.Second, 30)
+	versionBefore := map[int]string{}
+	for i, e := range f.envoys {
+		versionBefore[i] = readRoutes(ctx, e, i).Version
+	}
+	t.Logf("before the kill: leader replica %d, step %d, counted %s, route versions %v", lead, before.GetStepIndex(), before.GetHoldCounted().AsDuration(), versionBefore)
+
+	// SIGKILL the leader.
+	killedAt := time.Now()
+	if err := r.replicas[lead].Proc.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	newLead, ledAt := r.waitLeader(t, haSessionTTL+10*time.Second, lead)
+	took := ledAt.Sub(killedAt)
+	t.Logf("replica %d leads %s after the leader was SIGKILLed (TTL %s)", newLead, took.Round(10*time.Millisecond), haSessionTTL)
+	if took > haSessionTTL+2*time.Second {
+		t.Errorf("new leader after %s, want within TTL + 2s = %s", took, haSessionTTL+2*time.Second)
+	}
+	rc2, fc2 := apiClients(t, r.replicas[newLead])
+	after, err := getRollout(ctx, rc2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("after the failover: step %d weight %d counted %s phase %s", after.GetStepIndex(), after.GetCanaryWeight(), after.GetHoldCounted().AsDuration(), after.GetPhase())
+	// The same step; the counted hold is what was stored (persisted every
+	// second), never started over.
+	if after.GetStepIndex() != 1 || after.GetCanaryWeight() != 30 {
+		t.Errorf("after the failover: step %d weight %d, want step 1 weight 30", after.GetStepIndex(), after.GetCanaryWeight())
+	}
+	if c0, c1 := before.GetHoldCounted().AsDuration(), after.GetHoldCounted().AsDuration(); c1 < c0-1500*time.Millisecond {
+		t.Errorf("counted hold went from %s to %s across the failover: it must resume, not restart", c0, c1)
+	}
+	// Every Envoy (reconnected wherever) still has the same version and weight.
+	time.Sleep(3 * time.Second)
+	for _, s := range routes.between(killedAt.Add(-time.Second), time.Now()) {
+		if s.V2 != 30 || s.Version != versionBefore[s.Envoy] {
+			t.Errorf("envoy %d at %s: weight %d version %s, want 30 at version %s throughout the failover", s.Envoy, s.At.Format("15:04:05.000"), s.V2, s.Version, versionBefore[s.Envoy])
+			break
+		}
+	}
+
+	// The killed replica comes back, as a follower.
+	r.replicas[lead].Start()
+
+	// Kill the replica one Envoy is on, if it is not the leader.
+	var on map[string]string
+	var conv map[string]bool
+	waitFor(t, 10*time.Second, "both Envoys listed by the fleet API", func() (bool, string) {
+		on, conv, err = nodeReplicas(ctx, fc2)
+		return err == nil && len(on) == 2, fmt.Sprint(on, err)
+	})
+	t.Logf("nodes on replicas: %v", on)
+	victim, node := -1, ""
+	for id, rep := range on {
+		for i, sp := range r.replicas {
+			if i != newLead && sp.APIAddr == rep && r.alive(i) {
+				victim, node = i, id
+			}
+		}
+	}
+	if victim < 0 {
+		t.Logf("both Envoys are on the leader (replica %d); killing a follower's Envoy is not possible this run", newLead)
+	} else {
+		vBefore := map[int]string{}
+		for i, e := range f.envoys {
+			vBefore[i] = readRoutes(ctx, e, i).Version
+		}
+		killed2 := time.Now()
+		if err := r.replicas[victim].Proc.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 15*time.Second, "node "+node+" on another replica and converged", func() (bool, string) {
+			on, conv, err = nodeReplicas(ctx, fc2)
+			return err == nil && on[node] != "" && on[node] != r.replicas[victim].APIAddr && conv[node], fmt.Sprint(on, conv, err)
+		})
+		t.Logf("node %s moved from replica %d to %s in %s", node, victim, on[node], time.Since(killed2).Round(10*time.Millisecond))
+		for _, s := range routes.between(killed2, time.Now()) {
+			if s.Version != vBefore[s.Envoy] && s.V2 == 30 {
+				t.Errorf("envoy %d got route version %s (was %s) with the same weight after moving replica", s.Envoy, s.Version, vBefore[s.Envoy])
+				break
+			}
+		}
+		r.replicas[victim].Start()
+	}
+
+	// One etcd member down: nothing changes; the rollout finishes.
+	r.etcd.StopMember(0)
+	waitFor(t, 90*time.Second, "rollout SUCCEEDED", func() (bool, string) {
+		ro, err := getRollout(ctx, rc2)
+		if err != nil {
+			return false, err.Error()
+		}
+		return strings.Contains(ro.GetPhase().String(), "SUCCEEDED"), fmt.Sprintf("%s step %d weight %d: %s", ro.GetPhase(), ro.GetStepIndex(), ro.GetCanaryWeight(), ro.GetReason())
+	})
+	f.waitFleetWeight(t, 10*time.Second, 100)
+	recs := load.Stop()
+	s := requireNoFailures(t, "whole run", recs)
+	t.Logf("load: %d requests, %d failed", s.Total, s.Failed)
+
+	// Weights only ever moved forward in every Envoy.
+	last := map[int]int{}
+	for _, s := range routes.between(time.Time{}, time.Now()) {
+		if s.V2 >= 0 && s.V2 < last[s.Envoy] {
+			t.Errorf("envoy %d went back from weight %d to %d at %s", s.Envoy, last[s.Envoy], s.V2, s.At.Format("15:04:05.000"))
+		}
+		last[s.Envoy] = max(last[s.Envoy], s.V2)
+	}
+}
+
+var _ = http.StatusOK
+var _ = syscall.SIGSTOP
