@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
@@ -9,6 +10,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	shiftplanev1 "github.com/shiftplane/shiftplane/proto/shiftplane/v1"
 	"github.com/shiftplane/shiftplane/test/etcdharness"
@@ -290,5 +294,190 @@ func TestHALeaderKilledMidRollout(t *testing.T) {
 	}
 }
 
-var _ = http.StatusOK
-var _ = syscall.SIGSTOP
+// healthz returns replica i's /healthz status code (0 if unreachable).
+func (r *haRig) healthz(i int) int {
+	resp, err := http.Get("http://" + r.replicas[i].HTTPAddr + "/healthz")
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// The leader is SIGSTOPped past its TTL: another replica leads; when the
+// old one is SIGCONTed it writes nothing (every write it tries is fenced)
+// and steps down. Then etcd loses its majority: the rollout holds, the
+// Envoys keep serving, and when the majority returns everything resumes
+// with the same versions.
+func TestHAPausedLeaderAndQuorumLoss(t *testing.T) {
+	r := startHARig(t)
+	f := r.f
+	lead, _ := r.waitLeader(t, 10*time.Second)
+	rc, _ := apiClients(t, r.replicas[(lead+1)%3])
+	plan := f.plan(planSpec{Steps: []planStep{{20, 5 * time.Minute}, {100, 0}}})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if _, err := rc.Apply(ctx, &shiftplanev1.ApplyRequest{Source: &shiftplanev1.ApplyRequest_PlanYaml{PlanYaml: plan}}); err != nil {
+		t.Fatal(err)
+	}
+	f.waitListeners(t)
+	load := f.startLoad(t, 100)
+	routes := sampleRoutes(t, f.envoys)
+	waitFor(t, time.Minute, "holding at weight 20 with 2s counted", func() (bool, string) {
+		ro, err := getRollout(ctx, rc)
+		if err != nil {
+			return false, err.Error()
+		}
+		return ro.GetCanaryWeight() == 20 && ro.GetHoldCounted().AsDuration() >= 2*time.Second, fmt.Sprintf("%s weight %d", ro.GetPhase(), ro.GetCanaryWeight())
+	})
+	f.waitFleetWeight(t, 10*time.Second, 20)
+
+	// Every write to the rollout from here on: a write by the paused
+	// leader would carry its older state, a counted hold that went back.
+	cl := r.etcdClient(t)
+	prefix := "/" + strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-")) + "/"
+	var writesMu sync.Mutex
+	var counted []time.Duration
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	watch := cl.Watch(wctx, prefix+"rollouts/"+fleetRollout)
+	go func() {
+		for wr := range watch {
+			for _, ev := range wr.Events {
+				var ro struct {
+					State struct {
+						HoldCounted time.Duration `json:"holdCounted"`
+					} `json:"state"`
+				}
+				if json.Unmarshal(ev.Kv.Value, &ro) == nil {
+					writesMu.Lock()
+					counted = append(counted, ro.State.HoldCounted)
+					writesMu.Unlock()
+				}
+			}
+		}
+	}()
+
+	old := r.replicas[lead]
+	if err := syscall.Kill(old.Proc.PID(), syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	t.Cleanup(func() { _ = syscall.Kill(old.Proc.PID(), syscall.SIGCONT) })
+	newLead, ledAt := r.waitLeader(t, haSessionTTL+10*time.Second, lead)
+	t.Logf("replica %d leads %s after the leader was SIGSTOPped", newLead, ledAt.Sub(stopped).Round(10*time.Millisecond))
+	if d := ledAt.Sub(stopped); d > haSessionTTL+2*time.Second {
+		t.Errorf("new leader after %s, want within TTL + 2s", d)
+	}
+	time.Sleep(haSessionTTL) // well past its TTL
+	if err := syscall.Kill(old.Proc.PID(), syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the old leader steps down", func() (bool, string) {
+		return old.Metric("shiftplane_ha_leader") == 0, ""
+	})
+	time.Sleep(2 * time.Second) // let it try to write what it still had
+	if !strings.Contains(old.Proc.Output(), "engine stopped: no longer leading") {
+		t.Errorf("the old leader did not log that it stopped its engine:\n%s", tail(old.Proc.Output(), 30))
+	}
+	writesMu.Lock()
+	for i := 1; i < len(counted); i++ {
+		if counted[i] < counted[i-1] {
+			t.Errorf("a write set the counted hold back from %s to %s: the paused leader wrote after losing its term", counted[i-1], counted[i])
+		}
+	}
+	t.Logf("%d writes of the rollout since the pause, counted hold %v .. %v", len(counted), first(counted), lastOf(counted))
+	writesMu.Unlock()
+	if n := r.leader(t); n != newLead {
+		t.Errorf("leader is replica %d after the old one woke up, want %d", n, newLead)
+	}
+
+	// etcd loses its majority.
+	vBefore := map[int]string{}
+	for i, e := range f.envoys {
+		vBefore[i] = readRoutes(ctx, e, i).Version
+	}
+	lost := time.Now()
+	r.etcd.StopMember(1)
+	r.etcd.StopMember(2)
+	waitFor(t, 15*time.Second, "every replica reports its etcd session gone", func() (bool, string) {
+		var codes []string
+		all := true
+		for i := range r.replicas {
+			c := r.healthz(i)
+			codes = append(codes, fmt.Sprint(c))
+			all = all && c == http.StatusServiceUnavailable
+		}
+		return all, strings.Join(codes, ",")
+	})
+	time.Sleep(3 * time.Second)
+	for _, s := range routes.between(lost, time.Now()) {
+		if s.V2 != 20 || s.Version != vBefore[s.Envoy] {
+			t.Errorf("envoy %d without an etcd majority: weight %d version %s, want 20 at %s", s.Envoy, s.V2, s.Version, vBefore[s.Envoy])
+			break
+		}
+	}
+	// The majority returns: a leader again, same versions, and it acts.
+	rctx, rcancel := context.WithTimeout(ctx, time.Minute)
+	var wg sync.WaitGroup
+	errs := make([]error, 3)
+	for _, m := range []int{1, 2} {
+		wg.Go(func() { errs[m] = r.etcd.RestartMember(rctx, m) })
+	}
+	wg.Wait()
+	rcancel()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	back := time.Now()
+	l, at := r.waitLeader(t, 20*time.Second)
+	t.Logf("majority back: replica %d leads after %s", l, at.Sub(back).Round(10*time.Millisecond))
+	rcl, _ := apiClients(t, r.replicas[(l+1)%3])
+	if _, err := rcl.Promote(ctx, &shiftplanev1.PromoteRequest{Name: fleetRollout}); err != nil {
+		t.Fatalf("promote through a follower after the majority returned: %v", err)
+	}
+	f.waitFleetWeight(t, 30*time.Second, 100)
+	for _, s := range routes.between(lost, back) {
+		if s.Version != vBefore[s.Envoy] {
+			t.Errorf("envoy %d got version %s while etcd had no majority", s.Envoy, s.Version)
+			break
+		}
+	}
+	recs := load.Stop()
+	st := requireNoFailures(t, "whole run", recs)
+	t.Logf("load: %d requests, %d failed", st.Total, st.Failed)
+}
+
+func first(d []time.Duration) any {
+	if len(d) == 0 {
+		return "-"
+	}
+	return d[0]
+}
+
+func lastOf(d []time.Duration) any {
+	if len(d) == 0 {
+		return "-"
+	}
+	return d[len(d)-1]
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func (r *haRig) etcdClient(t *testing.T) *clientv3.Client {
+	t.Helper()
+	c, err := clientv3.New(clientv3.Config{Endpoints: r.etcd.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
