@@ -10,13 +10,16 @@
 // Keys under the store prefix:
 //
 //	desired             the leader's last publish (JSON desiredRecord)
-//	replicas/<id>       one replica's fleet and stats (JSON Record), leased
+//	replicas/<id>       one replica's fleet and stats (gzipped JSON Record), leased
 package replica
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/url"
 	"sort"
@@ -189,7 +192,11 @@ func (r *Reporter) Run(ctx context.Context) {
 			continue
 		}
 		rec.At = time.Now()
-		data, _ := json.Marshal(rec)
+		data, err := encodeRecord(rec)
+		if err != nil {
+			r.Log.Error("encode replica record", "error", err)
+			continue
+		}
 		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		_, err = r.Client.Put(wctx, key, string(data), clientv3.WithLease(lease))
 		cancel()
@@ -273,9 +280,34 @@ func (v *View) Run(ctx context.Context) {
 	}
 }
 
-func (v *View) decode(b []byte) (Record, bool) {
+// encodeRecord is gzipped JSON: 1,000 nodes' ACK state and stats are ~1 MiB
+// of repetitive JSON (etcd refuses requests over 1.5 MiB by default) and
+// compress well.
+func encodeRecord(rec Record) ([]byte, error) {
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	if err := json.NewEncoder(zw).Encode(rec); err != nil {
+		return nil, err
+	}
+	if err := zw.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+func decodeRecord(b []byte) (Record, error) {
 	var r Record
-	if err := json.Unmarshal(b, &r); err != nil {
+	zr, err := gzip.NewReader(bytes.NewReader(b))
+	if err != nil {
+		return r, err
+	}
+	err = json.NewDecoder(io.LimitReader(zr, 64<<20)).Decode(&r)
+	return r, err
+}
+
+func (v *View) decode(b []byte) (Record, bool) {
+	r, err := decodeRecord(b)
+	if err != nil {
 		v.log.Error("replica record does not decode", "error", err)
 		return Record{}, false
 	}
