@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -66,16 +67,44 @@ func newForwarder(cfg Config, self string, lead func() string, local func() *grp
 	return &forwarder{local: local, self: self, lead: lead, dial: []grpc.DialOption{grpc.WithTransportCredentials(creds)}, conns: map[string]*grpc.ClientConn{}}, nil
 }
 
-func (f *forwarder) conn() (*grpc.ClientConn, string, error) {
-	id := f.lead()
-	if id == "" {
-		return nil, "", status.Error(codes.Unavailable, "no shiftplane leader elected yet; retry")
-	}
-	if id == f.self {
-		if c := f.local(); c != nil {
-			return c, id, nil
+// forwardedHeader marks a call one replica forwarded to another, so that
+// two replicas with stale views of the leader never pass a call back and
+// forth: a forwarded call is answered here or not at all.
+const forwardedHeader = "shiftplane-forwarded"
+
+// forwardWait bounds how long a call waits for a leader (an election, or a
+// new leader starting its engine) before it fails with UNAVAILABLE.
+const forwardWait = 10 * time.Second
+
+// conn returns where to send a call, waiting (bounded by ctx and
+// forwardWait) while there is no leader or it is still starting.
+func (f *forwarder) conn(ctx context.Context, forwarded bool) (*grpc.ClientConn, string, error) {
+	deadline := time.Now().Add(forwardWait)
+	for {
+		c, id, err := f.try(forwarded)
+		if err == nil || time.Now().After(deadline) {
+			return c, id, err
 		}
+		select {
+		case <-ctx.Done():
+			return nil, id, err
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func (f *forwarder) try(forwarded bool) (*grpc.ClientConn, string, error) {
+	if c := f.local(); c != nil {
+		return c, f.self, nil
+	}
+	id := f.lead()
+	switch {
+	case id == "":
+		return nil, "", status.Error(codes.Unavailable, "no shiftplane leader elected yet; retry")
+	case id == f.self:
 		return nil, id, status.Error(codes.Unavailable, "this replica was elected leader and is starting its engine; retry")
+	case forwarded:
+		return nil, id, status.Errorf(codes.Unavailable, "forwarded here, but this replica does not lead (it sees %s leading); retry", id)
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -107,12 +136,14 @@ func (f *forwarder) handle(_ any, ss grpc.ServerStream) error {
 	if !ok {
 		return errNoMethod
 	}
-	conn, leaderID, err := f.conn()
+	md, _ := metadata.FromIncomingContext(ss.Context())
+	conn, leaderID, err := f.conn(ss.Context(), len(md.Get(forwardedHeader)) > 0)
 	if err != nil {
 		return err
 	}
-	md, _ := metadata.FromIncomingContext(ss.Context())
-	ctx, cancel := context.WithCancel(metadata.NewOutgoingContext(ss.Context(), md.Copy()))
+	out := md.Copy()
+	out.Set(forwardedHeader, f.self)
+	ctx, cancel := context.WithCancel(metadata.NewOutgoingContext(ss.Context(), out))
 	defer cancel()
 	cs, err := conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}, method)
 	if err != nil {

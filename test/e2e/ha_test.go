@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os/exec"
 	"strings"
 	"sync"
 	"syscall"
@@ -226,6 +227,22 @@ func TestHALeaderKilledMidRollout(t *testing.T) {
 		}
 	}
 
+	// shiftctl through a follower: get names the leader, fleet each node's replica.
+	ctl := harness.BuildBinary(t, "./cmd/shiftctl")
+	other := (newLead + 1) % 3
+	if other == lead {
+		other = (other + 1) % 3
+	}
+	out, err := exec.CommandContext(ctx, ctl, "--server", r.replicas[other].APIAddr, "get", fleetRollout).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "Leader:   "+r.replicas[newLead].APIAddr) {
+		t.Errorf("shiftctl get through follower %d: %v\n%s\nwant a Leader: %s line", other, err, out, r.replicas[newLead].APIAddr)
+	}
+	out, err = exec.CommandContext(ctx, ctl, "--server", r.replicas[other].APIAddr, "fleet").CombinedOutput()
+	if err != nil || !strings.HasPrefix(string(out), "REPLICA") || !strings.Contains(string(out), nodeID(t, 0)) {
+		t.Errorf("shiftctl fleet through follower %d: %v\n%s\nwant a REPLICA column and both nodes", other, err, out)
+	}
+	t.Logf("shiftctl fleet:\n%s", out)
+
 	// The killed replica comes back, as a follower.
 	r.replicas[lead].Start()
 
@@ -237,38 +254,43 @@ func TestHALeaderKilledMidRollout(t *testing.T) {
 		return err == nil && len(on) == 2, fmt.Sprint(on, err)
 	})
 	t.Logf("nodes on replicas: %v", on)
-	victim, node := -1, ""
-	for id, rep := range on {
-		for i, sp := range r.replicas {
-			if i != newLead && sp.APIAddr == rep && r.alive(i) {
-				victim, node = i, id
-			}
+	// The replica Envoy 0 is on (the leader or not) is killed.
+	node := nodeID(t, 0)
+	victim := -1
+	for i, sp := range r.replicas {
+		if sp.APIAddr == on[node] {
+			victim = i
 		}
 	}
 	if victim < 0 {
-		t.Logf("both Envoys are on the leader (replica %d); killing a follower's Envoy is not possible this run", newLead)
-	} else {
-		vBefore := map[int]string{}
-		for i, e := range f.envoys {
-			vBefore[i] = readRoutes(ctx, e, i).Version
-		}
-		killed2 := time.Now()
-		if err := r.replicas[victim].Proc.Kill(); err != nil {
-			t.Fatal(err)
-		}
-		waitFor(t, 15*time.Second, "node "+node+" on another replica and converged", func() (bool, string) {
-			on, conv, err = nodeReplicas(ctx, fc2)
-			return err == nil && on[node] != "" && on[node] != r.replicas[victim].APIAddr && conv[node], fmt.Sprint(on, conv, err)
-		})
-		t.Logf("node %s moved from replica %d to %s in %s", node, victim, on[node], time.Since(killed2).Round(10*time.Millisecond))
-		for _, s := range routes.between(killed2, time.Now()) {
-			if s.Version != vBefore[s.Envoy] && s.V2 == 30 {
-				t.Errorf("envoy %d got route version %s (was %s) with the same weight after moving replica", s.Envoy, s.Version, vBefore[s.Envoy])
-				break
-			}
-		}
-		r.replicas[victim].Start()
+		t.Fatalf("node %s is on %q, not a replica", node, on[node])
 	}
+	watcher := (victim + 1) % 3
+	if !r.alive(watcher) {
+		watcher = (watcher + 1) % 3
+	}
+	rc3, fc3 := apiClients(t, r.replicas[watcher])
+	vBefore := map[int]string{}
+	for i, e := range f.envoys {
+		vBefore[i] = readRoutes(ctx, e, i).Version
+	}
+	killed2 := time.Now()
+	if err := r.replicas[victim].Proc.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 15*time.Second, "node "+node+" on another replica and converged", func() (bool, string) {
+		on, conv, err = nodeReplicas(ctx, fc3)
+		return err == nil && on[node] != "" && on[node] != r.replicas[victim].APIAddr && conv[node], fmt.Sprint(on, conv, err)
+	})
+	t.Logf("node %s moved from replica %d (leader: %v) to %s in %s", node, victim, victim == newLead, on[node], time.Since(killed2).Round(10*time.Millisecond))
+	for _, s := range routes.between(killed2, time.Now()) {
+		if s.Version != vBefore[s.Envoy] && s.V2 == 30 {
+			t.Errorf("envoy %d got route version %s (was %s) with the same weight after moving replica", s.Envoy, s.Version, vBefore[s.Envoy])
+			break
+		}
+	}
+	r.replicas[victim].Start()
+	rc2 = rc3
 
 	// One etcd member down: nothing changes; the rollout finishes.
 	r.etcd.StopMember(0)
