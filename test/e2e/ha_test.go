@@ -402,6 +402,7 @@ func TestHAPausedLeaderAndQuorumLoss(t *testing.T) {
 	if !strings.Contains(old.Proc.Output(), "engine stopped: no longer leading") {
 		t.Errorf("the old leader did not log that it stopped its engine:\n%s", tail(old.Proc.Output(), 30))
 	}
+	t.Logf("the woken leader's writes refused by the fence: %d", strings.Count(old.Proc.Output(), "no longer the leader"))
 	writesMu.Lock()
 	for i := 1; i < len(counted); i++ {
 		if counted[i] < counted[i-1] {
