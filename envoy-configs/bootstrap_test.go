@@ -31,6 +31,33 @@ func TestEnvoyYAMLIsRenderedDefaults(t *testing.T) {
 	}
 }
 
+// HAReplicas are the xDS addresses envoy-ha.yaml lists: three replicas on
+// one host, as make demo-ha runs them.
+var HAReplicas = []string{"127.0.0.1:18000", "127.0.0.1:18010", "127.0.0.1:18020"}
+
+// envoy-ha.yaml is the bootstrap for several replicas; it must stay the
+// template's output too.
+func TestEnvoyHAYAMLIsRendered(t *testing.T) {
+	b := Default()
+	b.XDSAddresses = HAReplicas
+	want, err := b.Render()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *update {
+		if err := os.WriteFile("envoy-ha.yaml", want, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := os.ReadFile("envoy-ha.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("envoy-ha.yaml is stale; run: go test ./envoy-configs -update")
+	}
+}
+
 func TestRender(t *testing.T) {
 	tests := map[string]struct {
 		in      Bootstrap
@@ -57,13 +84,20 @@ func TestRender(t *testing.T) {
 			in:   Bootstrap{NodeID: "n", Cluster: "c", XDSAddress: "[::1]:18000"},
 			want: []string{`address: "::1"`},
 		},
-		"empty node id":   {in: Bootstrap{Cluster: "c"}, wantErr: "nodeID: must not be empty"},
-		"empty cluster":   {in: Bootstrap{NodeID: "n"}, wantErr: "cluster: must not be empty"},
-		"newline in id":   {in: Bootstrap{NodeID: "a\nb", Cluster: "c"}, wantErr: "nodeID"},
-		"hostname xds":    {in: Bootstrap{NodeID: "n", Cluster: "c", XDSAddress: "localhost:18000"}, wantErr: "IP literal"},
-		"no port":         {in: Bootstrap{NodeID: "n", Cluster: "c", XDSAddress: "127.0.0.1"}, wantErr: "xdsAddress"},
-		"port zero":       {in: Bootstrap{NodeID: "n", Cluster: "c", XDSAddress: "127.0.0.1:0"}, wantErr: "port must be"},
-		"admin port high": {in: Bootstrap{NodeID: "n", Cluster: "c", AdminPort: 70000}, wantErr: "adminPort"},
+		"every replica of an HA shiftplane": {
+			in: Bootstrap{NodeID: "n", Cluster: "c", XDSAddresses: []string{"127.0.0.1:18000", "127.0.0.1:18010", "127.0.0.1:18020"}},
+			want: []string{`address: "127.0.0.1", port_value: 18000`, `address: "127.0.0.1", port_value: 18010`,
+				`address: "127.0.0.1", port_value: 18020`, "retry_back_off: {base_interval: 0.25s, max_interval: 2s}"},
+		},
+		"replica listed twice": {in: Bootstrap{NodeID: "n", Cluster: "c", XDSAddresses: []string{"127.0.0.1:1", "127.0.0.1:1"}}, wantErr: "xdsAddresses[1]"},
+		"bad replica":          {in: Bootstrap{NodeID: "n", Cluster: "c", XDSAddresses: []string{"127.0.0.1:1", "host:2"}}, wantErr: "xdsAddresses[1]"},
+		"empty node id":        {in: Bootstrap{Cluster: "c"}, wantErr: "nodeID: must not be empty"},
+		"empty cluster":        {in: Bootstrap{NodeID: "n"}, wantErr: "cluster: must not be empty"},
+		"newline in id":        {in: Bootstrap{NodeID: "a\nb", Cluster: "c"}, wantErr: "nodeID"},
+		"hostname xds":         {in: Bootstrap{NodeID: "n", Cluster: "c", XDSAddress: "localhost:18000"}, wantErr: "IP literal"},
+		"no port":              {in: Bootstrap{NodeID: "n", Cluster: "c", XDSAddress: "127.0.0.1"}, wantErr: "xdsAddress"},
+		"port zero":            {in: Bootstrap{NodeID: "n", Cluster: "c", XDSAddress: "127.0.0.1:0"}, wantErr: "port must be"},
+		"admin port high":      {in: Bootstrap{NodeID: "n", Cluster: "c", AdminPort: 70000}, wantErr: "adminPort"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

@@ -2,7 +2,6 @@ package xds
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"sort"
 	"strconv"
@@ -11,7 +10,6 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 
 	"github.com/shiftplane/shiftplane/xds/model"
@@ -144,73 +142,22 @@ func (f *Fleet) maybeConverged(tp *typeProgress) {
 	}
 }
 
-// Convergence implements policy.FleetView. Clusters count as converged only
-// when their endpoints are too: a cluster is usable once both arrived.
+// Convergence reports the fleet's progress towards version of kind (the
+// engine's FleetView). Clusters count as converged only when their
+// endpoints are too: a cluster is usable once both arrived.
 func (f *Fleet) Convergence(kind model.ResourceKind, version string) model.Convergence {
-	var types []string
-	switch kind {
-	case model.KindClusters:
-		types = []string{resourcev3.ClusterType, resourcev3.EndpointType}
-	case model.KindListeners:
-		types = []string{resourcev3.ListenerType}
-	default:
-		types = []string{resourcev3.RouteType}
-	}
-	v := parseVersion(version)
+	nodes := f.Nodes()
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	c := model.Convergence{Converged: true}
-	for _, s := range f.streams {
-		subscribed := false
-		for _, t := range types {
-			st, ok := s.types[t]
-			if !ok {
-				continue
-			}
-			subscribed = true
-			if st.nacked != "" && parseVersion(st.nacked) >= v && st.ackedN < v {
-				c.Nacks = append(c.Nacks, fmt.Sprintf("node %s rejected %s version %s: %s", s.node.GetId(), shortType(t), st.nacked, st.nackErr))
-			}
-			// Endpoints keep their own version: only the version current
-			// when clusters moved matters, so compare against it loosely.
-			if t == resourcev3.EndpointType {
-				if st.ackedN < f.progress(t).latest && st.ackedN < v {
-					c.Converged = false
-				}
-				continue
-			}
-			if st.ackedN < v {
-				c.Converged = false
-			}
-		}
-		switch {
-		case subscribed:
-			c.Nodes++
-		case len(s.types) > 0:
-			// Connected and asking for config, but not yet for this kind:
-			// it does not have what the rollout needs.
-			c.Nodes++
-			c.Converged = false
-		}
+	latest := map[string]string{}
+	for t, tp := range f.types {
+		latest[t] = strconv.FormatUint(tp.latest, 10)
 	}
-	if c.Nodes == 0 {
-		c.Converged = false
-	}
+	f.mu.Unlock()
+	var stats []string
 	if f.statsNodes != nil {
-		connected := map[string]bool{}
-		for _, s := range f.streams {
-			connected[s.node.GetId()] = true
-		}
-		for _, n := range f.statsNodes() {
-			if !connected[n] {
-				c.Missing = append(c.Missing, n)
-				c.Converged = false
-			}
-		}
+		stats = f.statsNodes()
 	}
-	sort.Strings(c.Nacks)
-	sort.Strings(c.Missing)
-	return c
+	return ConvergenceOf(kind, version, nodes, latest, stats)
 }
 
 // SetStatsNodes tells the fleet which nodes report stats, so a node whose

@@ -45,6 +45,9 @@ type Publisher struct {
 	counter VersionCounter
 	now     func() time.Time
 	onSet   func(Published)
+	// beforeSet, if set, runs after a version is assigned and before the
+	// snapshot is set; an error sets nothing (see replicated.go).
+	beforeSet func(ctx context.Context, rec Published, ds model.State) error
 
 	mu       sync.Mutex
 	last     map[string][]types.Resource
@@ -130,6 +133,11 @@ func (p *Publisher) Set(ctx context.Context, ds model.State, reason string) (Pub
 	}
 	if err := snap.Consistent(); err != nil {
 		return Published{}, fmt.Errorf("snapshot %s is inconsistent: %w", v, err)
+	}
+	if p.beforeSet != nil {
+		if err := p.beforeSet(ctx, Published{Version: n, Time: start, Reason: reason, Changed: changed, Versions: copyMap(versions)}, ds); err != nil {
+			return Published{}, fmt.Errorf("snapshot %s: %w", v, err)
+		}
 	}
 	if err := p.cache.SetSnapshot(ctx, FleetKey, snap); err != nil {
 		return Published{}, fmt.Errorf("set snapshot %s: %w", v, err)

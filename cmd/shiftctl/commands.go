@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	shiftplanev1 "github.com/shiftplane/shiftplane/proto/shiftplane/v1"
@@ -138,11 +140,19 @@ func (a *app) getCmd() *cobra.Command {
 			}
 			ctx, cancel := a.callCtx(cmd)
 			defer cancel()
-			resp, err := a.rollouts.Get(ctx, &shiftplanev1.GetRequest{Name: args[0]})
+			var header metadata.MD
+			resp, err := a.rollouts.Get(ctx, &shiftplanev1.GetRequest{Name: args[0]}, grpc.Header(&header))
 			if err != nil {
 				return a.callError(err)
 			}
-			return writeRollout(a.out, resp.GetRollout(), output, time.Now())
+			if err := writeRollout(a.out, resp.GetRollout(), output, time.Now()); err != nil {
+				return err
+			}
+			// Several replicas: say which one leads (json and yaml stay pure).
+			if l := header.Get("shiftplane-leader"); len(l) > 0 && output == "table" {
+				_, err = fmt.Fprintf(a.out, "Leader:   %s\n", l[0])
+			}
+			return err
 		},
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "json, yaml or table")

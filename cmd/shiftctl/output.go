@@ -187,6 +187,16 @@ func writeFleet(w io.Writer, nodes []*shiftplanev1.Node, now time.Time) error {
 		return err
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	// Several replicas: a REPLICA column says where each node is connected.
+	replicas := false
+	for _, n := range nodes {
+		replicas = replicas || n.GetReplica() != ""
+	}
+	replicaCol := func(n *shiftplanev1.Node) string { return "" }
+	if replicas {
+		fmt.Fprint(tw, "REPLICA\t")
+		replicaCol = func(n *shiftplanev1.Node) string { return orDash(n.GetReplica()) + "\t" }
+	}
 	fmt.Fprintln(tw, "NODE\tCLUSTER\tPROTOCOL\tCONVERGED\tCONNECTED\tLAST STATS\tACKED\tNACKS")
 	var nacks []string
 	for _, n := range nodes {
@@ -208,7 +218,7 @@ func writeFleet(w io.Writer, nodes []*shiftplanev1.Node, now time.Time) error {
 		if n.GetConverged() {
 			converged = "yes"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", n.GetId(), n.GetCluster(), n.GetProtocol(), converged,
+		fmt.Fprintf(tw, "%s%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", replicaCol(n), n.GetId(), n.GetCluster(), n.GetProtocol(), converged,
 			age(n.GetConnectedSince(), now), stats, strings.Join(acked, " "), nackCount)
 	}
 	if err := tw.Flush(); err != nil {

@@ -153,6 +153,21 @@ func TestFleetTable(t *testing.T) {
 			t.Errorf("fleet output lacks %q:\n%s", want, b.String())
 		}
 	}
+	// Several replicas: a REPLICA column first.
+	nodes[0].Replica, nodes[1].Replica = "10.0.0.1:18001", "10.0.0.2:18001"
+	b.Reset()
+	if err := writeFleet(&b, nodes, now); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"REPLICA         NODE     CLUSTER  PROTOCOL",
+		"10.0.0.1:18001  envoy-1  fleet    sotw      yes",
+		"10.0.0.2:18001  envoy-2  fleet    delta     no",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("fleet output with replicas lacks %q:\n%s", want, b.String())
+		}
+	}
 	b.Reset()
 	_ = writeFleet(&b, nil, now)
 	if b.String() != "no Envoy is connected\n" {

@@ -36,7 +36,10 @@ type Config struct {
 		Address string `mapstructure:"address"`
 	} `mapstructure:"http"`
 	Store struct {
-		Path string `mapstructure:"path"`
+		// Backend is bbolt (one machine, Path) or etcd (several replicas).
+		Backend string     `mapstructure:"backend"`
+		Path    string     `mapstructure:"path"`
+		Etcd    EtcdConfig `mapstructure:"etcd"`
 	} `mapstructure:"store"`
 	Hooks struct {
 		AllowExec  bool     `mapstructure:"allowExec"`
@@ -76,7 +79,18 @@ var configKeys = []struct {
 	{"api.tls.key", "api-tls-key", "policy API TLS key file", ""},
 	{"api.tls.clientCA", "api-tls-client-ca", "CA that policy API clients' certificates must chain to (mTLS)", ""},
 	{"http.address", "http-address", "address of /metrics, /healthz, /readyz and the dashboard", "127.0.0.1:18002"},
+	{"store.backend", "store-backend", "bbolt (one machine) or etcd (several replicas, one leader)", "bbolt"},
 	{"store.path", "store-path", "bbolt file holding plans, state, events and the version counter", "shiftplane.db"},
+	{"store.etcd.endpoints", "store-etcd-endpoints", "etcd client URLs (store.backend: etcd)", []string{}},
+	{"store.etcd.prefix", "store-etcd-prefix", "key prefix of this shiftplane's state in etcd", "/shiftplane/"},
+	{"store.etcd.dialTimeout", "store-etcd-dial-timeout", "how long to wait for an etcd connection", 5 * time.Second},
+	{"store.etcd.requestTimeout", "store-etcd-request-timeout", "bound of each etcd request", 5 * time.Second},
+	{"store.etcd.sessionTTL", "store-etcd-session-ttl", "lease of a replica's etcd session: a leader that cannot renew it this long loses leadership (whole seconds)", 5 * time.Second},
+	{"store.etcd.reportEvery", "store-etcd-report-every", "how often at most a replica writes its nodes' ACK state and stats to etcd", 500 * time.Millisecond},
+	{"store.etcd.advertise", "store-etcd-advertise", "policy API address the other replicas forward calls to (default api.address)", ""},
+	{"store.etcd.tls.ca", "store-etcd-tls-ca", "CA that etcd's server certificates chain to", ""},
+	{"store.etcd.tls.cert", "store-etcd-tls-cert", "client certificate for etcd", ""},
+	{"store.etcd.tls.key", "store-etcd-tls-key", "client key for etcd", ""},
 	{"hooks.allowExec", "hooks-allow-exec", "allow plans to run exec hooks on this host", false},
 	{"hooks.allowHosts", "hooks-allow-hosts", "hosts webhook hooks may call (default loopback)", []string{}},
 	{"signal.adminURLs", "signal-admin-urls", "Envoy admin URLs to poll for stats", []string{}},
@@ -376,8 +390,15 @@ func (c Config) Validate() error {
 			errs = append(errs, keyErrorf(a.key, "%s: must be host:port, got %q", a.key, a.addr))
 		}
 	}
-	if c.Store.Path == "" {
-		errs = append(errs, keyErrorf("store.path", `store.path: must not be empty, got ""`))
+	switch c.Store.Backend {
+	case "bbolt":
+		if c.Store.Path == "" {
+			errs = append(errs, keyErrorf("store.path", `store.path: must not be empty, got ""`))
+		}
+	case "etcd":
+		errs = append(errs, c.Store.Etcd.validate()...)
+	default:
+		errs = append(errs, keyErrorf("store.backend", "store.backend: must be bbolt or etcd, got %q", c.Store.Backend))
 	}
 	if c.API.TokenFile != "" {
 		if _, err := os.Stat(c.API.TokenFile); err != nil {

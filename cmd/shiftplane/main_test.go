@@ -130,6 +130,29 @@ func TestBadConfigNamesTheKey(t *testing.T) {
 		"notification off the allowed hosts": {config: "notifications:\n  - url: https://hooks.example.com/x\n", want: `notifications[0].url: host "hooks.example.com" is not in notify.allowHosts`},
 		"notification unknown field":         {config: "notifications:\n  - url: http://127.0.0.1:9/\n    evnts: [hold]\n", want: "evnts"},
 		"notification bad event":             {config: "notifications:\n  - url: http://127.0.0.1:9/\n    events: [holds]\n", want: `notifications[0].events[0]: unknown event "holds"`},
+		"unknown backend":                    {config: "store:\n  backend: zookeeper\n", want: `store.backend: must be bbolt or etcd, got "zookeeper"`},
+		"etcd without endpoints":             {args: []string{"--store-backend", "etcd"}, want: "store.etcd.endpoints: at least one endpoint is needed"},
+		"etcd endpoint not a URL": {
+			config: "store:\n  backend: etcd\n  etcd:\n    endpoints: [\"127.0.0.1:2379\"]\n",
+			want:   `store.etcd.endpoints[0]: must be an http:// or https:// URL, got "127.0.0.1:2379"`,
+		},
+		"etcd https without ca": {
+			args: []string{"--store-backend", "etcd", "--store-etcd-endpoints", "https://127.0.0.1:2379"},
+			want: `store.etcd.endpoints[0]: "https://127.0.0.1:2379" is https; set store.etcd.tls.ca`,
+		},
+		"etcd ttl not whole seconds": {
+			args: []string{"--store-backend", "etcd", "--store-etcd-endpoints", "http://127.0.0.1:2379", "--store-etcd-session-ttl", "1500ms"},
+			want: "store.etcd.sessionTTL: must be whole seconds, at least 1s, got 1.5s",
+		},
+		"etcd prefix relative": {
+			config: "store:\n  backend: etcd\n  etcd:\n    endpoints: [\"http://127.0.0.1:2379\"]\n    prefix: shiftplane/\n",
+			want:   `store.etcd.prefix: must start with /, got "shiftplane/"`,
+		},
+		"etcd tls key alone": {
+			args: []string{"--store-backend", "etcd", "--store-etcd-endpoints", "http://127.0.0.1:2379", "--store-etcd-tls-key", "k.pem"},
+			want: "store.etcd.tls: cert and key must be given together",
+		},
+		"etcd unknown key": {config: "store:\n  etcd:\n    endpoint: [\"http://127.0.0.1:2379\"]\n", want: "store.etcd.endpoint: unknown key"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

@@ -65,6 +65,9 @@ func newLogger(cfg Config) *slog.Logger {
 // restart never moves traffic. onReady, if set, gets the engine once every
 // listener is up (the demo watches it).
 func serve(ctx context.Context, cfg Config, planPaths []string, log *slog.Logger, onReady func(*policy.Engine)) error {
+	if cfg.Store.Backend == "etcd" {
+		return serveHA(ctx, cfg, planPaths, log, onReady) // ha.go
+	}
 	store, err := boltstore.Open(cfg.Store.Path)
 	if err != nil {
 		return err

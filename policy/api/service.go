@@ -59,6 +59,7 @@ type Node struct {
 	ID              string
 	Cluster         string
 	Protocol        string // "sotw" or "delta"
+	Replica         string // the replica the node is connected to (several replicas only)
 	ConnectedSince  time.Time
 	LastStatsReport time.Time // zero if none yet
 	Converged       bool
@@ -499,6 +500,7 @@ func (s *Service) ListNodes(context.Context, *shiftplanev1.ListNodesRequest) (*s
 			LastStatsReport: timestampProto(n.LastStatsReport),
 			Converged:       n.Converged,
 			Protocol:        n.Protocol,
+			Replica:         n.Replica,
 		}
 		for _, t := range n.Types {
 			pn.Types = append(pn.Types, &shiftplanev1.TypeStatus{

@@ -157,9 +157,12 @@ func ValidateBootstrap(t testing.TB, path string) error {
 
 // EnvoyOptions configures StartEnvoy.
 type EnvoyOptions struct {
-	NodeID    string   // node.id; default "envoy-<n>", unique in the process
-	Cluster   string   // node.cluster; default envoyconfigs.DefaultCluster
-	XDSAddr   string   // shiftplane's ADS address; default 127.0.0.1:18000
+	NodeID  string // node.id; default "envoy-<n>", unique in the process
+	Cluster string // node.cluster; default envoyconfigs.DefaultCluster
+	XDSAddr string // shiftplane's ADS address; default 127.0.0.1:18000
+	// XDSAddrs, if set, lists every replica of an HA shiftplane; the
+	// bootstrap's xds_cluster then has one host per replica (XDSAddr unused).
+	XDSAddrs  []string
 	Delta     bool     // delta (incremental) ADS instead of state-of-the-world
 	LogLevel  string   // Envoy's --log-level; default "warn"
 	ExtraArgs []string // appended to Envoy's command line
@@ -290,11 +293,12 @@ func writeBootstrap(path string, opts EnvoyOptions, adminPort int) error {
 	} else {
 		var err error
 		out, err = envoyconfigs.Bootstrap{
-			NodeID:     opts.NodeID,
-			Cluster:    opts.Cluster,
-			AdminPort:  adminPort,
-			XDSAddress: opts.XDSAddr,
-			UseDelta:   opts.Delta,
+			NodeID:       opts.NodeID,
+			Cluster:      opts.Cluster,
+			AdminPort:    adminPort,
+			XDSAddress:   opts.XDSAddr,
+			XDSAddresses: opts.XDSAddrs,
+			UseDelta:     opts.Delta,
 		}.Render()
 		if err != nil {
 			return err

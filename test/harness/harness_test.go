@@ -234,6 +234,11 @@ func TestBootstrapValidates(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+	t.Run("committed envoy-ha.yaml", func(t *testing.T) {
+		if err := ValidateBootstrap(t, filepath.Join(RepoRoot(t), "envoy-configs", "envoy-ha.yaml")); err != nil {
+			t.Fatal(err)
+		}
+	})
 	t.Run("a broken bootstrap is rejected", func(t *testing.T) {
 		out, err := envoyconfigs.Default().Render()
 		if err != nil {

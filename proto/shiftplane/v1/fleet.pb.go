@@ -117,7 +117,11 @@ type Node struct {
 	// The node ACKed the current version of every type it subscribed to.
 	Converged bool `protobuf:"varint,6,opt,name=converged,proto3" json:"converged,omitempty"`
 	// xDS protocol variant of the stream: "sotw" or "delta".
-	Protocol      string `protobuf:"bytes,7,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	Protocol string `protobuf:"bytes,7,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	// With several replicas (store.backend: etcd): the replica (its advertised
+	// policy API address) the node's xDS stream is connected to. Empty with
+	// one replica.
+	Replica       string `protobuf:"bytes,8,opt,name=replica,proto3" json:"replica,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -197,6 +201,13 @@ func (x *Node) GetConverged() bool {
 func (x *Node) GetProtocol() string {
 	if x != nil {
 		return x.Protocol
+	}
+	return ""
+}
+
+func (x *Node) GetReplica() string {
+	if x != nil {
+		return x.Replica
 	}
 	return ""
 }
@@ -289,7 +300,7 @@ const file_shiftplane_v1_fleet_proto_rawDesc = "" +
 	"\x19shiftplane/v1/fleet.proto\x12\rshiftplane.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n" +
 	"\x10ListNodesRequest\">\n" +
 	"\x11ListNodesResponse\x12)\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x13.shiftplane.v1.NodeR\x05nodes\"\xa8\x02\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x13.shiftplane.v1.NodeR\x05nodes\"\xc2\x02\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12/\n" +
@@ -297,7 +308,8 @@ const file_shiftplane_v1_fleet_proto_rawDesc = "" +
 	"\x0fconnected_since\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x0econnectedSince\x12F\n" +
 	"\x11last_stats_report\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x0flastStatsReport\x12\x1c\n" +
 	"\tconverged\x18\x06 \x01(\bR\tconverged\x12\x1a\n" +
-	"\bprotocol\x18\a \x01(\tR\bprotocol\"\xcb\x01\n" +
+	"\bprotocol\x18\a \x01(\tR\bprotocol\x12\x18\n" +
+	"\areplica\x18\b \x01(\tR\areplica\"\xcb\x01\n" +
 	"\n" +
 	"TypeStatus\x12\x19\n" +
 	"\btype_url\x18\x01 \x01(\tR\atypeUrl\x12#\n" +
