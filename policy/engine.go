@@ -376,7 +376,7 @@ func (e *Engine) Apply(plan Plan, source string) (Status, error) {
 				counted := r.State.HoldCounted
 				e.setWeight(r, w)
 				r.State.HoldCounted = counted
-				reason += fmt.Sprintf("; step %d now weight %d", r.State.StepIndex, w)
+				reason += fmt.Sprintf("; step %d/%d now weight %d", r.State.StepIndex+1, len(steps), w)
 			}
 		}
 		e.dirty = true
@@ -442,7 +442,7 @@ func (e *Engine) Resume(name string) (Status, error) {
 			// no hold, so the machine advances from it (or promotes after a
 			// last gate).
 			r.State.HoldCounted = 0
-			e.transition(r, PhaseProgressing, fmt.Sprintf("manual gate at step %d passed on request; the next step starts once the signal allows", r.State.StepIndex))
+			e.transition(r, PhaseProgressing, fmt.Sprintf("manual gate at step %d/%d passed on request; the next step starts once the signal allows", r.State.StepIndex+1, len(steps)))
 			return nil
 		}
 		back := r.State.PausedFrom

@@ -238,12 +238,12 @@ func (e *Engine) enterStep(r *entry, steps []Step, why string) {
 	st := &r.State
 	if isPause(steps, st.StepIndex) {
 		st.HoldCounted = 0
-		e.transition(r, PhasePaused, fmt.Sprintf("manual gate at step %d: waiting for resume or promote", st.StepIndex))
+		e.transition(r, PhasePaused, fmt.Sprintf("manual gate at step %d/%d: waiting for resume or promote", st.StepIndex+1, len(steps)))
 		return
 	}
 	e.setWeight(r, *steps[st.StepIndex].Weight)
 	st.HoldCounted = 0
-	e.transition(r, PhaseProgressing, fmt.Sprintf("step %d: weight %d, hold %s (%s)", st.StepIndex, st.Weight, steps[st.StepIndex].Hold, why))
+	e.transition(r, PhaseProgressing, fmt.Sprintf("step %d/%d: weight %d, hold %s (%s)", st.StepIndex+1, len(steps), st.Weight, steps[st.StepIndex].Hold, why))
 }
 
 // advance moves past a finished step: to the next one, or to promotion.

@@ -8,7 +8,10 @@ import (
 	"github.com/shiftplane/shiftplane/xds"
 )
 
-var statusPage = template.Must(template.New("status").Parse(`<!doctype html>
+// stepOf is the 1-based "step 3/5" every surface shows.
+func stepOf(i int) int { return i + 1 }
+
+var statusPage = template.Must(template.New("status").Funcs(template.FuncMap{"step": stepOf}).Parse(`<!doctype html>
 <html><head><meta charset="utf-8"><meta http-equiv="refresh" content="2"><title>shiftplane</title>
 <style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:left}
 .bar{background:#eee;width:200px;height:12px;display:inline-block}.fill{background:#3a7;height:12px;display:block}</style></head>
@@ -17,7 +20,7 @@ var statusPage = template.Must(template.New("status").Parse(`<!doctype html>
 <table><tr><th>name</th><th>phase</th><th>canary weight</th><th>step</th><th>signal</th><th>reason</th></tr>
 {{range .Rollouts}}<tr><td>{{.Plan.Name}}</td><td>{{.State.Phase}}</td>
 <td><span class="bar"><span class="fill" style="width:{{.State.Weight}}%"></span></span> {{.State.Weight}}%</td>
-<td>{{.State.StepIndex}}/{{.StepCount}}</td><td>{{.Signal.State}}</td><td>{{.State.Reason}}</td></tr>
+<td>{{step .State.StepIndex}}/{{.StepCount}}</td><td>{{.Signal.State}}</td><td>{{.State.Reason}}</td></tr>
 {{else}}<tr><td colspan="6">no rollouts</td></tr>{{end}}</table>
 <h2>Recent snapshots</h2>
 <table><tr><th>version</th><th>time</th><th>types changed</th><th>reason</th></tr>

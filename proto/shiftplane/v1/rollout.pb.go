@@ -167,6 +167,62 @@ func (SignalState) EnumDescriptor() ([]byte, []int) {
 	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{1}
 }
 
+// ApplyResult is what an Apply did, as kubectl apply reports it.
+type ApplyResult int32
+
+const (
+	ApplyResult_APPLY_RESULT_UNSPECIFIED ApplyResult = 0
+	// The rollout did not exist and was created.
+	ApplyResult_APPLY_RESULT_CREATED ApplyResult = 1
+	// The rollout's plan changed.
+	ApplyResult_APPLY_RESULT_CONFIGURED ApplyResult = 2
+	// The plan is the one the rollout has; nothing changed.
+	ApplyResult_APPLY_RESULT_UNCHANGED ApplyResult = 3
+)
+
+// Enum value maps for ApplyResult.
+var (
+	ApplyResult_name = map[int32]string{
+		0: "APPLY_RESULT_UNSPECIFIED",
+		1: "APPLY_RESULT_CREATED",
+		2: "APPLY_RESULT_CONFIGURED",
+		3: "APPLY_RESULT_UNCHANGED",
+	}
+	ApplyResult_value = map[string]int32{
+		"APPLY_RESULT_UNSPECIFIED": 0,
+		"APPLY_RESULT_CREATED":     1,
+		"APPLY_RESULT_CONFIGURED":  2,
+		"APPLY_RESULT_UNCHANGED":   3,
+	}
+)
+
+func (x ApplyResult) Enum() *ApplyResult {
+	p := new(ApplyResult)
+	*p = x
+	return p
+}
+
+func (x ApplyResult) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ApplyResult) Descriptor() protoreflect.EnumDescriptor {
+	return file_shiftplane_v1_rollout_proto_enumTypes[2].Descriptor()
+}
+
+func (ApplyResult) Type() protoreflect.EnumType {
+	return &file_shiftplane_v1_rollout_proto_enumTypes[2]
+}
+
+func (x ApplyResult) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ApplyResult.Descriptor instead.
+func (ApplyResult) EnumDescriptor() ([]byte, []int) {
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{2}
+}
+
 // Plan says what to roll out and how. Its protojson names are those of the
 // YAML plan (`pathPrefix`, `outlierDetection`, `consecutive5xx`, ...).
 type Plan struct {
@@ -1590,7 +1646,9 @@ type ApplyResponse struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Rollout *Rollout               `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
 	// The rollout did not exist before this call.
-	Created       bool `protobuf:"varint,2,opt,name=created,proto3" json:"created,omitempty"`
+	Created bool `protobuf:"varint,2,opt,name=created,proto3" json:"created,omitempty"`
+	// What the call did to the rollout.
+	Result        ApplyResult `protobuf:"varint,3,opt,name=result,proto3,enum=shiftplane.v1.ApplyResult" json:"result,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1637,6 +1695,13 @@ func (x *ApplyResponse) GetCreated() bool {
 		return x.Created
 	}
 	return false
+}
+
+func (x *ApplyResponse) GetResult() ApplyResult {
+	if x != nil {
+		return x.Result
+	}
+	return ApplyResult_APPLY_RESULT_UNSPECIFIED
 }
 
 type GetRequest struct {
@@ -2297,6 +2362,94 @@ func (x *AbortResponse) GetRollout() *Rollout {
 	return nil
 }
 
+type RetryRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryRequest) Reset() {
+	*x = RetryRequest{}
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryRequest) ProtoMessage() {}
+
+func (x *RetryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryRequest.ProtoReflect.Descriptor instead.
+func (*RetryRequest) Descriptor() ([]byte, []int) {
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *RetryRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type RetryResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Rollout       *Rollout               `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryResponse) Reset() {
+	*x = RetryResponse{}
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryResponse) ProtoMessage() {}
+
+func (x *RetryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryResponse.ProtoReflect.Descriptor instead.
+func (*RetryResponse) Descriptor() ([]byte, []int) {
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *RetryResponse) GetRollout() *Rollout {
+	if x != nil {
+		return x.Rollout
+	}
+	return nil
+}
+
 type DeleteRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -2306,7 +2459,7 @@ type DeleteRequest struct {
 
 func (x *DeleteRequest) Reset() {
 	*x = DeleteRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[33]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2318,7 +2471,7 @@ func (x *DeleteRequest) String() string {
 func (*DeleteRequest) ProtoMessage() {}
 
 func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[33]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2331,7 +2484,7 @@ func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{33}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *DeleteRequest) GetName() string {
@@ -2349,7 +2502,7 @@ type DeleteResponse struct {
 
 func (x *DeleteResponse) Reset() {
 	*x = DeleteResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[34]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2361,7 +2514,7 @@ func (x *DeleteResponse) String() string {
 func (*DeleteResponse) ProtoMessage() {}
 
 func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[34]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2374,7 +2527,7 @@ func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteResponse.ProtoReflect.Descriptor instead.
 func (*DeleteResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{34}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{36}
 }
 
 type HistoryRequest struct {
@@ -2388,7 +2541,7 @@ type HistoryRequest struct {
 
 func (x *HistoryRequest) Reset() {
 	*x = HistoryRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[35]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2400,7 +2553,7 @@ func (x *HistoryRequest) String() string {
 func (*HistoryRequest) ProtoMessage() {}
 
 func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[35]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2413,7 +2566,7 @@ func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryRequest.ProtoReflect.Descriptor instead.
 func (*HistoryRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{35}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *HistoryRequest) GetName() string {
@@ -2440,7 +2593,7 @@ type HistoryResponse struct {
 
 func (x *HistoryResponse) Reset() {
 	*x = HistoryResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[36]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2452,7 +2605,7 @@ func (x *HistoryResponse) String() string {
 func (*HistoryResponse) ProtoMessage() {}
 
 func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[36]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2465,7 +2618,7 @@ func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryResponse.ProtoReflect.Descriptor instead.
 func (*HistoryResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{36}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *HistoryResponse) GetEvents() []*Event {
@@ -2493,7 +2646,7 @@ type ReportSignalRequest struct {
 
 func (x *ReportSignalRequest) Reset() {
 	*x = ReportSignalRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[37]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2505,7 +2658,7 @@ func (x *ReportSignalRequest) String() string {
 func (*ReportSignalRequest) ProtoMessage() {}
 
 func (x *ReportSignalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[37]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2518,7 +2671,7 @@ func (x *ReportSignalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportSignalRequest.ProtoReflect.Descriptor instead.
 func (*ReportSignalRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{37}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ReportSignalRequest) GetRollout() string {
@@ -2566,7 +2719,7 @@ type ReportSignalResponse struct {
 
 func (x *ReportSignalResponse) Reset() {
 	*x = ReportSignalResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[38]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2578,7 +2731,7 @@ func (x *ReportSignalResponse) String() string {
 func (*ReportSignalResponse) ProtoMessage() {}
 
 func (x *ReportSignalResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[38]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2591,7 +2744,7 @@ func (x *ReportSignalResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportSignalResponse.ProtoReflect.Descriptor instead.
 func (*ReportSignalResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{38}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ReportSignalResponse) GetSignal() *Signal {
@@ -2714,10 +2867,11 @@ const file_shiftplane_v1_rollout_proto_rawDesc = "" +
 	"\fApplyRequest\x12)\n" +
 	"\x04plan\x18\x01 \x01(\v2\x13.shiftplane.v1.PlanH\x00R\x04plan\x12\x1d\n" +
 	"\tplan_yaml\x18\x02 \x01(\tH\x00R\bplanYamlB\b\n" +
-	"\x06source\"[\n" +
+	"\x06source\"\x8f\x01\n" +
 	"\rApplyResponse\x120\n" +
 	"\arollout\x18\x01 \x01(\v2\x16.shiftplane.v1.RolloutR\arollout\x12\x18\n" +
-	"\acreated\x18\x02 \x01(\bR\acreated\" \n" +
+	"\acreated\x18\x02 \x01(\bR\acreated\x122\n" +
+	"\x06result\x18\x03 \x01(\x0e2\x1a.shiftplane.v1.ApplyResultR\x06result\" \n" +
 	"\n" +
 	"GetRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"?\n" +
@@ -2748,6 +2902,10 @@ const file_shiftplane_v1_rollout_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"A\n" +
 	"\rAbortResponse\x120\n" +
+	"\arollout\x18\x01 \x01(\v2\x16.shiftplane.v1.RolloutR\arollout\"\"\n" +
+	"\fRetryRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"A\n" +
+	"\rRetryResponse\x120\n" +
 	"\arollout\x18\x01 \x01(\v2\x16.shiftplane.v1.RolloutR\arollout\"#\n" +
 	"\rDeleteRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x10\n" +
@@ -2782,7 +2940,12 @@ const file_shiftplane_v1_rollout_proto_rawDesc = "" +
 	"\x18SIGNAL_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12SIGNAL_STATE_CLEAR\x10\x01\x12\x17\n" +
 	"\x13SIGNAL_STATE_FIRING\x10\x02\x12\x16\n" +
-	"\x12SIGNAL_STATE_STALE\x10\x032\x9c\x06\n" +
+	"\x12SIGNAL_STATE_STALE\x10\x03*~\n" +
+	"\vApplyResult\x12\x1c\n" +
+	"\x18APPLY_RESULT_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14APPLY_RESULT_CREATED\x10\x01\x12\x1b\n" +
+	"\x17APPLY_RESULT_CONFIGURED\x10\x02\x12\x1a\n" +
+	"\x16APPLY_RESULT_UNCHANGED\x10\x032\xe0\x06\n" +
 	"\x0eRolloutService\x12B\n" +
 	"\x05Apply\x12\x1b.shiftplane.v1.ApplyRequest\x1a\x1c.shiftplane.v1.ApplyResponse\x12<\n" +
 	"\x03Get\x12\x19.shiftplane.v1.GetRequest\x1a\x1a.shiftplane.v1.GetResponse\x12?\n" +
@@ -2791,7 +2954,8 @@ const file_shiftplane_v1_rollout_proto_rawDesc = "" +
 	"\x05Pause\x12\x1b.shiftplane.v1.PauseRequest\x1a\x1c.shiftplane.v1.PauseResponse\x12E\n" +
 	"\x06Resume\x12\x1c.shiftplane.v1.ResumeRequest\x1a\x1d.shiftplane.v1.ResumeResponse\x12H\n" +
 	"\aPromote\x12\x1d.shiftplane.v1.PromoteRequest\x1a\x1e.shiftplane.v1.PromoteResponse\x12B\n" +
-	"\x05Abort\x12\x1b.shiftplane.v1.AbortRequest\x1a\x1c.shiftplane.v1.AbortResponse\x12E\n" +
+	"\x05Abort\x12\x1b.shiftplane.v1.AbortRequest\x1a\x1c.shiftplane.v1.AbortResponse\x12B\n" +
+	"\x05Retry\x12\x1b.shiftplane.v1.RetryRequest\x1a\x1c.shiftplane.v1.RetryResponse\x12E\n" +
 	"\x06Delete\x12\x1c.shiftplane.v1.DeleteRequest\x1a\x1d.shiftplane.v1.DeleteResponse\x12H\n" +
 	"\aHistory\x12\x1d.shiftplane.v1.HistoryRequest\x1a\x1e.shiftplane.v1.HistoryResponse\x12W\n" +
 	"\fReportSignal\x12\".shiftplane.v1.ReportSignalRequest\x1a#.shiftplane.v1.ReportSignalResponseBCZAgithub.com/shiftplane/shiftplane/proto/shiftplane/v1;shiftplanev1b\x06proto3"
@@ -2808,133 +2972,140 @@ func file_shiftplane_v1_rollout_proto_rawDescGZIP() []byte {
 	return file_shiftplane_v1_rollout_proto_rawDescData
 }
 
-var file_shiftplane_v1_rollout_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_shiftplane_v1_rollout_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_shiftplane_v1_rollout_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_shiftplane_v1_rollout_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_shiftplane_v1_rollout_proto_goTypes = []any{
 	(Phase)(0),                    // 0: shiftplane.v1.Phase
 	(SignalState)(0),              // 1: shiftplane.v1.SignalState
-	(*Plan)(nil),                  // 2: shiftplane.v1.Plan
-	(*Listener)(nil),              // 3: shiftplane.v1.Listener
-	(*Backend)(nil),               // 4: shiftplane.v1.Backend
-	(*OutlierDetection)(nil),      // 5: shiftplane.v1.OutlierDetection
-	(*Step)(nil),                  // 6: shiftplane.v1.Step
-	(*Pause)(nil),                 // 7: shiftplane.v1.Pause
-	(*Linear)(nil),                // 8: shiftplane.v1.Linear
-	(*Exponential)(nil),           // 9: shiftplane.v1.Exponential
-	(*Analysis)(nil),              // 10: shiftplane.v1.Analysis
-	(*Hooks)(nil),                 // 11: shiftplane.v1.Hooks
-	(*Hook)(nil),                  // 12: shiftplane.v1.Hook
-	(*ExecHook)(nil),              // 13: shiftplane.v1.ExecHook
-	(*WebhookHook)(nil),           // 14: shiftplane.v1.WebhookHook
-	(*Signal)(nil),                // 15: shiftplane.v1.Signal
-	(*FleetStatus)(nil),           // 16: shiftplane.v1.FleetStatus
-	(*Rollout)(nil),               // 17: shiftplane.v1.Rollout
-	(*Event)(nil),                 // 18: shiftplane.v1.Event
-	(*ApplyRequest)(nil),          // 19: shiftplane.v1.ApplyRequest
-	(*ApplyResponse)(nil),         // 20: shiftplane.v1.ApplyResponse
-	(*GetRequest)(nil),            // 21: shiftplane.v1.GetRequest
-	(*GetResponse)(nil),           // 22: shiftplane.v1.GetResponse
-	(*ListRequest)(nil),           // 23: shiftplane.v1.ListRequest
-	(*ListResponse)(nil),          // 24: shiftplane.v1.ListResponse
-	(*WatchRequest)(nil),          // 25: shiftplane.v1.WatchRequest
-	(*WatchResponse)(nil),         // 26: shiftplane.v1.WatchResponse
-	(*PauseRequest)(nil),          // 27: shiftplane.v1.PauseRequest
-	(*PauseResponse)(nil),         // 28: shiftplane.v1.PauseResponse
-	(*ResumeRequest)(nil),         // 29: shiftplane.v1.ResumeRequest
-	(*ResumeResponse)(nil),        // 30: shiftplane.v1.ResumeResponse
-	(*PromoteRequest)(nil),        // 31: shiftplane.v1.PromoteRequest
-	(*PromoteResponse)(nil),       // 32: shiftplane.v1.PromoteResponse
-	(*AbortRequest)(nil),          // 33: shiftplane.v1.AbortRequest
-	(*AbortResponse)(nil),         // 34: shiftplane.v1.AbortResponse
-	(*DeleteRequest)(nil),         // 35: shiftplane.v1.DeleteRequest
-	(*DeleteResponse)(nil),        // 36: shiftplane.v1.DeleteResponse
-	(*HistoryRequest)(nil),        // 37: shiftplane.v1.HistoryRequest
-	(*HistoryResponse)(nil),       // 38: shiftplane.v1.HistoryResponse
-	(*ReportSignalRequest)(nil),   // 39: shiftplane.v1.ReportSignalRequest
-	(*ReportSignalResponse)(nil),  // 40: shiftplane.v1.ReportSignalResponse
-	(*durationpb.Duration)(nil),   // 41: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 42: google.protobuf.Timestamp
+	(ApplyResult)(0),              // 2: shiftplane.v1.ApplyResult
+	(*Plan)(nil),                  // 3: shiftplane.v1.Plan
+	(*Listener)(nil),              // 4: shiftplane.v1.Listener
+	(*Backend)(nil),               // 5: shiftplane.v1.Backend
+	(*OutlierDetection)(nil),      // 6: shiftplane.v1.OutlierDetection
+	(*Step)(nil),                  // 7: shiftplane.v1.Step
+	(*Pause)(nil),                 // 8: shiftplane.v1.Pause
+	(*Linear)(nil),                // 9: shiftplane.v1.Linear
+	(*Exponential)(nil),           // 10: shiftplane.v1.Exponential
+	(*Analysis)(nil),              // 11: shiftplane.v1.Analysis
+	(*Hooks)(nil),                 // 12: shiftplane.v1.Hooks
+	(*Hook)(nil),                  // 13: shiftplane.v1.Hook
+	(*ExecHook)(nil),              // 14: shiftplane.v1.ExecHook
+	(*WebhookHook)(nil),           // 15: shiftplane.v1.WebhookHook
+	(*Signal)(nil),                // 16: shiftplane.v1.Signal
+	(*FleetStatus)(nil),           // 17: shiftplane.v1.FleetStatus
+	(*Rollout)(nil),               // 18: shiftplane.v1.Rollout
+	(*Event)(nil),                 // 19: shiftplane.v1.Event
+	(*ApplyRequest)(nil),          // 20: shiftplane.v1.ApplyRequest
+	(*ApplyResponse)(nil),         // 21: shiftplane.v1.ApplyResponse
+	(*GetRequest)(nil),            // 22: shiftplane.v1.GetRequest
+	(*GetResponse)(nil),           // 23: shiftplane.v1.GetResponse
+	(*ListRequest)(nil),           // 24: shiftplane.v1.ListRequest
+	(*ListResponse)(nil),          // 25: shiftplane.v1.ListResponse
+	(*WatchRequest)(nil),          // 26: shiftplane.v1.WatchRequest
+	(*WatchResponse)(nil),         // 27: shiftplane.v1.WatchResponse
+	(*PauseRequest)(nil),          // 28: shiftplane.v1.PauseRequest
+	(*PauseResponse)(nil),         // 29: shiftplane.v1.PauseResponse
+	(*ResumeRequest)(nil),         // 30: shiftplane.v1.ResumeRequest
+	(*ResumeResponse)(nil),        // 31: shiftplane.v1.ResumeResponse
+	(*PromoteRequest)(nil),        // 32: shiftplane.v1.PromoteRequest
+	(*PromoteResponse)(nil),       // 33: shiftplane.v1.PromoteResponse
+	(*AbortRequest)(nil),          // 34: shiftplane.v1.AbortRequest
+	(*AbortResponse)(nil),         // 35: shiftplane.v1.AbortResponse
+	(*RetryRequest)(nil),          // 36: shiftplane.v1.RetryRequest
+	(*RetryResponse)(nil),         // 37: shiftplane.v1.RetryResponse
+	(*DeleteRequest)(nil),         // 38: shiftplane.v1.DeleteRequest
+	(*DeleteResponse)(nil),        // 39: shiftplane.v1.DeleteResponse
+	(*HistoryRequest)(nil),        // 40: shiftplane.v1.HistoryRequest
+	(*HistoryResponse)(nil),       // 41: shiftplane.v1.HistoryResponse
+	(*ReportSignalRequest)(nil),   // 42: shiftplane.v1.ReportSignalRequest
+	(*ReportSignalResponse)(nil),  // 43: shiftplane.v1.ReportSignalResponse
+	(*durationpb.Duration)(nil),   // 44: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 45: google.protobuf.Timestamp
 }
 var file_shiftplane_v1_rollout_proto_depIdxs = []int32{
-	3,  // 0: shiftplane.v1.Plan.listener:type_name -> shiftplane.v1.Listener
-	4,  // 1: shiftplane.v1.Plan.stable:type_name -> shiftplane.v1.Backend
-	4,  // 2: shiftplane.v1.Plan.canary:type_name -> shiftplane.v1.Backend
-	5,  // 3: shiftplane.v1.Plan.outlier_detection:type_name -> shiftplane.v1.OutlierDetection
-	6,  // 4: shiftplane.v1.Plan.steps:type_name -> shiftplane.v1.Step
-	8,  // 5: shiftplane.v1.Plan.linear:type_name -> shiftplane.v1.Linear
-	9,  // 6: shiftplane.v1.Plan.exponential:type_name -> shiftplane.v1.Exponential
-	10, // 7: shiftplane.v1.Plan.analysis:type_name -> shiftplane.v1.Analysis
-	11, // 8: shiftplane.v1.Plan.hooks:type_name -> shiftplane.v1.Hooks
-	41, // 9: shiftplane.v1.OutlierDetection.interval:type_name -> google.protobuf.Duration
-	41, // 10: shiftplane.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
-	7,  // 11: shiftplane.v1.Step.pause:type_name -> shiftplane.v1.Pause
-	41, // 12: shiftplane.v1.Step.hold:type_name -> google.protobuf.Duration
-	41, // 13: shiftplane.v1.Linear.every:type_name -> google.protobuf.Duration
-	41, // 14: shiftplane.v1.Exponential.every:type_name -> google.protobuf.Duration
-	41, // 15: shiftplane.v1.Analysis.stable_for:type_name -> google.protobuf.Duration
-	41, // 16: shiftplane.v1.Analysis.stale_after:type_name -> google.protobuf.Duration
-	41, // 17: shiftplane.v1.Analysis.rollback_after:type_name -> google.protobuf.Duration
-	41, // 18: shiftplane.v1.Analysis.drain_timeout:type_name -> google.protobuf.Duration
-	12, // 19: shiftplane.v1.Hooks.before_shift:type_name -> shiftplane.v1.Hook
-	12, // 20: shiftplane.v1.Hooks.after_promote:type_name -> shiftplane.v1.Hook
-	13, // 21: shiftplane.v1.Hook.exec:type_name -> shiftplane.v1.ExecHook
-	14, // 22: shiftplane.v1.Hook.webhook:type_name -> shiftplane.v1.WebhookHook
-	41, // 23: shiftplane.v1.Hook.timeout:type_name -> google.protobuf.Duration
-	41, // 24: shiftplane.v1.WebhookHook.timeout:type_name -> google.protobuf.Duration
+	4,  // 0: shiftplane.v1.Plan.listener:type_name -> shiftplane.v1.Listener
+	5,  // 1: shiftplane.v1.Plan.stable:type_name -> shiftplane.v1.Backend
+	5,  // 2: shiftplane.v1.Plan.canary:type_name -> shiftplane.v1.Backend
+	6,  // 3: shiftplane.v1.Plan.outlier_detection:type_name -> shiftplane.v1.OutlierDetection
+	7,  // 4: shiftplane.v1.Plan.steps:type_name -> shiftplane.v1.Step
+	9,  // 5: shiftplane.v1.Plan.linear:type_name -> shiftplane.v1.Linear
+	10, // 6: shiftplane.v1.Plan.exponential:type_name -> shiftplane.v1.Exponential
+	11, // 7: shiftplane.v1.Plan.analysis:type_name -> shiftplane.v1.Analysis
+	12, // 8: shiftplane.v1.Plan.hooks:type_name -> shiftplane.v1.Hooks
+	44, // 9: shiftplane.v1.OutlierDetection.interval:type_name -> google.protobuf.Duration
+	44, // 10: shiftplane.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	8,  // 11: shiftplane.v1.Step.pause:type_name -> shiftplane.v1.Pause
+	44, // 12: shiftplane.v1.Step.hold:type_name -> google.protobuf.Duration
+	44, // 13: shiftplane.v1.Linear.every:type_name -> google.protobuf.Duration
+	44, // 14: shiftplane.v1.Exponential.every:type_name -> google.protobuf.Duration
+	44, // 15: shiftplane.v1.Analysis.stable_for:type_name -> google.protobuf.Duration
+	44, // 16: shiftplane.v1.Analysis.stale_after:type_name -> google.protobuf.Duration
+	44, // 17: shiftplane.v1.Analysis.rollback_after:type_name -> google.protobuf.Duration
+	44, // 18: shiftplane.v1.Analysis.drain_timeout:type_name -> google.protobuf.Duration
+	13, // 19: shiftplane.v1.Hooks.before_shift:type_name -> shiftplane.v1.Hook
+	13, // 20: shiftplane.v1.Hooks.after_promote:type_name -> shiftplane.v1.Hook
+	14, // 21: shiftplane.v1.Hook.exec:type_name -> shiftplane.v1.ExecHook
+	15, // 22: shiftplane.v1.Hook.webhook:type_name -> shiftplane.v1.WebhookHook
+	44, // 23: shiftplane.v1.Hook.timeout:type_name -> google.protobuf.Duration
+	44, // 24: shiftplane.v1.WebhookHook.timeout:type_name -> google.protobuf.Duration
 	1,  // 25: shiftplane.v1.Signal.state:type_name -> shiftplane.v1.SignalState
-	42, // 26: shiftplane.v1.Signal.since:type_name -> google.protobuf.Timestamp
+	45, // 26: shiftplane.v1.Signal.since:type_name -> google.protobuf.Timestamp
 	0,  // 27: shiftplane.v1.Rollout.phase:type_name -> shiftplane.v1.Phase
-	41, // 28: shiftplane.v1.Rollout.hold_remaining:type_name -> google.protobuf.Duration
-	41, // 29: shiftplane.v1.Rollout.hold_counted:type_name -> google.protobuf.Duration
-	15, // 30: shiftplane.v1.Rollout.signal:type_name -> shiftplane.v1.Signal
-	16, // 31: shiftplane.v1.Rollout.fleet:type_name -> shiftplane.v1.FleetStatus
-	2,  // 32: shiftplane.v1.Rollout.plan:type_name -> shiftplane.v1.Plan
-	42, // 33: shiftplane.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
-	42, // 34: shiftplane.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
-	42, // 35: shiftplane.v1.Event.time:type_name -> google.protobuf.Timestamp
+	44, // 28: shiftplane.v1.Rollout.hold_remaining:type_name -> google.protobuf.Duration
+	44, // 29: shiftplane.v1.Rollout.hold_counted:type_name -> google.protobuf.Duration
+	16, // 30: shiftplane.v1.Rollout.signal:type_name -> shiftplane.v1.Signal
+	17, // 31: shiftplane.v1.Rollout.fleet:type_name -> shiftplane.v1.FleetStatus
+	3,  // 32: shiftplane.v1.Rollout.plan:type_name -> shiftplane.v1.Plan
+	45, // 33: shiftplane.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
+	45, // 34: shiftplane.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
+	45, // 35: shiftplane.v1.Event.time:type_name -> google.protobuf.Timestamp
 	0,  // 36: shiftplane.v1.Event.from_phase:type_name -> shiftplane.v1.Phase
 	0,  // 37: shiftplane.v1.Event.to_phase:type_name -> shiftplane.v1.Phase
-	2,  // 38: shiftplane.v1.ApplyRequest.plan:type_name -> shiftplane.v1.Plan
-	17, // 39: shiftplane.v1.ApplyResponse.rollout:type_name -> shiftplane.v1.Rollout
-	17, // 40: shiftplane.v1.GetResponse.rollout:type_name -> shiftplane.v1.Rollout
-	17, // 41: shiftplane.v1.ListResponse.rollouts:type_name -> shiftplane.v1.Rollout
-	17, // 42: shiftplane.v1.WatchResponse.status:type_name -> shiftplane.v1.Rollout
-	18, // 43: shiftplane.v1.WatchResponse.event:type_name -> shiftplane.v1.Event
-	17, // 44: shiftplane.v1.PauseResponse.rollout:type_name -> shiftplane.v1.Rollout
-	17, // 45: shiftplane.v1.ResumeResponse.rollout:type_name -> shiftplane.v1.Rollout
-	17, // 46: shiftplane.v1.PromoteResponse.rollout:type_name -> shiftplane.v1.Rollout
-	17, // 47: shiftplane.v1.AbortResponse.rollout:type_name -> shiftplane.v1.Rollout
-	18, // 48: shiftplane.v1.HistoryResponse.events:type_name -> shiftplane.v1.Event
-	1,  // 49: shiftplane.v1.ReportSignalRequest.state:type_name -> shiftplane.v1.SignalState
-	41, // 50: shiftplane.v1.ReportSignalRequest.ttl:type_name -> google.protobuf.Duration
-	15, // 51: shiftplane.v1.ReportSignalResponse.signal:type_name -> shiftplane.v1.Signal
-	19, // 52: shiftplane.v1.RolloutService.Apply:input_type -> shiftplane.v1.ApplyRequest
-	21, // 53: shiftplane.v1.RolloutService.Get:input_type -> shiftplane.v1.GetRequest
-	23, // 54: shiftplane.v1.RolloutService.List:input_type -> shiftplane.v1.ListRequest
-	25, // 55: shiftplane.v1.RolloutService.Watch:input_type -> shiftplane.v1.WatchRequest
-	27, // 56: shiftplane.v1.RolloutService.Pause:input_type -> shiftplane.v1.PauseRequest
-	29, // 57: shiftplane.v1.RolloutService.Resume:input_type -> shiftplane.v1.ResumeRequest
-	31, // 58: shiftplane.v1.RolloutService.Promote:input_type -> shiftplane.v1.PromoteRequest
-	33, // 59: shiftplane.v1.RolloutService.Abort:input_type -> shiftplane.v1.AbortRequest
-	35, // 60: shiftplane.v1.RolloutService.Delete:input_type -> shiftplane.v1.DeleteRequest
-	37, // 61: shiftplane.v1.RolloutService.History:input_type -> shiftplane.v1.HistoryRequest
-	39, // 62: shiftplane.v1.RolloutService.ReportSignal:input_type -> shiftplane.v1.ReportSignalRequest
-	20, // 63: shiftplane.v1.RolloutService.Apply:output_type -> shiftplane.v1.ApplyResponse
-	22, // 64: shiftplane.v1.RolloutService.Get:output_type -> shiftplane.v1.GetResponse
-	24, // 65: shiftplane.v1.RolloutService.List:output_type -> shiftplane.v1.ListResponse
-	26, // 66: shiftplane.v1.RolloutService.Watch:output_type -> shiftplane.v1.WatchResponse
-	28, // 67: shiftplane.v1.RolloutService.Pause:output_type -> shiftplane.v1.PauseResponse
-	30, // 68: shiftplane.v1.RolloutService.Resume:output_type -> shiftplane.v1.ResumeResponse
-	32, // 69: shiftplane.v1.RolloutService.Promote:output_type -> shiftplane.v1.PromoteResponse
-	34, // 70: shiftplane.v1.RolloutService.Abort:output_type -> shiftplane.v1.AbortResponse
-	36, // 71: shiftplane.v1.RolloutService.Delete:output_type -> shiftplane.v1.DeleteResponse
-	38, // 72: shiftplane.v1.RolloutService.History:output_type -> shiftplane.v1.HistoryResponse
-	40, // 73: shiftplane.v1.RolloutService.ReportSignal:output_type -> shiftplane.v1.ReportSignalResponse
-	63, // [63:74] is the sub-list for method output_type
-	52, // [52:63] is the sub-list for method input_type
-	52, // [52:52] is the sub-list for extension type_name
-	52, // [52:52] is the sub-list for extension extendee
-	0,  // [0:52] is the sub-list for field type_name
+	3,  // 38: shiftplane.v1.ApplyRequest.plan:type_name -> shiftplane.v1.Plan
+	18, // 39: shiftplane.v1.ApplyResponse.rollout:type_name -> shiftplane.v1.Rollout
+	2,  // 40: shiftplane.v1.ApplyResponse.result:type_name -> shiftplane.v1.ApplyResult
+	18, // 41: shiftplane.v1.GetResponse.rollout:type_name -> shiftplane.v1.Rollout
+	18, // 42: shiftplane.v1.ListResponse.rollouts:type_name -> shiftplane.v1.Rollout
+	18, // 43: shiftplane.v1.WatchResponse.status:type_name -> shiftplane.v1.Rollout
+	19, // 44: shiftplane.v1.WatchResponse.event:type_name -> shiftplane.v1.Event
+	18, // 45: shiftplane.v1.PauseResponse.rollout:type_name -> shiftplane.v1.Rollout
+	18, // 46: shiftplane.v1.ResumeResponse.rollout:type_name -> shiftplane.v1.Rollout
+	18, // 47: shiftplane.v1.PromoteResponse.rollout:type_name -> shiftplane.v1.Rollout
+	18, // 48: shiftplane.v1.AbortResponse.rollout:type_name -> shiftplane.v1.Rollout
+	18, // 49: shiftplane.v1.RetryResponse.rollout:type_name -> shiftplane.v1.Rollout
+	19, // 50: shiftplane.v1.HistoryResponse.events:type_name -> shiftplane.v1.Event
+	1,  // 51: shiftplane.v1.ReportSignalRequest.state:type_name -> shiftplane.v1.SignalState
+	44, // 52: shiftplane.v1.ReportSignalRequest.ttl:type_name -> google.protobuf.Duration
+	16, // 53: shiftplane.v1.ReportSignalResponse.signal:type_name -> shiftplane.v1.Signal
+	20, // 54: shiftplane.v1.RolloutService.Apply:input_type -> shiftplane.v1.ApplyRequest
+	22, // 55: shiftplane.v1.RolloutService.Get:input_type -> shiftplane.v1.GetRequest
+	24, // 56: shiftplane.v1.RolloutService.List:input_type -> shiftplane.v1.ListRequest
+	26, // 57: shiftplane.v1.RolloutService.Watch:input_type -> shiftplane.v1.WatchRequest
+	28, // 58: shiftplane.v1.RolloutService.Pause:input_type -> shiftplane.v1.PauseRequest
+	30, // 59: shiftplane.v1.RolloutService.Resume:input_type -> shiftplane.v1.ResumeRequest
+	32, // 60: shiftplane.v1.RolloutService.Promote:input_type -> shiftplane.v1.PromoteRequest
+	34, // 61: shiftplane.v1.RolloutService.Abort:input_type -> shiftplane.v1.AbortRequest
+	36, // 62: shiftplane.v1.RolloutService.Retry:input_type -> shiftplane.v1.RetryRequest
+	38, // 63: shiftplane.v1.RolloutService.Delete:input_type -> shiftplane.v1.DeleteRequest
+	40, // 64: shiftplane.v1.RolloutService.History:input_type -> shiftplane.v1.HistoryRequest
+	42, // 65: shiftplane.v1.RolloutService.ReportSignal:input_type -> shiftplane.v1.ReportSignalRequest
+	21, // 66: shiftplane.v1.RolloutService.Apply:output_type -> shiftplane.v1.ApplyResponse
+	23, // 67: shiftplane.v1.RolloutService.Get:output_type -> shiftplane.v1.GetResponse
+	25, // 68: shiftplane.v1.RolloutService.List:output_type -> shiftplane.v1.ListResponse
+	27, // 69: shiftplane.v1.RolloutService.Watch:output_type -> shiftplane.v1.WatchResponse
+	29, // 70: shiftplane.v1.RolloutService.Pause:output_type -> shiftplane.v1.PauseResponse
+	31, // 71: shiftplane.v1.RolloutService.Resume:output_type -> shiftplane.v1.ResumeResponse
+	33, // 72: shiftplane.v1.RolloutService.Promote:output_type -> shiftplane.v1.PromoteResponse
+	35, // 73: shiftplane.v1.RolloutService.Abort:output_type -> shiftplane.v1.AbortResponse
+	37, // 74: shiftplane.v1.RolloutService.Retry:output_type -> shiftplane.v1.RetryResponse
+	39, // 75: shiftplane.v1.RolloutService.Delete:output_type -> shiftplane.v1.DeleteResponse
+	41, // 76: shiftplane.v1.RolloutService.History:output_type -> shiftplane.v1.HistoryResponse
+	43, // 77: shiftplane.v1.RolloutService.ReportSignal:output_type -> shiftplane.v1.ReportSignalResponse
+	66, // [66:78] is the sub-list for method output_type
+	54, // [54:66] is the sub-list for method input_type
+	54, // [54:54] is the sub-list for extension type_name
+	54, // [54:54] is the sub-list for extension extendee
+	0,  // [0:54] is the sub-list for field type_name
 }
 
 func init() { file_shiftplane_v1_rollout_proto_init() }
@@ -2963,8 +3134,8 @@ func file_shiftplane_v1_rollout_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_shiftplane_v1_rollout_proto_rawDesc), len(file_shiftplane_v1_rollout_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   39,
+			NumEnums:      3,
+			NumMessages:   41,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
