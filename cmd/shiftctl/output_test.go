@@ -63,12 +63,12 @@ func TestRolloutJSON(t *testing.T) {
 	if err := json.Unmarshal(b, &m); err != nil {
 		t.Fatalf("not JSON: %v\n%s", err, b)
 	}
-	for key, want := range map[string]any{"name": "checkout", "phase": "PHASE_PROGRESSING", "canaryWeight": float64(0), "stepIndex": float64(0)} {
+	for key, want := range map[string]any{"name": "checkout", "phase": "PROGRESSING", "canaryWeight": float64(0), "stepIndex": float64(0)} {
 		if m[key] != want {
 			t.Errorf("%s = %v, want %v", key, m[key], want)
 		}
 	}
-	if sig := m["signal"].(map[string]any); sig["state"] != "SIGNAL_STATE_CLEAR" || sig["reason"] != "no ejections" {
+	if sig := m["signal"].(map[string]any); sig["state"] != "CLEAR" || sig["reason"] != "no ejections" {
 		t.Errorf("signal = %v", sig)
 	}
 	if fl := m["fleet"].(map[string]any); fl["nodes"] != float64(2) || fl["converged"] != true {
@@ -92,10 +92,10 @@ func TestRolloutYAML(t *testing.T) {
 	if err := yaml.Unmarshal(b, &m); err != nil {
 		t.Fatal(err)
 	}
-	if m["name"] != "checkout" || m["canaryWeight"] != 0 || m["phase"] != "PHASE_PROGRESSING" {
+	if m["name"] != "checkout" || m["canaryWeight"] != 0 || m["phase"] != "PROGRESSING" {
 		t.Errorf("yaml:\n%s", b)
 	}
-	if !strings.HasPrefix(string(b), "name: checkout\nphase: PHASE_PROGRESSING\n") || strings.Contains(string(b), "{") {
+	if !strings.HasPrefix(string(b), "name: checkout\nphase: PROGRESSING\n") || strings.Contains(string(b), "{") {
 		t.Errorf("want block YAML in the JSON's field order:\n%s", b)
 	}
 }
@@ -162,7 +162,7 @@ func TestFleetTable(t *testing.T) {
 
 func TestWatcherPlain(t *testing.T) {
 	var b bytes.Buffer
-	w := newWatcher(&b, false)
+	w := newWatcher(&b, false, nil)
 	r := rollout()
 	w.status(r)
 	r.HoldRemaining = durationpb.New(11 * time.Second) // only the hold moved: no new line
@@ -178,14 +178,14 @@ func TestWatcherPlain(t *testing.T) {
 	if strings.Contains(out, "\r") || strings.Contains(out, "\x1b") {
 		t.Errorf("terminal control codes in plain output: %q", out)
 	}
-	if !strings.Contains(out, "event  PROGRESSING → HOLDING  weight 10%  step 1: signal firing") {
+	if !strings.Contains(out, "event  PROGRESSING → HOLDING  weight 10%  step 1/4  signal firing") {
 		t.Errorf("event line missing:\n%s", out)
 	}
 }
 
 func TestWatcherTTY(t *testing.T) {
 	var b bytes.Buffer
-	w := newWatcher(&b, true)
+	w := newWatcher(&b, true, nil)
 	r := rollout()
 	r.CanaryWeight = 50
 	w.status(r)
@@ -229,7 +229,7 @@ func TestRunUsageErrors(t *testing.T) {
 	}{
 		"no name":       {args: []string{"get"}, want: "shiftctl: get needs exactly one rollout NAME, got 0 arguments\n"},
 		"two names":     {args: []string{"pause", "a", "b"}, want: "shiftctl: pause needs exactly one rollout NAME, got 2 arguments\n"},
-		"bad output":    {args: []string{"get", "a", "-o", "xml"}, want: "shiftctl: -o: must be json, yaml or table, got \"xml\"\n"},
+		"bad output":    {args: []string{"get", "a", "-o", "xml"}, want: "shiftctl: -o: must be json, yaml, wide or name, got \"xml\"\n"},
 		"apply no file": {args: []string{"apply"}, want: "shiftctl: apply needs -f PLAN (a YAML file, or - for stdin)\n"},
 		"missing file":  {args: []string{"apply", "-f", "/nonexistent/plan.yaml"}, want: "shiftctl: open /nonexistent/plan.yaml: no such file or directory\n"},
 		"bad state":     {args: []string{"report-signal", "a", "--state", "stale"}, want: "shiftctl: --state: must be firing or clear, got \"stale\"\n"},
