@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -78,9 +79,14 @@ var configKeys = []struct {
 	{"log.format", "log-format", "text or json", "text"},
 }
 
-func addConfigFlags(fs *pflag.FlagSet) {
+// addConfigFlags adds --config and the flags of the config keys only (all
+// of them when none is named): a command shows the flags it reads.
+func addConfigFlags(fs *pflag.FlagSet, only ...string) {
 	fs.String("config", "", "config file (YAML)")
 	for _, k := range configKeys {
+		if len(only) > 0 && !slices.Contains(only, k.key) {
+			continue
+		}
 		switch d := k.def.(type) {
 		case string:
 			fs.String(k.flag, d, k.help)
@@ -103,7 +109,11 @@ func loadConfig(fs *pflag.FlagSet) (Config, error) {
 	v.AutomaticEnv()
 	for _, k := range configKeys {
 		v.SetDefault(k.key, k.def)
-		if err := v.BindPFlag(k.key, fs.Lookup(k.flag)); err != nil {
+		f := fs.Lookup(k.flag)
+		if f == nil {
+			continue // a command without this flag (validate)
+		}
+		if err := v.BindPFlag(k.key, f); err != nil {
 			return Config{}, err
 		}
 	}
