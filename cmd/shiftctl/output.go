@@ -267,11 +267,11 @@ func orDash(s string) string {
 // barWidth is the number of cells of watch's progress bar.
 const barWidth = 30
 
-// progressBar draws weight (0..100) as [██████░░░░].
-func progressBar(weight int32) string {
+// progressBar draws weight (0..100) as [██████░░░░], cells wide inside.
+func progressBar(weight int32, cells int) string {
 	w := min(max(int(weight), 0), 100)
-	full := w * barWidth / 100
-	return "[" + strings.Repeat("█", full) + strings.Repeat("░", barWidth-full) + "]"
+	full := w * cells / 100
+	return "[" + strings.Repeat("█", full) + strings.Repeat("░", cells-full) + "]"
 }
 
 // watcher renders a Watch stream: on a terminal, a progress line redrawn
@@ -361,14 +361,20 @@ func (wt *watcher) columns() int {
 
 func (wt *watcher) draw(r *shiftplanev1.Rollout) {
 	cols := wt.columns()
-	bar := progressBar(r.GetCanaryWeight())
-	if cols > 0 && cols < 70 {
-		bar = "" // a narrow terminal keeps the words, not the bar
+	text := fmt.Sprintf("%3d%%  %s", r.GetCanaryWeight(), statusLine(r, true))
+	// The words come first; the bar takes what room is left, up to
+	// barWidth cells, and is left out when fewer than 10 are.
+	bw := barWidth
+	if cols > 0 {
+		bw = min(barWidth, cols-1-len([]rune(text))-3)
 	}
-	line := fmt.Sprintf("%s %3d%%  %s", bar, r.GetCanaryWeight(), statusLine(r, true))
+	line := text
+	if bw >= 10 {
+		line = progressBar(r.GetCanaryWeight(), bw) + " " + text
+	}
 	// One column is left free: writing the last one makes some terminals
 	// wrap at once.
-	fmt.Fprint(wt.w, fit(strings.TrimLeft(line, " "), cols))
+	fmt.Fprint(wt.w, fit(line, cols))
 	wt.drawn = true
 }
 

@@ -199,7 +199,7 @@ func TestWatcherTTY(t *testing.T) {
 	if !strings.Contains(out, "\r\x1b[K") || !strings.HasSuffix(out, "\n") {
 		t.Errorf("want the line redrawn in place and a final newline: %q", out)
 	}
-	if got := progressBar(100); got != "["+strings.Repeat("█", barWidth)+"]" {
+	if got := progressBar(100, barWidth); got != "["+strings.Repeat("█", barWidth)+"]" {
 		t.Errorf("progressBar(100) = %q", got)
 	}
 }
@@ -246,5 +246,28 @@ func TestRunUsageErrors(t *testing.T) {
 				t.Errorf("exit %d, stderr %q; want exit %d, %q", code, errOut.String(), exitFailed, tc.want)
 			}
 		})
+	}
+}
+
+// TestWatcherFitsWidth: on a narrow terminal the live line is cut to one
+// column less than the width (the bar shrinks first), so it never wraps.
+func TestWatcherFitsWidth(t *testing.T) {
+	for _, cols := range []int{40, 80, 120} {
+		var b bytes.Buffer
+		w := newWatcher(&b, true, func() int { return cols })
+		r := rollout()
+		r.Message = strings.Repeat("long ", 40)
+		r.HoldRemaining = durationpb.New(59*time.Minute + 54*time.Second)
+		w.status(r)
+		line := strings.TrimPrefix(b.String(), "\r\x1b[K")
+		if n := len([]rune(line)); n >= cols {
+			t.Errorf("%d columns: line of %d cells: %q", cols, n, line)
+		}
+		if !strings.Contains(line, "PROGRESSING  step 1/4") {
+			t.Errorf("%d columns: the words were cut: %q", cols, line)
+		}
+		if cols >= 120 && !strings.Contains(line, "[░░░") {
+			t.Errorf("%d columns: no bar: %q", cols, line)
+		}
 	}
 }

@@ -48,10 +48,12 @@ FAILED; 3 --timeout passed first; 130 interrupted (Ctrl-C); 1 any other error
 				defer cancel()
 			}
 			err := a.watch(ctx, args[0])
-			if errors.Is(ctx.Err(), context.DeadlineExceeded) && cmd.Context().Err() == nil {
+			// The server may answer DEADLINE_EXCEEDED (the deadline travels
+			// with the call) before the local context says so.
+			if timeout > 0 && cmd.Context().Err() == nil && (errors.Is(ctx.Err(), context.DeadlineExceeded) || status.Code(err) == codes.DeadlineExceeded) {
 				return &exitError{code: exitTimeout, msg: fmt.Sprintf("rollout %q did not finish within --timeout %s", args[0], timeout)}
 			}
-			return err
+			return a.callError(err)
 		},
 	}
 	cmd.Flags().DurationVar(&timeout, "timeout", 0, "give up after this long, with exit status 3 (default: wait for the end)")
@@ -83,7 +85,7 @@ func (a *app) watch(ctx context.Context, name string) error {
 		// deleted), a bad token or a bad name are answers.
 		code := status.Code(err)
 		if code != codes.Unavailable && !errors.Is(err, io.EOF) {
-			return a.callError(err)
+			return err
 		}
 		if !connected && !lost {
 			// The first connection: say where we wait, then keep trying.
