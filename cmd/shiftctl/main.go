@@ -230,6 +230,9 @@ func (a *app) callCtx(cmd *cobra.Command) (context.Context, context.CancelFunc) 
 
 // callError turns a gRPC error into the one-line reason shiftctl prints.
 func (a *app) callError(err error) error {
+	if err == nil {
+		return nil
+	}
 	st, ok := status.FromError(err)
 	if !ok {
 		return err
