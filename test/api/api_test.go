@@ -228,8 +228,8 @@ func TestApplyBadPlan(t *testing.T) {
 	if !strings.Contains(list, "good") || strings.Contains(list, "bad") {
 		t.Errorf("list:\n%s", list)
 	}
-	// Reapplying changes nothing and says so as "configured".
-	if out := s.mustCtl("apply", "-f", writePlan(t, good)); !strings.Contains(out, `rollout "good" configured`) {
+	// Reapplying changes nothing and says so, as kubectl apply does.
+	if out := s.mustCtl("apply", "-f", writePlan(t, good)); !strings.Contains(out, `rollout "good" unchanged`) {
 		t.Errorf("re-apply printed %q", out)
 	}
 }
