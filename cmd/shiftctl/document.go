@@ -238,6 +238,7 @@ func planFromDocument(doc string) ([]string, error) {
 			if p == nil {
 				return nil, fmt.Errorf("items[%d]: not a rollout document (no plan)", i)
 			}
+			plainStyle(p)
 			b, err := encodeYAML(p)
 			if err != nil {
 				return nil, err
@@ -247,6 +248,7 @@ func planFromDocument(doc string) ([]string, error) {
 		return out, nil
 	}
 	if p := mapValue(root, "plan"); p != nil && p.Kind == yaml.MappingNode {
+		plainStyle(p)
 		b, err := encodeYAML(p)
 		if err != nil {
 			return nil, err
@@ -254,6 +256,15 @@ func planFromDocument(doc string) ([]string, error) {
 		return []string{string(b)}, nil
 	}
 	return []string{doc}, nil
+}
+
+// plainStyle drops the flow style and quotes a JSON input parsed with, so
+// the plan sent reads like a plan file.
+func plainStyle(n *yaml.Node) {
+	n.Style = 0
+	for _, c := range n.Content {
+		plainStyle(c)
+	}
 }
 
 func mapValue(n *yaml.Node, key string) *yaml.Node {
