@@ -10,18 +10,32 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/shiftplane/shiftplane/policy"
+	"github.com/shiftplane/shiftplane/policy/api"
 	shiftplanev1 "github.com/shiftplane/shiftplane/proto/shiftplane/v1"
 )
 
 func (a *app) applyCmd() *cobra.Command {
 	var files []string
+	var dryRun bool
 	cmd := &cobra.Command{
-		Use:   "apply -f PLAN [-f PLAN ...]",
+		Use:   "apply -f PLAN [-f PLAN ...] [--dry-run]",
 		Short: "Create or update rollouts from plan files (one plan per YAML document; - reads stdin)",
-		Args:  cobra.NoArgs,
+		Long: `Create or update rollouts from plan files, one plan per YAML document.
+
+Each plan is reported as created, configured (its plan changed) or unchanged.
+The output of 'get -o yaml|json' and 'list -o yaml|json' is accepted too: its
+plan is applied and its status ignored, as kubectl ignores status.
+--dry-run changes nothing and prints the difference the apply would make.`,
+		Example: `  shiftctl apply -f examples/checkout.yaml
+  shiftctl apply -f plans.yaml --dry-run
+  shiftctl get checkout -o yaml | shiftctl apply -f -`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if len(files) == 0 {
 				return errors.New("apply needs -f PLAN (a YAML file, or - for stdin)")
@@ -32,7 +46,14 @@ func (a *app) applyCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				docs := splitYAMLDocs(string(data))
+				var docs []string
+				for _, d := range splitYAMLDocs(string(data)) {
+					plans, err := planFromDocument(d)
+					if err != nil {
+						return fmt.Errorf("%s: %w", f, err)
+					}
+					docs = append(docs, plans...)
+				}
 				if len(docs) == 0 {
 					return fmt.Errorf("%s: holds no plan", f)
 				}
@@ -41,7 +62,11 @@ func (a *app) applyCmd() *cobra.Command {
 					if len(docs) > 1 {
 						where = fmt.Sprintf("%s (document %d)", f, i+1)
 					}
-					if err := a.applyOne(cmd, where, doc); err != nil {
+					apply := a.applyOne
+					if dryRun {
+						apply = a.applyDry
+					}
+					if err := apply(cmd, where, doc); err != nil {
 						// Go on with the other plans; report each failure.
 						fmt.Fprintln(cmd.ErrOrStderr(), "shiftctl: "+oneLine(err.Error()))
 						failed = append(failed, where)
@@ -55,6 +80,7 @@ func (a *app) applyCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringArrayVarP(&files, "filename", "f", nil, "plan file (repeatable); - reads stdin")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "change nothing; print what the apply would change")
 	return cmd
 }
 
@@ -65,13 +91,86 @@ func (a *app) applyOne(cmd *cobra.Command, where, doc string) error {
 	if err != nil {
 		return fmt.Errorf("apply %s: %w", where, a.callError(err))
 	}
+	r := resp.GetRollout()
 	verb := "configured"
-	if resp.GetCreated() {
+	switch {
+	case resp.GetResult() == shiftplanev1.ApplyResult_APPLY_RESULT_UNCHANGED:
+		verb = "unchanged"
+	case resp.GetCreated():
 		verb = "created"
 	}
-	r := resp.GetRollout()
 	fmt.Fprintf(a.out, "rollout %q %s (%s)\n", r.GetName(), verb, summary(r))
+	if verb == "unchanged" && retryable(r.GetPhase()) {
+		fmt.Fprintf(a.out, "rollout %q ended %s; run 'shiftctl retry %s' to start it again from step 1\n", r.GetName(), phaseName(r.GetPhase()), r.GetName())
+	}
 	return nil
+}
+
+// applyDry prints what applying doc would change, from the plan parsed
+// here and the rollout the server has; the server's own checks (exec
+// hooks, webhook hosts, conflicts with other plans) run on the real apply.
+func (a *app) applyDry(cmd *cobra.Command, where, doc string) error {
+	plans, ps := policy.ParseAndValidate([]byte(doc), where, policy.ValidateOptions{AllowExec: true, AllowHosts: []string{"*"}})
+	if len(ps) > 0 {
+		return fmt.Errorf("apply %s: %w", where, ps)
+	}
+	if len(plans) != 1 {
+		return fmt.Errorf("apply %s: holds %d plans", where, len(plans))
+	}
+	next := api.PlanToProto(plans[0])
+	ctx, cancel := a.callCtx(cmd)
+	defer cancel()
+	resp, err := a.rollouts.Get(ctx, &shiftplanev1.GetRequest{Name: next.GetName()})
+	if status.Code(err) == codes.NotFound {
+		fmt.Fprintf(a.out, "rollout %q created (dry run)\n", next.GetName())
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("apply %s: %w", where, a.callError(err))
+	}
+	cur := resp.GetRollout().GetPlan()
+	curText, err := planText(cur)
+	if err != nil {
+		return err
+	}
+	nextText, err := planText(next)
+	if err != nil {
+		return err
+	}
+	if curText == nextText {
+		fmt.Fprintf(a.out, "rollout %q unchanged (dry run)\n", next.GetName())
+		return nil
+	}
+	fmt.Fprintf(a.out, "rollout %q configured (dry run):\n%s", next.GetName(), planDiff(curText, nextText))
+	r := resp.GetRollout()
+	switch {
+	case cur.GetCanary().GetCluster() != next.GetCanary().GetCluster() || strings.Join(cur.GetCanary().GetEndpoints(), ",") != strings.Join(next.GetCanary().GetEndpoints(), ",") || cur.GetStable().GetCluster() != next.GetStable().GetCluster():
+		fmt.Fprintf(a.out, "a new canary: the rollout would restart from step 1 (it is %s)\n", summary(r))
+	case phaseTerminal(r.GetPhase()):
+		fmt.Fprintf(a.out, "same canary: the plan would be replaced; the rollout stays %s\n", phaseName(r.GetPhase()))
+	default:
+		fmt.Fprintf(a.out, "same canary: the rollout would keep its position (%s)\n", summary(r))
+	}
+	return nil
+}
+
+// planText is a plan as the plan document get -o yaml prints.
+func planText(p *shiftplanev1.Plan) (string, error) {
+	n, err := planNode(p)
+	if err != nil {
+		return "", err
+	}
+	b, err := encodeYAML(n)
+	return string(b), err
+}
+
+// retryable: the phases `retry` restarts.
+func retryable(p shiftplanev1.Phase) bool {
+	switch p {
+	case shiftplanev1.Phase_PHASE_ABORTED, shiftplanev1.Phase_PHASE_ROLLED_BACK, shiftplanev1.Phase_PHASE_FAILED:
+		return true
+	}
+	return false
 }
 
 func readPlanFile(name string, stdin io.Reader) ([]byte, error) {
@@ -129,14 +228,19 @@ func hasContent(doc string) bool {
 func (a *app) getCmd() *cobra.Command {
 	var output string
 	cmd := &cobra.Command{
-		Use:   "get NAME [-o json|yaml|table]",
-		Short: "Show one rollout's status",
-		Args:  nameArg,
+		Use:   "get NAME [-o json|yaml|wide|name]",
+		Short: "Show one rollout: its phase, steps, signal, fleet and last events",
+		Long: `Show one rollout. Without -o: a detailed view (phase and message, the steps
+with the current one marked and its hold, the signal and why, the fleet, the
+newest events). -o json|yaml prints the rollout document, which apply -f takes
+back; -o wide a one-line table; -o name rollout/NAME.`,
+		Example: `  shiftctl get checkout
+  shiftctl get checkout -o yaml > checkout.yaml
+  shiftctl get checkout -o json | jq -r .phase`,
+		Args: nameArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			switch output {
-			case "json", "yaml", "table":
-			default:
-				return fmt.Errorf("-o: must be json, yaml or table, got %q", output)
+			if err := checkOutput(output); err != nil {
+				return err
 			}
 			ctx, cancel := a.callCtx(cmd)
 			defer cancel()
@@ -145,33 +249,47 @@ func (a *app) getCmd() *cobra.Command {
 			if err != nil {
 				return a.callError(err)
 			}
-			if err := writeRollout(a.out, resp.GetRollout(), output, time.Now()); err != nil {
+			if output != "" {
+				return writeRollouts(a.out, []*shiftplanev1.Rollout{resp.GetRollout()}, output, false, time.Now())
+			}
+			h, err := a.rollouts.History(ctx, &shiftplanev1.HistoryRequest{Name: args[0], Limit: detailEvents})
+			if err != nil {
+				return a.callError(err)
+			}
+			if err := writeDetail(a.out, resp.GetRollout(), h.GetEvents(), time.Now()); err != nil {
 				return err
 			}
 			// Several replicas: say which one leads (json and yaml stay pure).
-			if l := header.Get("shiftplane-leader"); len(l) > 0 && output == "table" {
+			if l := header.Get("shiftplane-leader"); len(l) > 0 {
 				_, err = fmt.Fprintf(a.out, "Leader:   %s\n", l[0])
 			}
 			return err
 		},
 	}
-	cmd.Flags().StringVarP(&output, "output", "o", "table", "json, yaml or table")
+	cmd.Flags().StringVarP(&output, "output", "o", "", "json, yaml, wide or name (default: the detailed view)")
 	return cmd
 }
 
 func (a *app) listCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "list",
+	var output string
+	cmd := &cobra.Command{
+		Use:   "list [-o json|yaml|wide|name]",
 		Short: "List every rollout, then a warning line for each plan file problem",
-		Args:  cobra.NoArgs,
+		Example: `  shiftctl list
+  shiftctl list -o wide
+  shiftctl list -o yaml > all-plans.yaml`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkOutput(output); err != nil {
+				return err
+			}
 			ctx, cancel := a.callCtx(cmd)
 			defer cancel()
 			resp, err := a.rollouts.List(ctx, &shiftplanev1.ListRequest{})
 			if err != nil {
 				return a.callError(err)
 			}
-			if err := writeRolloutTable(a.out, resp.GetRollouts(), time.Now()); err != nil {
+			if err := writeRollouts(a.out, resp.GetRollouts(), output, true, time.Now()); err != nil || output != "" {
 				return err
 			}
 			errs, err := a.sourceWarnings(cmd)
@@ -182,44 +300,8 @@ func (a *app) listCmd() *cobra.Command {
 			return writeSourceWarnings(a.out, errs, time.Now())
 		},
 	}
-}
-
-func (a *app) watchCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "watch NAME",
-		Short: "Follow a rollout live; exit 0 when it succeeds, 2 when it rolls back, aborts or fails",
-		Args:  nameArg,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			stream, err := a.rollouts.Watch(cmd.Context(), &shiftplanev1.WatchRequest{Name: args[0]})
-			if err != nil {
-				return a.callError(err)
-			}
-			w := newWatcher(a.out, a.tty)
-			for {
-				resp, err := stream.Recv()
-				if err != nil {
-					w.done()
-					if errors.Is(err, io.EOF) {
-						return errors.New("the server ended the watch")
-					}
-					return a.callError(err)
-				}
-				if ev := resp.GetEvent(); ev != nil {
-					w.event(ev)
-					continue
-				}
-				r := resp.GetStatus()
-				if r == nil {
-					continue
-				}
-				w.status(r)
-				if phaseTerminal(r.GetPhase()) {
-					w.done()
-					return finalResult(r)
-				}
-			}
-		},
-	}
+	cmd.Flags().StringVarP(&output, "output", "o", "", "json, yaml, wide or name (default: a table)")
+	return cmd
 }
 
 // finalResult is watch's verdict on a finished rollout.
@@ -234,13 +316,21 @@ func finalResult(r *shiftplanev1.Rollout) error {
 	return &exitError{code: exitRolloutFailure, msg: msg}
 }
 
+var simpleExamples = map[string]string{
+	"pause":   "  shiftctl pause checkout",
+	"resume":  "  shiftctl resume checkout   # also passes a manual gate step",
+	"promote": "  shiftctl promote checkout",
+	"retry":   "  shiftctl retry checkout && shiftctl watch checkout",
+}
+
 // simpleCmd is a verb that takes a NAME and changes the rollout: pause,
 // resume, promote.
 func (a *app) simpleCmd(verb, short, done string) *cobra.Command {
 	return &cobra.Command{
-		Use:   verb + " NAME",
-		Short: short,
-		Args:  nameArg,
+		Use:     verb + " NAME",
+		Short:   short,
+		Example: simpleExamples[verb],
+		Args:    nameArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := a.callCtx(cmd)
 			defer cancel()
@@ -259,6 +349,10 @@ func (a *app) simpleCmd(verb, short, done string) *cobra.Command {
 				var resp *shiftplanev1.PromoteResponse
 				resp, err = a.rollouts.Promote(ctx, &shiftplanev1.PromoteRequest{Name: args[0]})
 				r = resp.GetRollout()
+			case "retry":
+				var resp *shiftplanev1.RetryResponse
+				resp, err = a.rollouts.Retry(ctx, &shiftplanev1.RetryRequest{Name: args[0]})
+				r = resp.GetRollout()
 			}
 			if err != nil {
 				return a.callError(err)
@@ -272,9 +366,10 @@ func (a *app) simpleCmd(verb, short, done string) *cobra.Command {
 func (a *app) abortCmd() *cobra.Command {
 	var reason string
 	cmd := &cobra.Command{
-		Use:   "abort NAME [--reason TEXT]",
-		Short: "Move all traffic back to stable and end the rollout",
-		Args:  nameArg,
+		Use:     "abort NAME [--reason TEXT]",
+		Example: `  shiftctl abort checkout --reason "p99 latency up"`,
+		Short:   "Move all traffic back to stable and end the rollout",
+		Args:    nameArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := a.callCtx(cmd)
 			defer cancel()
@@ -293,8 +388,9 @@ func (a *app) abortCmd() *cobra.Command {
 func (a *app) deleteCmd() *cobra.Command {
 	var force, dryRun bool
 	cmd := &cobra.Command{
-		Use:   "delete NAME [--force] [--dry-run]",
-		Short: "Forget a rollout, its routes and clusters, and its history",
+		Use:     "delete NAME [--force] [--dry-run]",
+		Example: "  shiftctl delete checkout --dry-run\n  shiftctl delete checkout --force",
+		Short:   "Forget a rollout, its routes and clusters, and its history",
 		Long: `Delete removes the rollout's virtual host and clusters from every Envoy (and
 its listener when no other rollout uses it), so the service's traffic stops.
 It says what it will do first; a rollout whose routes carry traffic is
@@ -327,9 +423,10 @@ file exists: remove the file (the rollout is then kept, owned by the API).`,
 func (a *app) historyCmd() *cobra.Command {
 	var limit int32
 	cmd := &cobra.Command{
-		Use:   "history NAME [--limit N]",
-		Short: "Show a rollout's events, oldest first",
-		Args:  nameArg,
+		Use:     "history NAME [--limit N]",
+		Example: `  shiftctl history checkout --limit 20`,
+		Short:   "Show a rollout's events, oldest first",
+		Args:    nameArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := a.callCtx(cmd)
 			defer cancel()
@@ -346,9 +443,10 @@ func (a *app) historyCmd() *cobra.Command {
 
 func (a *app) fleetCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:   "fleet",
-		Short: "List the Envoys connected over xDS: what each ACKed, whether it converged, its NACK errors",
-		Args:  cobra.NoArgs,
+		Use:     "fleet",
+		Example: `  shiftctl fleet`,
+		Short:   "List the Envoys connected over xDS: what each ACKed, whether it converged, its NACK errors",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := a.callCtx(cmd)
 			defer cancel()
@@ -365,7 +463,9 @@ func (a *app) reportSignalCmd() *cobra.Command {
 	var state, reason, source string
 	var ttl time.Duration
 	cmd := &cobra.Command{
-		Use:   "report-signal NAME --state firing|clear [--ttl 1m] [--reason TEXT] [--source NAME]",
+		Use: "report-signal NAME --state firing|clear [--ttl 1m] [--reason TEXT] [--source NAME]",
+		Example: `  shiftctl report-signal checkout --state firing --reason "CI smoke test failed" --source ci
+  shiftctl report-signal checkout --state clear --source ci`,
 		Short: "Report an outside verdict on a rollout's canary (firing stops it; clear withdraws your firing)",
 		Args:  nameArg,
 		RunE: func(cmd *cobra.Command, args []string) error {

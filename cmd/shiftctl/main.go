@@ -5,7 +5,8 @@
 //
 // --server and --token default to $SHIFTCTL_SERVER and $SHIFTCTL_TOKEN.
 // Exit status: 0 on success; 1 with a one-line reason on stderr when a call
-// fails; 2 when `watch` sees the rollout end other than SUCCEEDED.
+// fails; 2 when `watch` sees the rollout end other than SUCCEEDED; 3 when
+// `watch --timeout` passes first; 130 when interrupted (Ctrl-C).
 package main
 
 import (
@@ -22,12 +23,14 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/shiftplane/shiftplane/cmd/internal/buildinfo"
 	shiftplanev1 "github.com/shiftplane/shiftplane/proto/shiftplane/v1"
 )
 
@@ -38,6 +41,8 @@ const DefaultServer = "127.0.0.1:18001"
 const (
 	exitFailed         = 1 // a call or the input failed
 	exitRolloutFailure = 2 // watch: the rollout ended ROLLED_BACK, ABORTED or FAILED
+	exitTimeout        = 3 // watch: --timeout passed before the rollout ended
+	exitInterrupted    = 130
 )
 
 // exitError carries an exit code other than exitFailed.
@@ -50,21 +55,28 @@ func (e *exitError) Error() string { return e.msg }
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr, isTerminal(os.Stdout))
+	fd := int(os.Stdout.Fd())
+	tty := term.IsTerminal(fd)
+	width := func() int {
+		w, _, err := term.GetSize(fd)
+		if err != nil {
+			return 0
+		}
+		return w
+	}
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr, tty, width)
 	stop()
 	os.Exit(code)
 }
 
-// isTerminal reports whether f is a character device (a TTY), without a
-// dependency on golang.org/x/term.
-func isTerminal(f *os.File) bool {
-	st, err := f.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
-}
-
 // run executes one shiftctl command line and returns the exit code.
-func run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool) int {
+// width reports the terminal's columns (re-read on each redraw, so a
+// resized window is followed); nil when not a terminal.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool, width ...func() int) int {
 	a := &app{out: stdout, tty: tty}
+	if len(width) > 0 {
+		a.width = width[0]
+	}
 	root := a.rootCmd()
 	root.SetArgs(args)
 	root.SetOut(stdout)
@@ -75,6 +87,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool)
 	}
 	if err == nil {
 		return 0
+	}
+	if ctx.Err() != nil {
+		// Ctrl-C or SIGTERM: the shell's convention, 128+SIGINT.
+		fmt.Fprintln(stderr, "shiftctl: interrupted")
+		return exitInterrupted
 	}
 	fmt.Fprintln(stderr, "shiftctl: "+oneLine(err.Error()))
 	var ee *exitError
@@ -91,6 +108,7 @@ type app struct {
 	timeout            time.Duration
 	out                io.Writer
 	tty                bool
+	width              func() int
 	conn               *grpc.ClientConn
 	rollouts           shiftplanev1.RolloutServiceClient
 	fleet              shiftplanev1.FleetServiceClient
@@ -105,11 +123,16 @@ func (a *app) rootCmd() *cobra.Command {
 
 --server and --token default to $SHIFTCTL_SERVER and $SHIFTCTL_TOKEN.
 Exit status: 0 on success, 1 with a one-line reason when a call fails,
-2 when watch sees the rollout end ROLLED_BACK, ABORTED or FAILED.`,
+2 when watch sees the rollout end ROLLED_BACK, ABORTED or FAILED,
+3 when watch --timeout passes first, 130 when interrupted.`,
+		Example: `  shiftctl apply -f examples/checkout.yaml
+  shiftctl watch checkout
+  shiftctl get checkout
+  shiftctl --server 10.0.0.5:18001 --token "$TOKEN" list -o wide
+  source <(shiftctl completion bash)`,
 		SilenceUsage:      true,
 		SilenceErrors:     true,
 		PersistentPreRunE: a.connect,
-		CompletionOptions: cobra.CompletionOptions{DisableDefaultCmd: true},
 	}
 	fs := root.PersistentFlags()
 	fs.StringVar(&a.server, "server", DefaultServer, "shiftplane policy API address host:port (env SHIFTCTL_SERVER)")
@@ -124,7 +147,9 @@ Exit status: 0 on success, 1 with a one-line reason when a call fails,
 		a.simpleCmd("pause", "Stop a rollout's schedule where it is", "paused"),
 		a.simpleCmd("resume", "Continue a paused rollout, or pass a manual gate", "resumed"),
 		a.simpleCmd("promote", "Skip the remaining steps: weight 100, then drain and withdraw the stable", "promoted"),
+		a.simpleCmd("retry", "Restart an ABORTED, ROLLED_BACK or FAILED rollout from its first step", "restarted from step 1"),
 		a.abortCmd(), a.deleteCmd(), a.historyCmd(), a.fleetCmd(), a.reportSignalCmd(), a.sourcesCmd(),
+		buildinfo.Command("shiftctl"),
 	)
 	return root
 }
@@ -207,6 +232,9 @@ func (a *app) callCtx(cmd *cobra.Command) (context.Context, context.CancelFunc) 
 
 // callError turns a gRPC error into the one-line reason shiftctl prints.
 func (a *app) callError(err error) error {
+	if err == nil {
+		return nil
+	}
 	st, ok := status.FromError(err)
 	if !ok {
 		return err

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -10,29 +8,10 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	shiftplanev1 "github.com/shiftplane/shiftplane/proto/shiftplane/v1"
 )
-
-// jsonOpts prints a Rollout as DESIGN.md promises: every field, zeros too.
-var jsonOpts = protojson.MarshalOptions{EmitUnpopulated: true}
-
-// rolloutJSON is the protojson of r, indented by encoding/json: protojson's
-// own multiline output varies its spacing on purpose, and scripts diff this.
-func rolloutJSON(r *shiftplanev1.Rollout) ([]byte, error) {
-	b, err := jsonOpts.Marshal(r)
-	if err != nil {
-		return nil, err
-	}
-	var out bytes.Buffer
-	if err := json.Indent(&out, b, "", "  "); err != nil {
-		return nil, err
-	}
-	out.WriteByte('\n')
-	return out.Bytes(), nil
-}
 
 func phaseName(p shiftplanev1.Phase) string { return strings.TrimPrefix(p.String(), "PHASE_") }
 
@@ -54,7 +33,8 @@ func phaseTerminal(p shiftplanev1.Phase) bool {
 	return false
 }
 
-// stepText is "2/4": the current step counted from 1, of the schedule.
+// stepText is "2/4": the current step counted from 1, of the schedule, the
+// one numbering every surface uses.
 func stepText(r *shiftplanev1.Rollout) string {
 	if r.GetStepCount() == 0 {
 		return "-"
@@ -86,57 +66,117 @@ func age(t *timestamppb.Timestamp, now time.Time) string {
 	return fmt.Sprintf("%dd", int(d.Hours()/24))
 }
 
-func writeRollout(w io.Writer, r *shiftplanev1.Rollout, format string, now time.Time) error {
-	switch format {
-	case "json":
-		b, err := rolloutJSON(r)
-		if err != nil {
-			return err
-		}
-		_, err = w.Write(b)
-		return err
-	case "yaml":
-		b, err := rolloutYAML(r)
-		if err != nil {
-			return err
-		}
-		_, err = w.Write(b)
-		return err
+// outputFormats are the -o values of get and list.
+const outputFormats = "json, yaml, wide or name"
+
+func checkOutput(o string) error {
+	switch o {
+	case "", "json", "yaml", "wide", "name", "table":
+		return nil
 	}
-	return writeRolloutTable(w, []*shiftplanev1.Rollout{r}, now)
+	return fmt.Errorf("-o: must be %s, got %q", outputFormats, o)
 }
 
-// rolloutYAML is the JSON form as block YAML, in the JSON's field order.
-func rolloutYAML(r *shiftplanev1.Rollout) ([]byte, error) {
-	b, err := jsonOpts.Marshal(r)
+// writeRollouts prints rs in format: json and yaml as rollout documents
+// (list: a JSON {"items": [...]}, or one YAML document per rollout), name
+// as rollout/NAME lines, wide and table as tables.
+func writeRollouts(w io.Writer, rs []*shiftplanev1.Rollout, format string, list bool, now time.Time) error {
+	switch format {
+	case "json", "yaml":
+		var docs []*yaml.Node
+		for _, r := range rs {
+			n, err := rolloutNode(r)
+			if err != nil {
+				return err
+			}
+			docs = append(docs, n)
+		}
+		if format == "yaml" {
+			for i, n := range docs {
+				if i > 0 {
+					fmt.Fprintln(w, "---")
+				}
+				b, err := encodeYAML(n)
+				if err != nil {
+					return err
+				}
+				if _, err := w.Write(b); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		n := &yaml.Node{Kind: yaml.MappingNode}
+		if list {
+			n.Content = []*yaml.Node{{Kind: yaml.ScalarNode, Value: "items"}, {Kind: yaml.SequenceNode, Content: docs}}
+		} else if len(docs) == 1 {
+			n = docs[0]
+		}
+		b, err := encodeJSON(n)
+		if err != nil {
+			return err
+		}
+		_, err = w.Write(b)
+		return err
+	case "name":
+		for _, r := range rs {
+			if _, err := fmt.Fprintf(w, "rollout/%s\n", r.GetName()); err != nil {
+				return err
+			}
+		}
+		return nil
+	case "wide":
+		return writeRolloutWide(w, rs, now)
+	}
+	return writeRolloutTable(w, rs, now)
+}
+
+// writeRolloutWide is the table with the hold, the fleet and the message.
+// rolloutJSON and rolloutYAML are one rollout document.
+func rolloutJSON(r *shiftplanev1.Rollout) ([]byte, error) {
+	n, err := rolloutNode(r)
 	if err != nil {
 		return nil, err
 	}
-	var n yaml.Node
-	if err := yaml.Unmarshal(b, &n); err != nil {
-		return nil, err
-	}
-	blockStyle(&n)
-	var out bytes.Buffer
-	enc := yaml.NewEncoder(&out)
-	enc.SetIndent(2)
-	if err := enc.Encode(&n); err != nil {
-		return nil, err
-	}
-	if err := enc.Close(); err != nil {
-		return nil, err
-	}
-	return out.Bytes(), nil
+	return encodeJSON(n)
 }
 
-// blockStyle clears the flow and quoting styles a JSON document parses
-// with, so the YAML reads like a plan file. Strings that need quotes get
-// them from the encoder.
-func blockStyle(n *yaml.Node) {
-	n.Style = 0
-	for _, c := range n.Content {
-		blockStyle(c)
+func rolloutYAML(r *shiftplanev1.Rollout) ([]byte, error) {
+	n, err := rolloutNode(r)
+	if err != nil {
+		return nil, err
 	}
+	return encodeYAML(n)
+}
+
+func writeRolloutWide(w io.Writer, rs []*shiftplanev1.Rollout, now time.Time) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tPHASE\tWEIGHT\tSTEP\tHOLD LEFT\tSIGNAL\tFLEET\tAGE\tMESSAGE")
+	for _, r := range rs {
+		fmt.Fprintf(tw, "%s\t%s\t%d%%\t%s\t%s\t%s\t%s\t%s\t%s\n", r.GetName(), phaseName(r.GetPhase()), r.GetCanaryWeight(),
+			stepText(r), holdLeft(r), signalName(r.GetSignal().GetState()), fleetText(r.GetFleet()), age(r.GetCreatedAt(), now), oneLine(r.GetMessage()))
+	}
+	return tw.Flush()
+}
+
+// holdLeft is the rounded remaining hold, "-" when none is counting.
+func holdLeft(r *shiftplanev1.Rollout) string {
+	d := r.GetHoldRemaining().AsDuration()
+	if d <= 0 || phaseTerminal(r.GetPhase()) {
+		return "-"
+	}
+	return roundDuration(d).String()
+}
+
+// fleetText is "2/2 converged" style: nodes and whether they converged.
+func fleetText(f *shiftplanev1.FleetStatus) string {
+	if f == nil || f.GetNodes() == 0 {
+		return "no nodes"
+	}
+	if f.GetConverged() {
+		return fmt.Sprintf("%d node(s) converged", f.GetNodes())
+	}
+	return fmt.Sprintf("%d node(s) not converged", f.GetNodes())
 }
 
 // writeRolloutTable prints NAME PHASE WEIGHT STEP SIGNAL AGE, one rollout a
@@ -242,25 +282,30 @@ func orDash(s string) string {
 // barWidth is the number of cells of watch's progress bar.
 const barWidth = 30
 
-// progressBar draws weight (0..100) as [██████░░░░].
-func progressBar(weight int32) string {
+// progressBar draws weight (0..100) as [██████░░░░], cells wide inside.
+func progressBar(weight int32, cells int) string {
 	w := min(max(int(weight), 0), 100)
-	full := w * barWidth / 100
-	return "[" + strings.Repeat("█", full) + strings.Repeat("░", barWidth-full) + "]"
+	full := w * cells / 100
+	return "[" + strings.Repeat("█", full) + strings.Repeat("░", cells-full) + "]"
 }
 
 // watcher renders a Watch stream: on a terminal, a progress line redrawn
-// in place with events printed above it; otherwise plain lines, a status
-// line only when something a reader cares about changed.
+// in place, cut to the terminal's width so it never wraps (a wrapped line
+// is not erased by \r and stacks up), with events printed above it;
+// otherwise plain lines, a status line only when something a reader cares
+// about changed.
 type watcher struct {
 	w        io.Writer
 	tty      bool
-	drawn    bool   // a progress line is on screen (tty)
-	lastLine string // the last status line printed (plain)
+	width    func() int // terminal columns; nil or 0: unknown
+	drawn    bool       // a progress line is on screen (tty)
+	lastLine string     // the last status line printed (plain)
 	last     *shiftplanev1.Rollout
 }
 
-func newWatcher(w io.Writer, tty bool) *watcher { return &watcher{w: w, tty: tty} }
+func newWatcher(w io.Writer, tty bool, width func() int) *watcher {
+	return &watcher{w: w, tty: tty, width: width}
+}
 
 func (wt *watcher) clearLine() {
 	if wt.tty && wt.drawn {
@@ -279,11 +324,33 @@ func (wt *watcher) event(e *shiftplanev1.Event) {
 	if e.GetFromPhase() == e.GetToPhase() {
 		arrow = phaseName(e.GetToPhase())
 	}
-	fmt.Fprintf(wt.w, "%s  event  %s  weight %d%%  step %d: %s\n", e.GetTime().AsTime().Local().Format("15:04:05"),
-		arrow, e.GetWeight(), e.GetStepIndex()+1, e.GetReason())
+	step := fmt.Sprintf("step %d", e.GetStepIndex()+1)
+	if n := wt.last.GetStepCount(); n > 0 {
+		step += fmt.Sprintf("/%d", n)
+	}
+	wt.println(fmt.Sprintf("%s  event  %s  weight %d%%  %s  %s", e.GetTime().AsTime().Local().Format("15:04:05"),
+		arrow, e.GetWeight(), step, e.GetReason()))
 	if wt.tty && wt.last != nil {
 		wt.draw(wt.last)
 	}
+}
+
+// note prints a line about the watch itself (a lost connection).
+func (wt *watcher) note(msg string) {
+	wt.clearLine()
+	wt.println(time.Now().Format("15:04:05") + "  " + msg)
+	if wt.tty && wt.last != nil {
+		wt.draw(wt.last)
+	}
+}
+
+// println prints a line that scrolls up; on a terminal it is cut to the
+// width too, so the screen holds what was printed, line for line.
+func (wt *watcher) println(line string) {
+	if wt.tty {
+		line = fit(line, wt.columns())
+	}
+	fmt.Fprintln(wt.w, line)
 }
 
 func (wt *watcher) status(r *shiftplanev1.Rollout) {
@@ -300,9 +367,46 @@ func (wt *watcher) status(r *shiftplanev1.Rollout) {
 	}
 }
 
+func (wt *watcher) columns() int {
+	if wt.width == nil {
+		return 0
+	}
+	return wt.width()
+}
+
 func (wt *watcher) draw(r *shiftplanev1.Rollout) {
-	fmt.Fprintf(wt.w, "%s %3d%%  %s", progressBar(r.GetCanaryWeight()), r.GetCanaryWeight(), statusLine(r, true))
+	cols := wt.columns()
+	text := fmt.Sprintf("%3d%%  %s", r.GetCanaryWeight(), statusLine(r, true))
+	// The words come first; the bar takes what room is left, up to
+	// barWidth cells, and is left out when fewer than 10 are.
+	bw := barWidth
+	if cols > 0 {
+		bw = min(barWidth, cols-1-len([]rune(text))-3)
+	}
+	line := text
+	if bw >= 10 {
+		line = progressBar(r.GetCanaryWeight(), bw) + " " + text
+	}
+	// One column is left free: writing the last one makes some terminals
+	// wrap at once.
+	fmt.Fprint(wt.w, fit(line, cols))
 	wt.drawn = true
+}
+
+// fit cuts s to cols-1 cells (every rune here is one cell wide); cols 0
+// means no limit.
+func fit(s string, cols int) string {
+	if cols <= 0 {
+		return s
+	}
+	rs := []rune(s)
+	if len(rs) < cols {
+		return s
+	}
+	if cols < 2 {
+		return ""
+	}
+	return string(rs[:cols-2]) + "…"
 }
 
 // done leaves the terminal on a fresh line.

@@ -63,12 +63,12 @@ func TestRolloutJSON(t *testing.T) {
 	if err := json.Unmarshal(b, &m); err != nil {
 		t.Fatalf("not JSON: %v\n%s", err, b)
 	}
-	for key, want := range map[string]any{"name": "checkout", "phase": "PHASE_PROGRESSING", "canaryWeight": float64(0), "stepIndex": float64(0)} {
+	for key, want := range map[string]any{"name": "checkout", "phase": "PROGRESSING", "canaryWeight": float64(0), "stepIndex": float64(0)} {
 		if m[key] != want {
 			t.Errorf("%s = %v, want %v", key, m[key], want)
 		}
 	}
-	if sig := m["signal"].(map[string]any); sig["state"] != "SIGNAL_STATE_CLEAR" || sig["reason"] != "no ejections" {
+	if sig := m["signal"].(map[string]any); sig["state"] != "CLEAR" || sig["reason"] != "no ejections" {
 		t.Errorf("signal = %v", sig)
 	}
 	if fl := m["fleet"].(map[string]any); fl["nodes"] != float64(2) || fl["converged"] != true {
@@ -92,10 +92,10 @@ func TestRolloutYAML(t *testing.T) {
 	if err := yaml.Unmarshal(b, &m); err != nil {
 		t.Fatal(err)
 	}
-	if m["name"] != "checkout" || m["canaryWeight"] != 0 || m["phase"] != "PHASE_PROGRESSING" {
+	if m["name"] != "checkout" || m["canaryWeight"] != 0 || m["phase"] != "PROGRESSING" {
 		t.Errorf("yaml:\n%s", b)
 	}
-	if !strings.HasPrefix(string(b), "name: checkout\nphase: PHASE_PROGRESSING\n") || strings.Contains(string(b), "{") {
+	if !strings.HasPrefix(string(b), "name: checkout\nphase: PROGRESSING\n") || strings.Contains(string(b), "{") {
 		t.Errorf("want block YAML in the JSON's field order:\n%s", b)
 	}
 }
@@ -177,7 +177,7 @@ func TestFleetTable(t *testing.T) {
 
 func TestWatcherPlain(t *testing.T) {
 	var b bytes.Buffer
-	w := newWatcher(&b, false)
+	w := newWatcher(&b, false, nil)
 	r := rollout()
 	w.status(r)
 	r.HoldRemaining = durationpb.New(11 * time.Second) // only the hold moved: no new line
@@ -193,14 +193,14 @@ func TestWatcherPlain(t *testing.T) {
 	if strings.Contains(out, "\r") || strings.Contains(out, "\x1b") {
 		t.Errorf("terminal control codes in plain output: %q", out)
 	}
-	if !strings.Contains(out, "event  PROGRESSING → HOLDING  weight 10%  step 1: signal firing") {
+	if !strings.Contains(out, "event  PROGRESSING → HOLDING  weight 10%  step 1/4  signal firing") {
 		t.Errorf("event line missing:\n%s", out)
 	}
 }
 
 func TestWatcherTTY(t *testing.T) {
 	var b bytes.Buffer
-	w := newWatcher(&b, true)
+	w := newWatcher(&b, true, nil)
 	r := rollout()
 	r.CanaryWeight = 50
 	w.status(r)
@@ -214,7 +214,7 @@ func TestWatcherTTY(t *testing.T) {
 	if !strings.Contains(out, "\r\x1b[K") || !strings.HasSuffix(out, "\n") {
 		t.Errorf("want the line redrawn in place and a final newline: %q", out)
 	}
-	if got := progressBar(100); got != "["+strings.Repeat("█", barWidth)+"]" {
+	if got := progressBar(100, barWidth); got != "["+strings.Repeat("█", barWidth)+"]" {
 		t.Errorf("progressBar(100) = %q", got)
 	}
 }
@@ -244,7 +244,7 @@ func TestRunUsageErrors(t *testing.T) {
 	}{
 		"no name":       {args: []string{"get"}, want: "shiftctl: get needs exactly one rollout NAME, got 0 arguments\n"},
 		"two names":     {args: []string{"pause", "a", "b"}, want: "shiftctl: pause needs exactly one rollout NAME, got 2 arguments\n"},
-		"bad output":    {args: []string{"get", "a", "-o", "xml"}, want: "shiftctl: -o: must be json, yaml or table, got \"xml\"\n"},
+		"bad output":    {args: []string{"get", "a", "-o", "xml"}, want: "shiftctl: -o: must be json, yaml, wide or name, got \"xml\"\n"},
 		"apply no file": {args: []string{"apply"}, want: "shiftctl: apply needs -f PLAN (a YAML file, or - for stdin)\n"},
 		"missing file":  {args: []string{"apply", "-f", "/nonexistent/plan.yaml"}, want: "shiftctl: open /nonexistent/plan.yaml: no such file or directory\n"},
 		"bad state":     {args: []string{"report-signal", "a", "--state", "stale"}, want: "shiftctl: --state: must be firing or clear, got \"stale\"\n"},
@@ -261,5 +261,28 @@ func TestRunUsageErrors(t *testing.T) {
 				t.Errorf("exit %d, stderr %q; want exit %d, %q", code, errOut.String(), exitFailed, tc.want)
 			}
 		})
+	}
+}
+
+// TestWatcherFitsWidth: on a narrow terminal the live line is cut to one
+// column less than the width (the bar shrinks first), so it never wraps.
+func TestWatcherFitsWidth(t *testing.T) {
+	for _, cols := range []int{40, 80, 120} {
+		var b bytes.Buffer
+		w := newWatcher(&b, true, func() int { return cols })
+		r := rollout()
+		r.Message = strings.Repeat("long ", 40)
+		r.HoldRemaining = durationpb.New(59*time.Minute + 54*time.Second)
+		w.status(r)
+		line := strings.TrimPrefix(b.String(), "\r\x1b[K")
+		if n := len([]rune(line)); n >= cols {
+			t.Errorf("%d columns: line of %d cells: %q", cols, n, line)
+		}
+		if !strings.Contains(line, "PROGRESSING  step 1/4") {
+			t.Errorf("%d columns: the words were cut: %q", cols, line)
+		}
+		if cols >= 120 && !strings.Contains(line, "[░░░") {
+			t.Errorf("%d columns: no bar: %q", cols, line)
+		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -104,9 +105,14 @@ var configKeys = []struct {
 // fileOnlyKeys are keys only a config file can set.
 var fileOnlyKeys = []string{"notifications"}
 
-func addConfigFlags(fs *pflag.FlagSet) {
+// addConfigFlags adds --config and the flags of the config keys only (all
+// of them when none is named): a command shows the flags it reads.
+func addConfigFlags(fs *pflag.FlagSet, only ...string) {
 	fs.String("config", "", "config file (YAML); default $"+configEnv)
 	for _, k := range configKeys {
+		if len(only) > 0 && !slices.Contains(only, k.key) {
+			continue
+		}
 		switch d := k.def.(type) {
 		case string:
 			fs.String(k.flag, d, k.help)

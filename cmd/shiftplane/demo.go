@@ -19,8 +19,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	vegeta "github.com/tsenart/vegeta/v12/lib"
 
+	"github.com/shiftplane/shiftplane/cmd/shiftplane/demoload"
 	envoyconfigs "github.com/shiftplane/shiftplane/envoy-configs"
 	"github.com/shiftplane/shiftplane/policy"
 )
@@ -205,19 +205,13 @@ func runDemo(ctx context.Context, o demoOptions, out io.Writer) error {
 		samples []sample
 		windows = []window{{start: time.Now(), weight: 0, phase: policy.PhasePending}}
 	)
-	loadDone := make(chan struct{})
-	attacker := vegeta.NewAttacker(vegeta.Timeout(5*time.Second), vegeta.KeepAlive(true), vegeta.Workers(16), vegeta.MaxBody(1024))
-	go func() {
-		defer close(loadDone)
-		tr := vegeta.NewStaticTargeter(vegeta.Target{Method: http.MethodGet, URL: "http://" + listen + "/"})
-		for res := range attacker.Attack(tr, vegeta.Rate{Freq: o.rate, Per: time.Second}, o.timeout, "demo") {
-			s := sample{at: res.Timestamp, version: res.Headers.Get("X-Version"), ok: res.Code >= 200 && res.Code < 300 && res.Error == ""}
-			mu.Lock()
-			samples = append(samples, s)
-			mu.Unlock()
-		}
-	}()
-
+	loadCtx, loadTimeout := context.WithTimeout(context.Background(), o.timeout)
+	defer loadTimeout()
+	stopLoad := demoload.Start(loadCtx, demoload.Options{URL: "http://" + listen + "/", Rate: o.rate}, func(r demoload.Result) {
+		mu.Lock()
+		samples = append(samples, sample{at: r.At, version: r.Version, ok: r.OK})
+		mu.Unlock()
+	})
 	tty := isTerminal(out)
 	ticker := time.NewTicker(250 * time.Millisecond)
 	defer ticker.Stop()
@@ -228,8 +222,7 @@ loop:
 	for {
 		select {
 		case <-ctx.Done():
-			attacker.Stop()
-			<-loadDone
+			stopLoad()
 			return fmt.Errorf("the demo did not finish within %s", o.timeout)
 		case u, ok := <-updates:
 			if !ok {
@@ -281,8 +274,7 @@ loop:
 	// A little more traffic on the final weights, then stop and let every
 	// request in flight finish so the counts can be compared with the backends'.
 	time.Sleep(time.Second)
-	attacker.Stop()
-	<-loadDone
+	stopLoad()
 	if tty {
 		fmt.Fprintln(out)
 	}

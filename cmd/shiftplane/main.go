@@ -1,5 +1,6 @@
 // Command shiftplane is the control plane: `serve` runs it, `validate`
-// checks plans, `demo` runs a complete local rollout.
+// checks plans, `bootstrap` prints an Envoy's bootstrap, `demo` runs a
+// complete local rollout, `version` says what it was built from.
 package main
 
 import (
@@ -8,6 +9,8 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+
+	"github.com/shiftplane/shiftplane/cmd/internal/buildinfo"
 )
 
 func main() {
@@ -22,11 +25,23 @@ func main() {
 
 func newRoot() *cobra.Command {
 	root := &cobra.Command{
-		Use:           "shiftplane",
-		Short:         "An Envoy xDS control plane for zero-downtime canary releases",
+		Use:   "shiftplane",
+		Short: "An Envoy xDS control plane for zero-downtime canary releases",
+		Example: `  shiftplane serve --plan examples/
+  shiftplane validate examples/*.yaml
+  shiftplane bootstrap --node-id envoy-1 > envoy.yaml
+  shiftplane demo`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(serveCmd(), validateCmd(), demoCmd())
+	serve := serveCmd()
+	// Set here, so serve.go (busy elsewhere) stays as it is.
+	serve.Example = `  shiftplane serve --plan examples/
+  shiftplane serve --config shiftplane.yaml --plan /etc/shiftplane/plans
+  SHIFTPLANE_STORE_PATH=/var/lib/shiftplane.db SHIFTPLANE_API_TOKENFILE=/etc/shiftplane/token shiftplane serve`
+	demo := demoCmd()
+	demo.Example = `  shiftplane demo
+  shiftplane demo --fail-canary   # watch the hold and the rollback`
+	root.AddCommand(serve, validateCmd(), bootstrapCmd(), demo, buildinfo.Command("shiftplane"))
 	return root
 }

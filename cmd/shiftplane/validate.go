@@ -18,7 +18,14 @@ func validateCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "validate FILE_OR_DIR...",
 		Short: "Check rollout plans; prints one line per problem and exits non-zero if any",
-		Args:  cobra.MinimumNArgs(1),
+		Long: `Check rollout plans (files, or folders of *.yaml) as serve would load them:
+one line per problem (FILE: steps[2].weight: ...), exit 1 if any. Exec hooks and
+webhook hosts are judged by the hooks settings of --config, the environment
+(SHIFTPLANE_HOOKS_ALLOWEXEC, SHIFTPLANE_HOOKS_ALLOWHOSTS) or the flags below.`,
+		Example: `  shiftplane validate examples/
+  shiftplane validate -v plans/checkout.yaml
+  shiftplane validate --hooks-allow-exec plans/migrate.yaml`,
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, err := loadConfig(cmd.Flags())
 			if err != nil {
@@ -38,7 +45,7 @@ func validateCmd() *cobra.Command {
 			return nil
 		},
 	}
-	addConfigFlags(cmd.Flags())
+	addConfigFlags(cmd.Flags(), "hooks.allowExec", "hooks.allowHosts")
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "print each plan's steps (generated ones too)")
 	return cmd
 }

@@ -192,14 +192,27 @@ func (s *Service) Apply(_ context.Context, req *shiftplanev1.ApplyRequest) (*shi
 	default:
 		return nil, invalidField("plan", "is required: send a plan message or planYaml")
 	}
-	_, err := s.engine.Get(plan.Name)
-	existed := err == nil
-	st, err := s.engine.Apply(plan, Source)
+	st, outcome, err := s.engine.ApplyOutcome(plan, Source)
 	if err != nil {
 		return nil, toStatus(plan.Name, err)
 	}
-	s.log.Info("rollout applied through the API", "rollout", plan.Name, "created", !existed, "phase", st.State.Phase)
-	return &shiftplanev1.ApplyResponse{Rollout: StatusToProto(st), Created: !existed}, nil
+	s.log.Info("rollout applied through the API", "rollout", plan.Name, "result", outcome, "phase", st.State.Phase)
+	return &shiftplanev1.ApplyResponse{Rollout: StatusToProto(st), Created: outcome == policy.ApplyCreated, Result: applyResultProto[outcome]}, nil
+}
+
+var applyResultProto = map[policy.ApplyOutcome]shiftplanev1.ApplyResult{
+	policy.ApplyCreated:    shiftplanev1.ApplyResult_APPLY_RESULT_CREATED,
+	policy.ApplyConfigured: shiftplanev1.ApplyResult_APPLY_RESULT_CONFIGURED,
+	policy.ApplyUnchanged:  shiftplanev1.ApplyResult_APPLY_RESULT_UNCHANGED,
+}
+
+// Retry implements RolloutService.
+func (s *Service) Retry(_ context.Context, req *shiftplanev1.RetryRequest) (*shiftplanev1.RetryResponse, error) {
+	r, err := s.op(req.GetName(), "retried", nil, s.engine.Retry)
+	if err != nil {
+		return nil, err
+	}
+	return &shiftplanev1.RetryResponse{Rollout: r}, nil
 }
 
 // Get implements RolloutService.

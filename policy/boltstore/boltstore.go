@@ -32,11 +32,20 @@ type Store struct {
 
 var _ policy.Store = (*Store)(nil)
 
+// lockWait bounds the wait for the file lock another process holds: long
+// enough for a restart's old process to let go, short enough to tell a user
+// at once that another server has the store.
+const lockWait = 500 * time.Millisecond
+
 // Open opens (or creates) the store at path and checks that it is readable:
 // every stored rollout must decode, so a corrupt store stops the start
 // instead of publishing an empty configuration.
 func Open(path string) (*Store, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: lockWait})
+	if errors.Is(err, bolt.ErrTimeout) {
+		// bbolt holds an exclusive flock on the file while it is open.
+		return nil, fmt.Errorf("store %s is locked by another process (another shiftplane serve?): %w", path, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}

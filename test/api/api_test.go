@@ -50,7 +50,7 @@ func TestWatchToSuccess(t *testing.T) {
 
 	st := s.get("checkout")
 	fleet := st["fleet"].(map[string]any)
-	if st["phase"] != "PHASE_SUCCEEDED" || st["canaryWeight"] != float64(100) || fleet["nodes"] != float64(1) || fleet["converged"] != true {
+	if st["phase"] != "SUCCEEDED" || st["canaryWeight"] != float64(100) || fleet["nodes"] != float64(1) || fleet["converged"] != true {
 		t.Errorf("status after success: %v", st)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -89,7 +89,7 @@ func TestPauseResume(t *testing.T) {
 		t.Errorf("pause printed %q", out)
 	}
 	time.Sleep(300 * time.Millisecond)
-	if st := s.get("web"); st["phase"] != "PHASE_PAUSED" || st["canaryWeight"] != float64(10) {
+	if st := s.get("web"); st["phase"] != "PAUSED" || st["canaryWeight"] != float64(10) {
 		t.Errorf("paused rollout moved: %v", st)
 	}
 	if r := s.ctl(nil, "resume", "nope"); r.Code != 1 || r.Stderr != "shiftctl: rollout \"nope\" not found\n" {
@@ -132,7 +132,7 @@ func TestAbort(t *testing.T) {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		sig := s.get("api")["signal"].(map[string]any)
-		if sig["state"] == "SIGNAL_STATE_FIRING" && strings.Contains(sig["reason"].(string), "p99 alert") {
+		if sig["state"] == "FIRING" && strings.Contains(sig["reason"].(string), "p99 alert") {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -149,7 +149,7 @@ func TestAbort(t *testing.T) {
 	if r.Code != 2 || !strings.Contains(r.Stderr, `shiftctl: rollout "api" ended ABORTED`) {
 		t.Errorf("watch of an aborted rollout: %s", r)
 	}
-	if st := s.get("api"); st["phase"] != "PHASE_ABORTED" || st["canaryWeight"] != float64(0) {
+	if st := s.get("api"); st["phase"] != "ABORTED" || st["canaryWeight"] != float64(0) {
 		t.Errorf("after abort: %v", st)
 	}
 	if h := s.mustCtl("history", "api"); !strings.Contains(h, "aborted on request (bad build 42); weight 0") {
@@ -188,7 +188,7 @@ func TestPromoteAtManualGate(t *testing.T) {
 		t.Errorf("at the gate: %v", st)
 	}
 	time.Sleep(300 * time.Millisecond)
-	if st := s.get("gate"); st["phase"] != "PHASE_PAUSED" {
+	if st := s.get("gate"); st["phase"] != "PAUSED" {
 		t.Fatalf("left the gate on its own: %v", st)
 	}
 	out := s.mustCtl("promote", "gate")
@@ -236,8 +236,8 @@ func TestApplyBadPlan(t *testing.T) {
 	if !strings.Contains(list, "good") || strings.Contains(list, "bad") {
 		t.Errorf("list:\n%s", list)
 	}
-	// Reapplying changes nothing and says so as "configured".
-	if out := s.mustCtl("apply", "-f", writePlan(t, good)); !strings.Contains(out, `rollout "good" configured`) {
+	// Reapplying changes nothing and says so, as kubectl apply does.
+	if out := s.mustCtl("apply", "-f", writePlan(t, good)); !strings.Contains(out, `rollout "good" unchanged`) {
 		t.Errorf("re-apply printed %q", out)
 	}
 }

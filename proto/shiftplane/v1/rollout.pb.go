@@ -167,6 +167,62 @@ func (SignalState) EnumDescriptor() ([]byte, []int) {
 	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{1}
 }
 
+// ApplyResult is what an Apply did, as kubectl apply reports it.
+type ApplyResult int32
+
+const (
+	ApplyResult_APPLY_RESULT_UNSPECIFIED ApplyResult = 0
+	// The rollout did not exist and was created.
+	ApplyResult_APPLY_RESULT_CREATED ApplyResult = 1
+	// The rollout's plan changed.
+	ApplyResult_APPLY_RESULT_CONFIGURED ApplyResult = 2
+	// The plan is the one the rollout has; nothing changed.
+	ApplyResult_APPLY_RESULT_UNCHANGED ApplyResult = 3
+)
+
+// Enum value maps for ApplyResult.
+var (
+	ApplyResult_name = map[int32]string{
+		0: "APPLY_RESULT_UNSPECIFIED",
+		1: "APPLY_RESULT_CREATED",
+		2: "APPLY_RESULT_CONFIGURED",
+		3: "APPLY_RESULT_UNCHANGED",
+	}
+	ApplyResult_value = map[string]int32{
+		"APPLY_RESULT_UNSPECIFIED": 0,
+		"APPLY_RESULT_CREATED":     1,
+		"APPLY_RESULT_CONFIGURED":  2,
+		"APPLY_RESULT_UNCHANGED":   3,
+	}
+)
+
+func (x ApplyResult) Enum() *ApplyResult {
+	p := new(ApplyResult)
+	*p = x
+	return p
+}
+
+func (x ApplyResult) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ApplyResult) Descriptor() protoreflect.EnumDescriptor {
+	return file_shiftplane_v1_rollout_proto_enumTypes[2].Descriptor()
+}
+
+func (ApplyResult) Type() protoreflect.EnumType {
+	return &file_shiftplane_v1_rollout_proto_enumTypes[2]
+}
+
+func (x ApplyResult) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ApplyResult.Descriptor instead.
+func (ApplyResult) EnumDescriptor() ([]byte, []int) {
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{2}
+}
+
 // Plan says what to roll out and how. Its protojson names are those of the
 // YAML plan (`pathPrefix`, `outlierDetection`, `consecutive5xx`, ...).
 type Plan struct {
@@ -1614,7 +1670,9 @@ type ApplyResponse struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Rollout *Rollout               `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
 	// The rollout did not exist before this call.
-	Created       bool `protobuf:"varint,2,opt,name=created,proto3" json:"created,omitempty"`
+	Created bool `protobuf:"varint,2,opt,name=created,proto3" json:"created,omitempty"`
+	// What the call did to the rollout.
+	Result        ApplyResult `protobuf:"varint,3,opt,name=result,proto3,enum=shiftplane.v1.ApplyResult" json:"result,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1661,6 +1719,13 @@ func (x *ApplyResponse) GetCreated() bool {
 		return x.Created
 	}
 	return false
+}
+
+func (x *ApplyResponse) GetResult() ApplyResult {
+	if x != nil {
+		return x.Result
+	}
+	return ApplyResult_APPLY_RESULT_UNSPECIFIED
 }
 
 type GetRequest struct {
@@ -2416,6 +2481,94 @@ func (x *AbortResponse) GetRollout() *Rollout {
 	return nil
 }
 
+type RetryRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryRequest) Reset() {
+	*x = RetryRequest{}
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryRequest) ProtoMessage() {}
+
+func (x *RetryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryRequest.ProtoReflect.Descriptor instead.
+func (*RetryRequest) Descriptor() ([]byte, []int) {
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *RetryRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type RetryResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Rollout       *Rollout               `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryResponse) Reset() {
+	*x = RetryResponse{}
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryResponse) ProtoMessage() {}
+
+func (x *RetryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryResponse.ProtoReflect.Descriptor instead.
+func (*RetryResponse) Descriptor() ([]byte, []int) {
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *RetryResponse) GetRollout() *Rollout {
+	if x != nil {
+		return x.Rollout
+	}
+	return nil
+}
+
 type DeleteRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -2430,7 +2583,7 @@ type DeleteRequest struct {
 
 func (x *DeleteRequest) Reset() {
 	*x = DeleteRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[34]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2442,7 +2595,7 @@ func (x *DeleteRequest) String() string {
 func (*DeleteRequest) ProtoMessage() {}
 
 func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[34]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2455,7 +2608,7 @@ func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{34}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *DeleteRequest) GetName() string {
@@ -2489,7 +2642,7 @@ type DeleteResponse struct {
 
 func (x *DeleteResponse) Reset() {
 	*x = DeleteResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[35]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2501,7 +2654,7 @@ func (x *DeleteResponse) String() string {
 func (*DeleteResponse) ProtoMessage() {}
 
 func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[35]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2514,7 +2667,7 @@ func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteResponse.ProtoReflect.Descriptor instead.
 func (*DeleteResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{35}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *DeleteResponse) GetEffect() string {
@@ -2535,7 +2688,7 @@ type HistoryRequest struct {
 
 func (x *HistoryRequest) Reset() {
 	*x = HistoryRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[36]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2547,7 +2700,7 @@ func (x *HistoryRequest) String() string {
 func (*HistoryRequest) ProtoMessage() {}
 
 func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[36]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2560,7 +2713,7 @@ func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryRequest.ProtoReflect.Descriptor instead.
 func (*HistoryRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{36}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *HistoryRequest) GetName() string {
@@ -2587,7 +2740,7 @@ type HistoryResponse struct {
 
 func (x *HistoryResponse) Reset() {
 	*x = HistoryResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[37]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2599,7 +2752,7 @@ func (x *HistoryResponse) String() string {
 func (*HistoryResponse) ProtoMessage() {}
 
 func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[37]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2612,7 +2765,7 @@ func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryResponse.ProtoReflect.Descriptor instead.
 func (*HistoryResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{37}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *HistoryResponse) GetEvents() []*Event {
@@ -2640,7 +2793,7 @@ type ReportSignalRequest struct {
 
 func (x *ReportSignalRequest) Reset() {
 	*x = ReportSignalRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[38]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2652,7 +2805,7 @@ func (x *ReportSignalRequest) String() string {
 func (*ReportSignalRequest) ProtoMessage() {}
 
 func (x *ReportSignalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[38]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2665,7 +2818,7 @@ func (x *ReportSignalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportSignalRequest.ProtoReflect.Descriptor instead.
 func (*ReportSignalRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{38}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ReportSignalRequest) GetRollout() string {
@@ -2713,7 +2866,7 @@ type ReportSignalResponse struct {
 
 func (x *ReportSignalResponse) Reset() {
 	*x = ReportSignalResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[39]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2725,7 +2878,7 @@ func (x *ReportSignalResponse) String() string {
 func (*ReportSignalResponse) ProtoMessage() {}
 
 func (x *ReportSignalResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[39]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2738,7 +2891,7 @@ func (x *ReportSignalResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportSignalResponse.ProtoReflect.Descriptor instead.
 func (*ReportSignalResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{39}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ReportSignalResponse) GetSignal() *Signal {
@@ -2865,10 +3018,11 @@ const file_shiftplane_v1_rollout_proto_rawDesc = "" +
 	"\fApplyRequest\x12)\n" +
 	"\x04plan\x18\x01 \x01(\v2\x13.shiftplane.v1.PlanH\x00R\x04plan\x12\x1d\n" +
 	"\tplan_yaml\x18\x02 \x01(\tH\x00R\bplanYamlB\b\n" +
-	"\x06source\"[\n" +
+	"\x06source\"\x8f\x01\n" +
 	"\rApplyResponse\x120\n" +
 	"\arollout\x18\x01 \x01(\v2\x16.shiftplane.v1.RolloutR\arollout\x12\x18\n" +
-	"\acreated\x18\x02 \x01(\bR\acreated\" \n" +
+	"\acreated\x18\x02 \x01(\bR\acreated\x122\n" +
+	"\x06result\x18\x03 \x01(\x0e2\x1a.shiftplane.v1.ApplyResultR\x06result\" \n" +
 	"\n" +
 	"GetRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"?\n" +
@@ -2908,6 +3062,10 @@ const file_shiftplane_v1_rollout_proto_rawDesc = "" +
 	"step_index\x18\x02 \x01(\x05H\x00R\tstepIndex\x88\x01\x01B\r\n" +
 	"\v_step_index\"A\n" +
 	"\rAbortResponse\x120\n" +
+	"\arollout\x18\x01 \x01(\v2\x16.shiftplane.v1.RolloutR\arollout\"\"\n" +
+	"\fRetryRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"A\n" +
+	"\rRetryResponse\x120\n" +
 	"\arollout\x18\x01 \x01(\v2\x16.shiftplane.v1.RolloutR\arollout\"R\n" +
 	"\rDeleteRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
@@ -2945,7 +3103,12 @@ const file_shiftplane_v1_rollout_proto_rawDesc = "" +
 	"\x18SIGNAL_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12SIGNAL_STATE_CLEAR\x10\x01\x12\x17\n" +
 	"\x13SIGNAL_STATE_FIRING\x10\x02\x12\x16\n" +
-	"\x12SIGNAL_STATE_STALE\x10\x032\x9c\x06\n" +
+	"\x12SIGNAL_STATE_STALE\x10\x03*~\n" +
+	"\vApplyResult\x12\x1c\n" +
+	"\x18APPLY_RESULT_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14APPLY_RESULT_CREATED\x10\x01\x12\x1b\n" +
+	"\x17APPLY_RESULT_CONFIGURED\x10\x02\x12\x1a\n" +
+	"\x16APPLY_RESULT_UNCHANGED\x10\x032\xe0\x06\n" +
 	"\x0eRolloutService\x12B\n" +
 	"\x05Apply\x12\x1b.shiftplane.v1.ApplyRequest\x1a\x1c.shiftplane.v1.ApplyResponse\x12<\n" +
 	"\x03Get\x12\x19.shiftplane.v1.GetRequest\x1a\x1a.shiftplane.v1.GetResponse\x12?\n" +
@@ -2954,7 +3117,8 @@ const file_shiftplane_v1_rollout_proto_rawDesc = "" +
 	"\x05Pause\x12\x1b.shiftplane.v1.PauseRequest\x1a\x1c.shiftplane.v1.PauseResponse\x12E\n" +
 	"\x06Resume\x12\x1c.shiftplane.v1.ResumeRequest\x1a\x1d.shiftplane.v1.ResumeResponse\x12H\n" +
 	"\aPromote\x12\x1d.shiftplane.v1.PromoteRequest\x1a\x1e.shiftplane.v1.PromoteResponse\x12B\n" +
-	"\x05Abort\x12\x1b.shiftplane.v1.AbortRequest\x1a\x1c.shiftplane.v1.AbortResponse\x12E\n" +
+	"\x05Abort\x12\x1b.shiftplane.v1.AbortRequest\x1a\x1c.shiftplane.v1.AbortResponse\x12B\n" +
+	"\x05Retry\x12\x1b.shiftplane.v1.RetryRequest\x1a\x1c.shiftplane.v1.RetryResponse\x12E\n" +
 	"\x06Delete\x12\x1c.shiftplane.v1.DeleteRequest\x1a\x1d.shiftplane.v1.DeleteResponse\x12H\n" +
 	"\aHistory\x12\x1d.shiftplane.v1.HistoryRequest\x1a\x1e.shiftplane.v1.HistoryResponse\x12W\n" +
 	"\fReportSignal\x12\".shiftplane.v1.ReportSignalRequest\x1a#.shiftplane.v1.ReportSignalResponseBCZAgithub.com/shiftplane/shiftplane/proto/shiftplane/v1;shiftplanev1b\x06proto3"
@@ -2971,140 +3135,147 @@ func file_shiftplane_v1_rollout_proto_rawDescGZIP() []byte {
 	return file_shiftplane_v1_rollout_proto_rawDescData
 }
 
-var file_shiftplane_v1_rollout_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_shiftplane_v1_rollout_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
+var file_shiftplane_v1_rollout_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_shiftplane_v1_rollout_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_shiftplane_v1_rollout_proto_goTypes = []any{
 	(Phase)(0),                    // 0: shiftplane.v1.Phase
 	(SignalState)(0),              // 1: shiftplane.v1.SignalState
-	(*Plan)(nil),                  // 2: shiftplane.v1.Plan
-	(*Listener)(nil),              // 3: shiftplane.v1.Listener
-	(*Backend)(nil),               // 4: shiftplane.v1.Backend
-	(*OutlierDetection)(nil),      // 5: shiftplane.v1.OutlierDetection
-	(*Step)(nil),                  // 6: shiftplane.v1.Step
-	(*Pause)(nil),                 // 7: shiftplane.v1.Pause
-	(*Linear)(nil),                // 8: shiftplane.v1.Linear
-	(*Exponential)(nil),           // 9: shiftplane.v1.Exponential
-	(*Analysis)(nil),              // 10: shiftplane.v1.Analysis
-	(*Hooks)(nil),                 // 11: shiftplane.v1.Hooks
-	(*Hook)(nil),                  // 12: shiftplane.v1.Hook
-	(*ExecHook)(nil),              // 13: shiftplane.v1.ExecHook
-	(*WebhookHook)(nil),           // 14: shiftplane.v1.WebhookHook
-	(*Signal)(nil),                // 15: shiftplane.v1.Signal
-	(*FleetStatus)(nil),           // 16: shiftplane.v1.FleetStatus
-	(*Rollout)(nil),               // 17: shiftplane.v1.Rollout
-	(*Event)(nil),                 // 18: shiftplane.v1.Event
-	(*ApplyRequest)(nil),          // 19: shiftplane.v1.ApplyRequest
-	(*ApplyResponse)(nil),         // 20: shiftplane.v1.ApplyResponse
-	(*GetRequest)(nil),            // 21: shiftplane.v1.GetRequest
-	(*GetResponse)(nil),           // 22: shiftplane.v1.GetResponse
-	(*ListRequest)(nil),           // 23: shiftplane.v1.ListRequest
-	(*ListResponse)(nil),          // 24: shiftplane.v1.ListResponse
-	(*WatchRequest)(nil),          // 25: shiftplane.v1.WatchRequest
-	(*WatchResponse)(nil),         // 26: shiftplane.v1.WatchResponse
-	(*PauseRequest)(nil),          // 27: shiftplane.v1.PauseRequest
-	(*PauseResponse)(nil),         // 28: shiftplane.v1.PauseResponse
-	(*ResumeRequest)(nil),         // 29: shiftplane.v1.ResumeRequest
-	(*ResumeResponse)(nil),        // 30: shiftplane.v1.ResumeResponse
-	(*PromoteRequest)(nil),        // 31: shiftplane.v1.PromoteRequest
-	(*PromoteResponse)(nil),       // 32: shiftplane.v1.PromoteResponse
-	(*AbortRequest)(nil),          // 33: shiftplane.v1.AbortRequest
-	(*Expect)(nil),                // 34: shiftplane.v1.Expect
-	(*AbortResponse)(nil),         // 35: shiftplane.v1.AbortResponse
-	(*DeleteRequest)(nil),         // 36: shiftplane.v1.DeleteRequest
-	(*DeleteResponse)(nil),        // 37: shiftplane.v1.DeleteResponse
-	(*HistoryRequest)(nil),        // 38: shiftplane.v1.HistoryRequest
-	(*HistoryResponse)(nil),       // 39: shiftplane.v1.HistoryResponse
-	(*ReportSignalRequest)(nil),   // 40: shiftplane.v1.ReportSignalRequest
-	(*ReportSignalResponse)(nil),  // 41: shiftplane.v1.ReportSignalResponse
-	(*durationpb.Duration)(nil),   // 42: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 43: google.protobuf.Timestamp
+	(ApplyResult)(0),              // 2: shiftplane.v1.ApplyResult
+	(*Plan)(nil),                  // 3: shiftplane.v1.Plan
+	(*Listener)(nil),              // 4: shiftplane.v1.Listener
+	(*Backend)(nil),               // 5: shiftplane.v1.Backend
+	(*OutlierDetection)(nil),      // 6: shiftplane.v1.OutlierDetection
+	(*Step)(nil),                  // 7: shiftplane.v1.Step
+	(*Pause)(nil),                 // 8: shiftplane.v1.Pause
+	(*Linear)(nil),                // 9: shiftplane.v1.Linear
+	(*Exponential)(nil),           // 10: shiftplane.v1.Exponential
+	(*Analysis)(nil),              // 11: shiftplane.v1.Analysis
+	(*Hooks)(nil),                 // 12: shiftplane.v1.Hooks
+	(*Hook)(nil),                  // 13: shiftplane.v1.Hook
+	(*ExecHook)(nil),              // 14: shiftplane.v1.ExecHook
+	(*WebhookHook)(nil),           // 15: shiftplane.v1.WebhookHook
+	(*Signal)(nil),                // 16: shiftplane.v1.Signal
+	(*FleetStatus)(nil),           // 17: shiftplane.v1.FleetStatus
+	(*Rollout)(nil),               // 18: shiftplane.v1.Rollout
+	(*Event)(nil),                 // 19: shiftplane.v1.Event
+	(*ApplyRequest)(nil),          // 20: shiftplane.v1.ApplyRequest
+	(*ApplyResponse)(nil),         // 21: shiftplane.v1.ApplyResponse
+	(*GetRequest)(nil),            // 22: shiftplane.v1.GetRequest
+	(*GetResponse)(nil),           // 23: shiftplane.v1.GetResponse
+	(*ListRequest)(nil),           // 24: shiftplane.v1.ListRequest
+	(*ListResponse)(nil),          // 25: shiftplane.v1.ListResponse
+	(*WatchRequest)(nil),          // 26: shiftplane.v1.WatchRequest
+	(*WatchResponse)(nil),         // 27: shiftplane.v1.WatchResponse
+	(*PauseRequest)(nil),          // 28: shiftplane.v1.PauseRequest
+	(*PauseResponse)(nil),         // 29: shiftplane.v1.PauseResponse
+	(*ResumeRequest)(nil),         // 30: shiftplane.v1.ResumeRequest
+	(*ResumeResponse)(nil),        // 31: shiftplane.v1.ResumeResponse
+	(*PromoteRequest)(nil),        // 32: shiftplane.v1.PromoteRequest
+	(*PromoteResponse)(nil),       // 33: shiftplane.v1.PromoteResponse
+	(*AbortRequest)(nil),          // 34: shiftplane.v1.AbortRequest
+	(*Expect)(nil),                // 35: shiftplane.v1.Expect
+	(*AbortResponse)(nil),         // 36: shiftplane.v1.AbortResponse
+	(*RetryRequest)(nil),          // 37: shiftplane.v1.RetryRequest
+	(*RetryResponse)(nil),         // 38: shiftplane.v1.RetryResponse
+	(*DeleteRequest)(nil),         // 39: shiftplane.v1.DeleteRequest
+	(*DeleteResponse)(nil),        // 40: shiftplane.v1.DeleteResponse
+	(*HistoryRequest)(nil),        // 41: shiftplane.v1.HistoryRequest
+	(*HistoryResponse)(nil),       // 42: shiftplane.v1.HistoryResponse
+	(*ReportSignalRequest)(nil),   // 43: shiftplane.v1.ReportSignalRequest
+	(*ReportSignalResponse)(nil),  // 44: shiftplane.v1.ReportSignalResponse
+	(*durationpb.Duration)(nil),   // 45: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 46: google.protobuf.Timestamp
 }
 var file_shiftplane_v1_rollout_proto_depIdxs = []int32{
-	3,  // 0: shiftplane.v1.Plan.listener:type_name -> shiftplane.v1.Listener
-	4,  // 1: shiftplane.v1.Plan.stable:type_name -> shiftplane.v1.Backend
-	4,  // 2: shiftplane.v1.Plan.canary:type_name -> shiftplane.v1.Backend
-	5,  // 3: shiftplane.v1.Plan.outlier_detection:type_name -> shiftplane.v1.OutlierDetection
-	6,  // 4: shiftplane.v1.Plan.steps:type_name -> shiftplane.v1.Step
-	8,  // 5: shiftplane.v1.Plan.linear:type_name -> shiftplane.v1.Linear
-	9,  // 6: shiftplane.v1.Plan.exponential:type_name -> shiftplane.v1.Exponential
-	10, // 7: shiftplane.v1.Plan.analysis:type_name -> shiftplane.v1.Analysis
-	11, // 8: shiftplane.v1.Plan.hooks:type_name -> shiftplane.v1.Hooks
-	42, // 9: shiftplane.v1.OutlierDetection.interval:type_name -> google.protobuf.Duration
-	42, // 10: shiftplane.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
-	7,  // 11: shiftplane.v1.Step.pause:type_name -> shiftplane.v1.Pause
-	42, // 12: shiftplane.v1.Step.hold:type_name -> google.protobuf.Duration
-	42, // 13: shiftplane.v1.Linear.every:type_name -> google.protobuf.Duration
-	42, // 14: shiftplane.v1.Exponential.every:type_name -> google.protobuf.Duration
-	42, // 15: shiftplane.v1.Analysis.stable_for:type_name -> google.protobuf.Duration
-	42, // 16: shiftplane.v1.Analysis.stale_after:type_name -> google.protobuf.Duration
-	42, // 17: shiftplane.v1.Analysis.rollback_after:type_name -> google.protobuf.Duration
-	42, // 18: shiftplane.v1.Analysis.drain_timeout:type_name -> google.protobuf.Duration
-	12, // 19: shiftplane.v1.Hooks.before_shift:type_name -> shiftplane.v1.Hook
-	12, // 20: shiftplane.v1.Hooks.after_promote:type_name -> shiftplane.v1.Hook
-	13, // 21: shiftplane.v1.Hook.exec:type_name -> shiftplane.v1.ExecHook
-	14, // 22: shiftplane.v1.Hook.webhook:type_name -> shiftplane.v1.WebhookHook
-	42, // 23: shiftplane.v1.Hook.timeout:type_name -> google.protobuf.Duration
-	42, // 24: shiftplane.v1.Hook.retry_backoff:type_name -> google.protobuf.Duration
-	42, // 25: shiftplane.v1.WebhookHook.timeout:type_name -> google.protobuf.Duration
+	4,  // 0: shiftplane.v1.Plan.listener:type_name -> shiftplane.v1.Listener
+	5,  // 1: shiftplane.v1.Plan.stable:type_name -> shiftplane.v1.Backend
+	5,  // 2: shiftplane.v1.Plan.canary:type_name -> shiftplane.v1.Backend
+	6,  // 3: shiftplane.v1.Plan.outlier_detection:type_name -> shiftplane.v1.OutlierDetection
+	7,  // 4: shiftplane.v1.Plan.steps:type_name -> shiftplane.v1.Step
+	9,  // 5: shiftplane.v1.Plan.linear:type_name -> shiftplane.v1.Linear
+	10, // 6: shiftplane.v1.Plan.exponential:type_name -> shiftplane.v1.Exponential
+	11, // 7: shiftplane.v1.Plan.analysis:type_name -> shiftplane.v1.Analysis
+	12, // 8: shiftplane.v1.Plan.hooks:type_name -> shiftplane.v1.Hooks
+	45, // 9: shiftplane.v1.OutlierDetection.interval:type_name -> google.protobuf.Duration
+	45, // 10: shiftplane.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	8,  // 11: shiftplane.v1.Step.pause:type_name -> shiftplane.v1.Pause
+	45, // 12: shiftplane.v1.Step.hold:type_name -> google.protobuf.Duration
+	45, // 13: shiftplane.v1.Linear.every:type_name -> google.protobuf.Duration
+	45, // 14: shiftplane.v1.Exponential.every:type_name -> google.protobuf.Duration
+	45, // 15: shiftplane.v1.Analysis.stable_for:type_name -> google.protobuf.Duration
+	45, // 16: shiftplane.v1.Analysis.stale_after:type_name -> google.protobuf.Duration
+	45, // 17: shiftplane.v1.Analysis.rollback_after:type_name -> google.protobuf.Duration
+	45, // 18: shiftplane.v1.Analysis.drain_timeout:type_name -> google.protobuf.Duration
+	13, // 19: shiftplane.v1.Hooks.before_shift:type_name -> shiftplane.v1.Hook
+	13, // 20: shiftplane.v1.Hooks.after_promote:type_name -> shiftplane.v1.Hook
+	14, // 21: shiftplane.v1.Hook.exec:type_name -> shiftplane.v1.ExecHook
+	15, // 22: shiftplane.v1.Hook.webhook:type_name -> shiftplane.v1.WebhookHook
+	45, // 23: shiftplane.v1.Hook.timeout:type_name -> google.protobuf.Duration
+	45, // 24: shiftplane.v1.Hook.retry_backoff:type_name -> google.protobuf.Duration
+	45, // 25: shiftplane.v1.WebhookHook.timeout:type_name -> google.protobuf.Duration
 	1,  // 26: shiftplane.v1.Signal.state:type_name -> shiftplane.v1.SignalState
-	43, // 27: shiftplane.v1.Signal.since:type_name -> google.protobuf.Timestamp
+	46, // 27: shiftplane.v1.Signal.since:type_name -> google.protobuf.Timestamp
 	0,  // 28: shiftplane.v1.Rollout.phase:type_name -> shiftplane.v1.Phase
-	42, // 29: shiftplane.v1.Rollout.hold_remaining:type_name -> google.protobuf.Duration
-	42, // 30: shiftplane.v1.Rollout.hold_counted:type_name -> google.protobuf.Duration
-	15, // 31: shiftplane.v1.Rollout.signal:type_name -> shiftplane.v1.Signal
-	16, // 32: shiftplane.v1.Rollout.fleet:type_name -> shiftplane.v1.FleetStatus
-	2,  // 33: shiftplane.v1.Rollout.plan:type_name -> shiftplane.v1.Plan
-	43, // 34: shiftplane.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
-	43, // 35: shiftplane.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
-	43, // 36: shiftplane.v1.Event.time:type_name -> google.protobuf.Timestamp
+	45, // 29: shiftplane.v1.Rollout.hold_remaining:type_name -> google.protobuf.Duration
+	45, // 30: shiftplane.v1.Rollout.hold_counted:type_name -> google.protobuf.Duration
+	16, // 31: shiftplane.v1.Rollout.signal:type_name -> shiftplane.v1.Signal
+	17, // 32: shiftplane.v1.Rollout.fleet:type_name -> shiftplane.v1.FleetStatus
+	3,  // 33: shiftplane.v1.Rollout.plan:type_name -> shiftplane.v1.Plan
+	46, // 34: shiftplane.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
+	46, // 35: shiftplane.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
+	46, // 36: shiftplane.v1.Event.time:type_name -> google.protobuf.Timestamp
 	0,  // 37: shiftplane.v1.Event.from_phase:type_name -> shiftplane.v1.Phase
 	0,  // 38: shiftplane.v1.Event.to_phase:type_name -> shiftplane.v1.Phase
-	2,  // 39: shiftplane.v1.ApplyRequest.plan:type_name -> shiftplane.v1.Plan
-	17, // 40: shiftplane.v1.ApplyResponse.rollout:type_name -> shiftplane.v1.Rollout
-	17, // 41: shiftplane.v1.GetResponse.rollout:type_name -> shiftplane.v1.Rollout
-	17, // 42: shiftplane.v1.ListResponse.rollouts:type_name -> shiftplane.v1.Rollout
-	17, // 43: shiftplane.v1.WatchResponse.status:type_name -> shiftplane.v1.Rollout
-	18, // 44: shiftplane.v1.WatchResponse.event:type_name -> shiftplane.v1.Event
-	34, // 45: shiftplane.v1.PauseRequest.expect:type_name -> shiftplane.v1.Expect
-	17, // 46: shiftplane.v1.PauseResponse.rollout:type_name -> shiftplane.v1.Rollout
-	34, // 47: shiftplane.v1.ResumeRequest.expect:type_name -> shiftplane.v1.Expect
-	17, // 48: shiftplane.v1.ResumeResponse.rollout:type_name -> shiftplane.v1.Rollout
-	34, // 49: shiftplane.v1.PromoteRequest.expect:type_name -> shiftplane.v1.Expect
-	17, // 50: shiftplane.v1.PromoteResponse.rollout:type_name -> shiftplane.v1.Rollout
-	34, // 51: shiftplane.v1.AbortRequest.expect:type_name -> shiftplane.v1.Expect
-	0,  // 52: shiftplane.v1.Expect.phase:type_name -> shiftplane.v1.Phase
-	17, // 53: shiftplane.v1.AbortResponse.rollout:type_name -> shiftplane.v1.Rollout
-	18, // 54: shiftplane.v1.HistoryResponse.events:type_name -> shiftplane.v1.Event
-	1,  // 55: shiftplane.v1.ReportSignalRequest.state:type_name -> shiftplane.v1.SignalState
-	42, // 56: shiftplane.v1.ReportSignalRequest.ttl:type_name -> google.protobuf.Duration
-	15, // 57: shiftplane.v1.ReportSignalResponse.signal:type_name -> shiftplane.v1.Signal
-	19, // 58: shiftplane.v1.RolloutService.Apply:input_type -> shiftplane.v1.ApplyRequest
-	21, // 59: shiftplane.v1.RolloutService.Get:input_type -> shiftplane.v1.GetRequest
-	23, // 60: shiftplane.v1.RolloutService.List:input_type -> shiftplane.v1.ListRequest
-	25, // 61: shiftplane.v1.RolloutService.Watch:input_type -> shiftplane.v1.WatchRequest
-	27, // 62: shiftplane.v1.RolloutService.Pause:input_type -> shiftplane.v1.PauseRequest
-	29, // 63: shiftplane.v1.RolloutService.Resume:input_type -> shiftplane.v1.ResumeRequest
-	31, // 64: shiftplane.v1.RolloutService.Promote:input_type -> shiftplane.v1.PromoteRequest
-	33, // 65: shiftplane.v1.RolloutService.Abort:input_type -> shiftplane.v1.AbortRequest
-	36, // 66: shiftplane.v1.RolloutService.Delete:input_type -> shiftplane.v1.DeleteRequest
-	38, // 67: shiftplane.v1.RolloutService.History:input_type -> shiftplane.v1.HistoryRequest
-	40, // 68: shiftplane.v1.RolloutService.ReportSignal:input_type -> shiftplane.v1.ReportSignalRequest
-	20, // 69: shiftplane.v1.RolloutService.Apply:output_type -> shiftplane.v1.ApplyResponse
-	22, // 70: shiftplane.v1.RolloutService.Get:output_type -> shiftplane.v1.GetResponse
-	24, // 71: shiftplane.v1.RolloutService.List:output_type -> shiftplane.v1.ListResponse
-	26, // 72: shiftplane.v1.RolloutService.Watch:output_type -> shiftplane.v1.WatchResponse
-	28, // 73: shiftplane.v1.RolloutService.Pause:output_type -> shiftplane.v1.PauseResponse
-	30, // 74: shiftplane.v1.RolloutService.Resume:output_type -> shiftplane.v1.ResumeResponse
-	32, // 75: shiftplane.v1.RolloutService.Promote:output_type -> shiftplane.v1.PromoteResponse
-	35, // 76: shiftplane.v1.RolloutService.Abort:output_type -> shiftplane.v1.AbortResponse
-	37, // 77: shiftplane.v1.RolloutService.Delete:output_type -> shiftplane.v1.DeleteResponse
-	39, // 78: shiftplane.v1.RolloutService.History:output_type -> shiftplane.v1.HistoryResponse
-	41, // 79: shiftplane.v1.RolloutService.ReportSignal:output_type -> shiftplane.v1.ReportSignalResponse
-	69, // [69:80] is the sub-list for method output_type
-	58, // [58:69] is the sub-list for method input_type
-	58, // [58:58] is the sub-list for extension type_name
-	58, // [58:58] is the sub-list for extension extendee
-	0,  // [0:58] is the sub-list for field type_name
+	3,  // 39: shiftplane.v1.ApplyRequest.plan:type_name -> shiftplane.v1.Plan
+	18, // 40: shiftplane.v1.ApplyResponse.rollout:type_name -> shiftplane.v1.Rollout
+	2,  // 41: shiftplane.v1.ApplyResponse.result:type_name -> shiftplane.v1.ApplyResult
+	18, // 42: shiftplane.v1.GetResponse.rollout:type_name -> shiftplane.v1.Rollout
+	18, // 43: shiftplane.v1.ListResponse.rollouts:type_name -> shiftplane.v1.Rollout
+	18, // 44: shiftplane.v1.WatchResponse.status:type_name -> shiftplane.v1.Rollout
+	19, // 45: shiftplane.v1.WatchResponse.event:type_name -> shiftplane.v1.Event
+	35, // 46: shiftplane.v1.PauseRequest.expect:type_name -> shiftplane.v1.Expect
+	18, // 47: shiftplane.v1.PauseResponse.rollout:type_name -> shiftplane.v1.Rollout
+	35, // 48: shiftplane.v1.ResumeRequest.expect:type_name -> shiftplane.v1.Expect
+	18, // 49: shiftplane.v1.ResumeResponse.rollout:type_name -> shiftplane.v1.Rollout
+	35, // 50: shiftplane.v1.PromoteRequest.expect:type_name -> shiftplane.v1.Expect
+	18, // 51: shiftplane.v1.PromoteResponse.rollout:type_name -> shiftplane.v1.Rollout
+	35, // 52: shiftplane.v1.AbortRequest.expect:type_name -> shiftplane.v1.Expect
+	0,  // 53: shiftplane.v1.Expect.phase:type_name -> shiftplane.v1.Phase
+	18, // 54: shiftplane.v1.AbortResponse.rollout:type_name -> shiftplane.v1.Rollout
+	18, // 55: shiftplane.v1.RetryResponse.rollout:type_name -> shiftplane.v1.Rollout
+	19, // 56: shiftplane.v1.HistoryResponse.events:type_name -> shiftplane.v1.Event
+	1,  // 57: shiftplane.v1.ReportSignalRequest.state:type_name -> shiftplane.v1.SignalState
+	45, // 58: shiftplane.v1.ReportSignalRequest.ttl:type_name -> google.protobuf.Duration
+	16, // 59: shiftplane.v1.ReportSignalResponse.signal:type_name -> shiftplane.v1.Signal
+	20, // 60: shiftplane.v1.RolloutService.Apply:input_type -> shiftplane.v1.ApplyRequest
+	22, // 61: shiftplane.v1.RolloutService.Get:input_type -> shiftplane.v1.GetRequest
+	24, // 62: shiftplane.v1.RolloutService.List:input_type -> shiftplane.v1.ListRequest
+	26, // 63: shiftplane.v1.RolloutService.Watch:input_type -> shiftplane.v1.WatchRequest
+	28, // 64: shiftplane.v1.RolloutService.Pause:input_type -> shiftplane.v1.PauseRequest
+	30, // 65: shiftplane.v1.RolloutService.Resume:input_type -> shiftplane.v1.ResumeRequest
+	32, // 66: shiftplane.v1.RolloutService.Promote:input_type -> shiftplane.v1.PromoteRequest
+	34, // 67: shiftplane.v1.RolloutService.Abort:input_type -> shiftplane.v1.AbortRequest
+	37, // 68: shiftplane.v1.RolloutService.Retry:input_type -> shiftplane.v1.RetryRequest
+	39, // 69: shiftplane.v1.RolloutService.Delete:input_type -> shiftplane.v1.DeleteRequest
+	41, // 70: shiftplane.v1.RolloutService.History:input_type -> shiftplane.v1.HistoryRequest
+	43, // 71: shiftplane.v1.RolloutService.ReportSignal:input_type -> shiftplane.v1.ReportSignalRequest
+	21, // 72: shiftplane.v1.RolloutService.Apply:output_type -> shiftplane.v1.ApplyResponse
+	23, // 73: shiftplane.v1.RolloutService.Get:output_type -> shiftplane.v1.GetResponse
+	25, // 74: shiftplane.v1.RolloutService.List:output_type -> shiftplane.v1.ListResponse
+	27, // 75: shiftplane.v1.RolloutService.Watch:output_type -> shiftplane.v1.WatchResponse
+	29, // 76: shiftplane.v1.RolloutService.Pause:output_type -> shiftplane.v1.PauseResponse
+	31, // 77: shiftplane.v1.RolloutService.Resume:output_type -> shiftplane.v1.ResumeResponse
+	33, // 78: shiftplane.v1.RolloutService.Promote:output_type -> shiftplane.v1.PromoteResponse
+	36, // 79: shiftplane.v1.RolloutService.Abort:output_type -> shiftplane.v1.AbortResponse
+	38, // 80: shiftplane.v1.RolloutService.Retry:output_type -> shiftplane.v1.RetryResponse
+	40, // 81: shiftplane.v1.RolloutService.Delete:output_type -> shiftplane.v1.DeleteResponse
+	42, // 82: shiftplane.v1.RolloutService.History:output_type -> shiftplane.v1.HistoryResponse
+	44, // 83: shiftplane.v1.RolloutService.ReportSignal:output_type -> shiftplane.v1.ReportSignalResponse
+	72, // [72:84] is the sub-list for method output_type
+	60, // [60:72] is the sub-list for method input_type
+	60, // [60:60] is the sub-list for extension type_name
+	60, // [60:60] is the sub-list for extension extendee
+	0,  // [0:60] is the sub-list for field type_name
 }
 
 func init() { file_shiftplane_v1_rollout_proto_init() }
@@ -3135,8 +3306,8 @@ func file_shiftplane_v1_rollout_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_shiftplane_v1_rollout_proto_rawDesc), len(file_shiftplane_v1_rollout_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   40,
+			NumEnums:      3,
+			NumMessages:   42,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -30,6 +30,7 @@ const (
 	RolloutService_Resume_FullMethodName       = "/shiftplane.v1.RolloutService/Resume"
 	RolloutService_Promote_FullMethodName      = "/shiftplane.v1.RolloutService/Promote"
 	RolloutService_Abort_FullMethodName        = "/shiftplane.v1.RolloutService/Abort"
+	RolloutService_Retry_FullMethodName        = "/shiftplane.v1.RolloutService/Retry"
 	RolloutService_Delete_FullMethodName       = "/shiftplane.v1.RolloutService/Delete"
 	RolloutService_History_FullMethodName      = "/shiftplane.v1.RolloutService/History"
 	RolloutService_ReportSignal_FullMethodName = "/shiftplane.v1.RolloutService/ReportSignal"
@@ -66,6 +67,10 @@ type RolloutServiceClient interface {
 	Promote(ctx context.Context, in *PromoteRequest, opts ...grpc.CallOption) (*PromoteResponse, error)
 	// Abort moves all traffic back to stable and ends the rollout.
 	Abort(ctx context.Context, in *AbortRequest, opts ...grpc.CallOption) (*AbortResponse, error)
+	// Retry restarts an ABORTED, ROLLED_BACK or FAILED rollout from its
+	// first step (PENDING), with the plan it has; any other phase is
+	// FAILED_PRECONDITION.
+	Retry(ctx context.Context, in *RetryRequest, opts ...grpc.CallOption) (*RetryResponse, error)
 	// Delete forgets a rollout, its state and its history.
 	Delete(ctx context.Context, in *DeleteRequest, opts ...grpc.CallOption) (*DeleteResponse, error)
 	// History returns a rollout's events, oldest first.
@@ -172,6 +177,16 @@ func (c *rolloutServiceClient) Abort(ctx context.Context, in *AbortRequest, opts
 	return out, nil
 }
 
+func (c *rolloutServiceClient) Retry(ctx context.Context, in *RetryRequest, opts ...grpc.CallOption) (*RetryResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RetryResponse)
+	err := c.cc.Invoke(ctx, RolloutService_Retry_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *rolloutServiceClient) Delete(ctx context.Context, in *DeleteRequest, opts ...grpc.CallOption) (*DeleteResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(DeleteResponse)
@@ -233,6 +248,10 @@ type RolloutServiceServer interface {
 	Promote(context.Context, *PromoteRequest) (*PromoteResponse, error)
 	// Abort moves all traffic back to stable and ends the rollout.
 	Abort(context.Context, *AbortRequest) (*AbortResponse, error)
+	// Retry restarts an ABORTED, ROLLED_BACK or FAILED rollout from its
+	// first step (PENDING), with the plan it has; any other phase is
+	// FAILED_PRECONDITION.
+	Retry(context.Context, *RetryRequest) (*RetryResponse, error)
 	// Delete forgets a rollout, its state and its history.
 	Delete(context.Context, *DeleteRequest) (*DeleteResponse, error)
 	// History returns a rollout's events, oldest first.
@@ -273,6 +292,9 @@ func (UnimplementedRolloutServiceServer) Promote(context.Context, *PromoteReques
 }
 func (UnimplementedRolloutServiceServer) Abort(context.Context, *AbortRequest) (*AbortResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Abort not implemented")
+}
+func (UnimplementedRolloutServiceServer) Retry(context.Context, *RetryRequest) (*RetryResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Retry not implemented")
 }
 func (UnimplementedRolloutServiceServer) Delete(context.Context, *DeleteRequest) (*DeleteResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Delete not implemented")
@@ -441,6 +463,24 @@ func _RolloutService_Abort_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RolloutService_Retry_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RetryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RolloutServiceServer).Retry(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RolloutService_Retry_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RolloutServiceServer).Retry(ctx, req.(*RetryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _RolloutService_Delete_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(DeleteRequest)
 	if err := dec(in); err != nil {
@@ -529,6 +569,10 @@ var RolloutService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Abort",
 			Handler:    _RolloutService_Abort_Handler,
+		},
+		{
+			MethodName: "Retry",
+			Handler:    _RolloutService_Retry_Handler,
 		},
 		{
 			MethodName: "Delete",

@@ -1,0 +1,40 @@
+package main
+
+import (
+	"github.com/spf13/cobra"
+
+	envoyconfigs "github.com/shiftplane/shiftplane/envoy-configs"
+)
+
+// bootstrapCmd prints the Envoy bootstrap of one node: the template the
+// demo and the e2e harness render (envoy-configs/bootstrap.yaml.tmpl).
+func bootstrapCmd() *cobra.Command {
+	b := envoyconfigs.Default()
+	cmd := &cobra.Command{
+		Use:   "bootstrap --node-id ID [--cluster C] [--xds ADDR] [--admin-port N] [--delta]",
+		Short: "Print a ready Envoy bootstrap that connects one Envoy to shiftplane over ADS",
+		Long: `Print the Envoy bootstrap (YAML) of one Envoy: its node id and fleet
+cluster, the ADS connection to shiftplane's xds.address (state of the world, or
+delta with --delta) and its admin port on 127.0.0.1. Every Envoy needs its own
+--node-id: shiftplane tracks ACKs per node.`,
+		Example: `  shiftplane bootstrap --node-id edge-1 > envoy-1.yaml && envoy -c envoy-1.yaml
+  shiftplane bootstrap --node-id edge-2 --admin-port 9902 --xds 10.0.0.5:18000 --delta`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			out, err := b.Render()
+			if err != nil {
+				return err
+			}
+			_, err = cmd.OutOrStdout().Write(out)
+			return err
+		},
+	}
+	fs := cmd.Flags()
+	fs.StringVar(&b.NodeID, "node-id", "", "node.id, unique per Envoy (required)")
+	fs.StringVar(&b.Cluster, "cluster", b.Cluster, "node.cluster: the fleet's name")
+	fs.StringVar(&b.XDSAddress, "xds", b.XDSAddress, "shiftplane's xds.address, IP:port (the xds_cluster is STATIC: no host names)")
+	fs.IntVar(&b.AdminPort, "admin-port", b.AdminPort, "Envoy admin port on 127.0.0.1 (0: the kernel picks)")
+	fs.BoolVar(&b.UseDelta, "delta", false, "use incremental (delta) ADS instead of state of the world")
+	_ = cmd.MarkFlagRequired("node-id")
+	return cmd
+}
