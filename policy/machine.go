@@ -733,13 +733,13 @@ func (m *machine) retry() error {
 	switch st.Phase {
 	case PhaseAborted, PhaseRolledBack, PhaseFailed:
 	default:
-		return fmt.Errorf("%w: rollout %q is %s; only an aborted, rolled-back or failed rollout can be retried", ErrFailedPrecondition, m.plan.Name, st.Phase)
+		return fmt.Errorf("%w: rollout %q is %s; only an ABORTED, ROLLED_BACK or FAILED rollout can be retried", ErrFailedPrecondition, m.plan.Name, st.Phase)
 	}
 	from := st.Phase
 	*st = freshState(m.now)
 	m.res.Timers = Timers{}
 	m.res.Publish = true
-	st.Reason = "retried on request; starting again from step 1"
+	st.Reason = fmt.Sprintf("retry on request after %s; restarting from step 1", from)
 	m.event(from, PhasePending, st.Reason, "")
 	return nil
 }

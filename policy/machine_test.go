@@ -198,7 +198,7 @@ func TestDecide(t *testing.T) {
 		},
 		"retry: ABORTED → PENDING at step 1": {
 			state: at(PhaseAborted, 2, 0), in: Input{Op: OpRetry, Now: now},
-			phase: PhasePending, publish: true, reason: "retried on request",
+			phase: PhasePending, publish: true, reason: "retry on request after ABORTED; restarting from step 1",
 		},
 		"refused: resume of a PROGRESSING rollout": {
 			state: at(PhaseProgressing, 0, 10), in: Input{Op: OpResume, Now: now}, err: "not PAUSED",
@@ -210,7 +210,7 @@ func TestDecide(t *testing.T) {
 			state: at(PhaseSucceeded, 3, 100), in: Input{Op: OpAbort, Now: now}, err: "already finished",
 		},
 		"refused: retry of a SUCCEEDED rollout": {
-			state: at(PhaseSucceeded, 3, 100), in: Input{Op: OpRetry, Now: now}, err: "only an aborted, rolled-back or failed rollout",
+			state: at(PhaseSucceeded, 3, 100), in: Input{Op: OpRetry, Now: now}, err: "only an ABORTED, ROLLED_BACK or FAILED rollout",
 		},
 		"refused: the caller saw another step": {
 			state: at(PhasePaused, 1, 10), in: Input{Op: OpResume, Now: now, Expect: &Expect{Phase: PhasePaused, StepIndex: w(0)}},

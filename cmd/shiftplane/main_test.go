@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -88,6 +89,7 @@ func TestValidateReportsEachProblem(t *testing.T) {
 			for f, body := range tc.files {
 				paths = append(paths, writeFile(t, sub, f, body))
 			}
+			sort.Strings(paths) // a later file is blamed for a clash with an earlier one
 			out, err := runCLI(t, append([]string{"validate"}, paths...)...)
 			if !errors.Is(err, errProblems) {
 				t.Fatalf("err = %v, want the problems error (non-zero exit)", err)
