@@ -102,7 +102,7 @@ func isPrefixOfSchedule(published, schedule []int) bool {
 var errBoom = errors.New("boom")
 
 // TestEngineOperations is the table of what the engine's operations and
-// the state machine do in the situations of issue 3.
+// the state machine do in the situations DESIGN.md names.
 func TestEngineOperations(t *testing.T) {
 	const name = "checkout"
 	tick := time.Second

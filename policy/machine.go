@@ -339,7 +339,7 @@ func (m *machine) tick() {
 func (m *machine) pending() {
 	st := m.st()
 	if !st.BeforeShiftDone {
-		done, err, out := m.hooks("beforeShift", m.plan.Hooks.BeforeShift)
+		done, out, err := m.hooks("beforeShift", m.plan.Hooks.BeforeShift)
 		if !done {
 			return
 		}
@@ -570,7 +570,7 @@ func (m *machine) promoting() {
 	if !m.converged() {
 		return
 	}
-	done, err, out := m.hooks("afterPromote", m.plan.Hooks.AfterPromote)
+	done, out, err := m.hooks("afterPromote", m.plan.Hooks.AfterPromote)
 	if !done {
 		return
 	}
@@ -633,18 +633,18 @@ func (m *machine) converged() bool {
 
 // hooks drives a stage's hooks: it asks the engine to start them, waits,
 // then reads the outcome. done is false while they run.
-func (m *machine) hooks(stage string, hooks []Hook) (done bool, err error, output string) {
+func (m *machine) hooks(stage string, hooks []Hook) (done bool, output string, err error) {
 	if len(hooks) == 0 {
-		return true, nil, ""
+		return true, "", nil
 	}
 	h := m.in.Hook
 	if h.Stage != stage {
 		m.res.StartHooks = &HookStart{Stage: stage, Hooks: hooks}
 		m.note(fmt.Sprintf("running %d %s hook(s)", len(hooks), stage), "")
-		return false, nil, ""
+		return false, "", nil
 	}
 	if !h.Done {
-		return false, nil, ""
+		return false, "", nil
 	}
 	m.res.HookDone = true
 	if h.Output != "" || h.Err != nil {
@@ -654,7 +654,7 @@ func (m *machine) hooks(stage string, hooks []Hook) (done bool, err error, outpu
 		}
 		m.note(reason, h.Output)
 	}
-	return true, h.Err, h.Output
+	return true, h.Output, h.Err
 }
 
 func (m *machine) pause() error {

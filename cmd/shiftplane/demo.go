@@ -195,7 +195,7 @@ func runDemo(ctx context.Context, o demoOptions, out io.Writer) error {
 	}
 	defer stopEnvoy()
 	if err := waitTCP(ctx, listen); err != nil {
-		return fmt.Errorf("Envoy's listener %s never came up (see %s): %w", listen, filepath.Join(dir, "envoy.log"), err)
+		return fmt.Errorf("the Envoy listener %s never came up (see %s): %w", listen, filepath.Join(dir, "envoy.log"), err)
 	}
 
 	updates, unsubscribe := engine.Subscribe()

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/shiftplane/shiftplane/policy"
 )
@@ -42,7 +43,7 @@ const lockWait = 500 * time.Millisecond
 // instead of publishing an empty configuration.
 func Open(path string) (*Store, error) {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: lockWait})
-	if errors.Is(err, bolt.ErrTimeout) {
+	if errors.Is(err, berrors.ErrTimeout) {
 		// bbolt holds an exclusive flock on the file while it is open.
 		return nil, fmt.Errorf("store %s is locked by another process (another shiftplane serve?): %w", path, err)
 	}
@@ -139,7 +140,7 @@ func (s *Store) Delete(name string) error {
 			return err
 		}
 		err := tx.Bucket(bucketEvents).DeleteBucket([]byte(name))
-		if errors.Is(err, bolt.ErrBucketNotFound) {
+		if errors.Is(err, berrors.ErrBucketNotFound) {
 			return nil
 		}
 		return err

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/shiftplane/shiftplane/policy"
 	"github.com/shiftplane/shiftplane/policy/storetest"
@@ -114,7 +115,7 @@ func TestSaveOnClosedStore(t *testing.T) {
 	}
 	s.Close()
 	r.State.Weight = 50
-	if err := s.Save(r, storetest.Event(policy.PhaseProgressing, "lost")); !errors.Is(err, bolt.ErrDatabaseNotOpen) {
+	if err := s.Save(r, storetest.Event(policy.PhaseProgressing, "lost")); !errors.Is(err, berrors.ErrDatabaseNotOpen) {
 		t.Errorf("save on a closed store: %v", err)
 	}
 }

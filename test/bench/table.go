@@ -107,11 +107,12 @@ func RunTable(ctx context.Context, cfg TableConfig, out io.Writer) ([]Result, er
 			perFleet = 2
 		}
 		need := 2*perFleet*uint64(n) + fdMargin
-		got, err := RaiseNoFile(need)
+		_, err := RaiseNoFile(need)
 		r.SideBySide = err == nil
 		if !r.SideBySide {
 			need = perFleet*uint64(n) + fdMargin
-			if got, err = RaiseNoFile(need); err != nil {
+			got, err := RaiseNoFile(need)
+			if err != nil {
 				r.Skip = fmt.Sprintf("RLIMIT_NOFILE: need %d, have %d (%v)", need, got, err)
 				fmt.Fprintf(logw, "N=%d skipped: %s\n", n, r.Skip)
 				results = append(results, r)

@@ -25,7 +25,7 @@ import (
 	"github.com/shiftplane/shiftplane/test/harness"
 )
 
-// The migration scenarios (issue 14): the example in examples/migration
+// The migration scenarios: the example in examples/migration
 // (the users service in versions v1, v2, v3 and its migrate command) under
 // constant write load through a real Envoy, on a real PostgreSQL, driven by
 // shiftplane's beforeShift and afterPromote exec hooks.
