@@ -938,3 +938,74 @@ func TestSignalSince(t *testing.T) {
 		t.Fatalf("signal %s since %s; want FIRING since about %s", st.Signal.State, st.Signal.Since, fired)
 	}
 }
+
+// TestDoubleResumeDoesNotPassTheNextGate: pause and resume a moment before a
+// manual gate; a second resume sent right after the first finds the
+// rollout at the gate and must not pass it. A resume a while later does.
+func TestDoubleResumeDoesNotPassTheNextGate(t *testing.T) {
+	h := newHarness(t)
+	h.apply(testPlan("a", wstep(10, 10*time.Second), pstep(), wstep(100, 0)))
+	h.runUntil("PROGRESSING", time.Minute, 100*time.Millisecond, inPhase(policy.PhaseProgressing), "a")
+	h.runUntil("hold nearly done", time.Minute, 100*time.Millisecond, func(s policy.Status) bool { return s.HoldRemaining <= 300*time.Millisecond }, "a")
+	if _, err := h.eng.Pause("a"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.eng.Resume("a"); err != nil {
+		t.Fatal(err)
+	}
+	st := h.runUntil("the gate", 5*time.Second, 100*time.Millisecond, inPhase(policy.PhasePaused), "a")
+	if st.State.StepIndex != 1 {
+		t.Fatalf("paused at step %d, want the gate (index 1)", st.State.StepIndex)
+	}
+	_, err := h.eng.Resume("a")
+	if !isPrecondition(err) || !strings.Contains(err.Error(), "was resumed") {
+		t.Fatalf("second resume moments later: %v, want FailedPrecondition (a repeat of the first)", err)
+	}
+	if st := h.get("a"); st.State.Phase != policy.PhasePaused || st.State.StepIndex != 1 {
+		t.Fatalf("after the refused resume: %s at step %d", st.State.Phase, st.State.StepIndex)
+	}
+	// A caller that saw another step is refused too.
+	seen := 0
+	if _, err := h.eng.Resume("a", policy.Expecting(policy.Expect{StepIndex: &seen})); !isPrecondition(err) {
+		t.Fatalf("resume by a caller who saw step 1: %v, want FailedPrecondition", err)
+	}
+	h.advance(policy.DuplicateWindow, 100*time.Millisecond)
+	gate := 1
+	if _, err := h.eng.Resume("a", policy.Expecting(policy.Expect{Phase: policy.PhasePaused, StepIndex: &gate})); err != nil {
+		t.Fatalf("a deliberate resume at the gate: %v", err)
+	}
+	h.runUntil("SUCCEEDED", time.Minute, 100*time.Millisecond, terminal, "a")
+}
+
+// TestStoreFailureStopsTheRollout: while the store refuses writes nothing
+// moves (no publish carries an unsaved decision) and an operation changes
+// nothing; once writable the rollout goes on.
+func TestStoreFailureStopsTheRollout(t *testing.T) {
+	h := newHarness(t)
+	h.apply(testPlan("a", wstep(10, 5*time.Second), wstep(50, 5*time.Second), wstep(100, 0)))
+	h.runUntil("PROGRESSING", time.Minute, time.Second, inPhase(policy.PhaseProgressing), "a")
+	nPub := h.pub.Count()
+	if err := h.store.Close(); err != nil { // every write now fails
+		t.Fatal(err)
+	}
+	for i := 0; i < 20; i++ {
+		h.clock.Advance(time.Second)
+		_ = h.eng.Tick() // reports the store error
+	}
+	st := h.get("a")
+	if st.State.Weight != 10 || st.State.StepIndex != 0 || st.StoreError == "" {
+		t.Fatalf("with the store down: weight %d step %d store error %q; want weight 10, step 0, the error shown", st.State.Weight, st.State.StepIndex, st.StoreError)
+	}
+	if h.pub.Count() != nPub {
+		t.Fatalf("published %d times with the store down", h.pub.Count()-nPub)
+	}
+	if _, err := h.eng.Abort("a"); !errors.Is(err, policy.ErrStore) {
+		t.Fatalf("abort with the store down: %v, want ErrStore", err)
+	}
+	if st := h.get("a"); st.State.Phase == policy.PhaseRollingBack || st.State.Weight != 10 {
+		t.Fatalf("a refused abort changed the rollout: %s weight %d", st.State.Phase, st.State.Weight)
+	}
+	h.kill()
+	h.start() // the store is writable again
+	h.runUntil("SUCCEEDED", 2*time.Minute, time.Second, terminal, "a")
+}

@@ -839,6 +839,11 @@ func TestOperations(t *testing.T) {
 	if !found {
 		t.Errorf("abort reason not in history: %v", oh.GetEvents())
 	}
+	// A finished rollout takes no signal.
+	e.tick(t, time.Second)
+	if _, err := c.ReportSignal(ctx, &shiftplanev1.ReportSignalRequest{Rollout: "other", State: shiftplanev1.SignalState_SIGNAL_STATE_FIRING}); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("report-signal on a finished rollout: %v, want FailedPrecondition", err)
+	}
 
 	// Delete takes the service's routes away: refused without force, shown
 	// by a dry run, done with force.
