@@ -27,6 +27,7 @@ import (
 	"github.com/shiftplane/shiftplane/policy/api"
 	"github.com/shiftplane/shiftplane/policy/etcdstore"
 	"github.com/shiftplane/shiftplane/policy/leader"
+	"github.com/shiftplane/shiftplane/policy/notify"
 	"github.com/shiftplane/shiftplane/policy/planfiles"
 	"github.com/shiftplane/shiftplane/policy/replica"
 	"github.com/shiftplane/shiftplane/policy/signal"
@@ -162,7 +163,15 @@ func serveHA(ctx context.Context, cfg Config, planPaths []string, log *slog.Logg
 	gs := xds.NewGRPCServer()
 	xds.Register(ctx, gs, cache, r.fleet, log)
 	r.deps.registerSink(gs)
-	httpSrv := &http.Server{Handler: r.httpMux(reg), ReadHeaderTimeout: 5 * time.Second}
+	dash, err := r.haDashboard(cfg)
+	if err != nil {
+		return err
+	}
+	notifier, err := notify.New(notify.Options{Sinks: cfg.Notifications, AllowHosts: cfg.Notify.AllowHosts, Registerer: reg, Log: log})
+	if err != nil {
+		return err
+	}
+	httpSrv := &http.Server{Handler: r.httpMux(reg, dash), ReadHeaderTimeout: 5 * time.Second}
 
 	errc := make(chan error, 4)
 	var wg sync.WaitGroup
@@ -177,6 +186,9 @@ func serveHA(ctx context.Context, cfg Config, planPaths []string, log *slog.Logg
 	wg.Go(func() { r.view.Run(ctx) })
 	wg.Go(func() { reporter.Run(ctx) })
 	wg.Go(func() { r.deps.run(ctx) })
+	wg.Go(func() { dash.Run(ctx) })
+	// Only the leader's engine emits updates: each event is sent once.
+	wg.Go(func() { notifier.Run(ctx, haEngine{r: r}) })
 	wg.Go(func() { elector.Run(ctx, r.lead) })
 	go func() { errc <- apiSrv.Serve(apiLis) }()
 	go func() { errc <- httpSrv.Serve(httpLis) }()
@@ -341,7 +353,7 @@ func publicAPIServer(cfg Config, fwd *forwarder, log *slog.Logger) (*grpc.Server
 	return gs, hs, nil
 }
 
-func (r *haReplica) httpMux(reg *prometheus.Registry) *http.ServeMux {
+func (r *haReplica) httpMux(reg *prometheus.Registry, ui http.Handler) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -364,26 +376,9 @@ func (r *haReplica) httpMux(reg *prometheus.Registry) *http.ServeMux {
 		}
 		fmt.Fprintln(w, "ready")
 	})
-	mux.HandleFunc("/", func(w http.ResponseWriter, req *http.Request) {
-		if req.URL.Path != "/" {
-			http.NotFound(w, req)
-			return
-		}
-		// The dashboard needs the engine, which only the leader runs: a
-		// replica shows its role and the rollouts it leads.
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		l, _ := r.elector.Leader()
-		if !r.elector.IsLeader() {
-			fmt.Fprintf(w, "shiftplane replica %s: follower; the leader is %s\n", r.id, l)
-			return
-		}
-		fmt.Fprintf(w, "shiftplane replica %s: leader\n", r.id)
-		if e := r.currentEngine(); e != nil {
-			for _, s := range e.List() {
-				fmt.Fprintf(w, "%s\t%s\tweight %d%%\t%s\t%s\n", s.Plan.Name, s.State.Phase, s.State.Weight, policy.StepLabel(s.State.StepIndex, s.StepCount), s.State.Reason)
-			}
-		}
-	})
+	// The dashboard: the leader's rollouts (a follower shows none and
+	// refuses actions, naming the leader) and the fleet of every replica.
+	mux.Handle("/", ui)
 	return mux
 }
 

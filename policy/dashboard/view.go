@@ -84,6 +84,8 @@ type NodeView struct {
 	LastStats int64      `json:"lastStats,omitempty"`
 	Converged bool       `json:"converged"`
 	Types     []TypeView `json:"types"`
+	// Replica is the shiftplane replica the node is connected to (HA only).
+	Replica string `json:"replica,omitempty"`
 }
 
 // TypeView is a node's state of one resource type.
@@ -226,7 +228,7 @@ func (d *Dashboard) fleet() []NodeView {
 	}
 	out := []NodeView{}
 	for _, n := range d.o.Fleet.Nodes() {
-		v := NodeView{ID: n.ID, Cluster: n.Cluster, Protocol: n.Protocol, Since: ms(n.ConnectedSince), LastStats: ms(n.LastStatsReport), Converged: n.Converged}
+		v := NodeView{ID: n.ID, Cluster: n.Cluster, Protocol: n.Protocol, Since: ms(n.ConnectedSince), LastStats: ms(n.LastStatsReport), Converged: n.Converged, Replica: n.Replica}
 		for _, t := range n.Types {
 			v.Types = append(v.Types, TypeView{Type: shortType(t.TypeURL), Acked: t.Acked, Nacked: t.Nacked, NackError: t.NackError, NackTime: ms(t.NackTime)})
 		}

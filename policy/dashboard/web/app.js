@@ -190,6 +190,7 @@
 
   function fleetTable(nodes) {
     const types = ['LDS', 'RDS', 'CDS', 'EDS'];
+    const ha = nodes.some((n) => n.replica);
     const rows = nodes.map((n) => {
       const byType = Object.fromEntries((n.types || []).map((t) => [t.type, t]));
       const cells = types.map((ty) => {
@@ -202,6 +203,7 @@
       return h('tr', { 'data-node': n.id }, [
         h('td', { class: 'mono', text: n.id }),
         h('td', { class: 'mono', text: n.cluster }),
+        ...(ha ? [h('td', { class: 'mono', text: n.replica || '—' })] : []),
         h('td', { text: n.protocol }),
         h('td', { text: ago(n.since) }),
         h('td', { text: n.lastStats ? ago(n.lastStats) : 'none' }),
@@ -211,7 +213,7 @@
     });
     if (!rows.length) rows.push(h('tr', {}, h('td', { colspan: 10, class: 'muted', text: 'no Envoy connected over xDS' })));
     return h('table', { id: 'fleet' }, [
-      h('thead', {}, h('tr', {}, ['node', 'cluster', 'xDS', 'connected', 'last stats', 'converged', 'LDS acked', 'RDS acked', 'CDS acked', 'EDS acked'].map((t) => h('th', { text: t })))),
+      h('thead', {}, h('tr', {}, ['node', 'cluster', ...(ha ? ['replica'] : []), 'xDS', 'connected', 'last stats', 'converged', 'LDS acked', 'RDS acked', 'CDS acked', 'EDS acked'].map((t) => h('th', { text: t })))),
       h('tbody', {}, rows),
     ]);
   }
