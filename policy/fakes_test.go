@@ -15,6 +15,7 @@ import (
 
 	"github.com/shiftplane/shiftplane/policy"
 	"github.com/shiftplane/shiftplane/policy/boltstore"
+	"github.com/shiftplane/shiftplane/test/fakeclock"
 )
 
 // The fakes below stand in for the engine's interface boundaries only: the
@@ -24,32 +25,10 @@ import (
 // epoch is where every fake clock starts.
 var epoch = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
 
-// fakeClock is a settable policy.Clock.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
+// fakeClock is the tests' one settable clock.
+type fakeClock = fakeclock.Clock
 
-func newFakeClock() *fakeClock { return &fakeClock{t: epoch} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Set(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = t
-}
-
-func (c *fakeClock) Advance(d time.Duration) time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-	return c.t
-}
+func newFakeClock() *fakeClock { return fakeclock.New(epoch) }
 
 // change is one point of a scripted signal timeline: from At on, the
 // signal is State (until the next change).

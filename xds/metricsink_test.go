@@ -5,7 +5,6 @@ import (
 	"net"
 	"reflect"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,40 +20,23 @@ import (
 
 	"github.com/shiftplane/shiftplane/policy"
 	"github.com/shiftplane/shiftplane/policy/signal"
+	"github.com/shiftplane/shiftplane/test/fakeclock"
 )
-
-// sinkClock is the fake clock the sink reads.
-type sinkClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *sinkClock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *sinkClock) advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
 
 // sinkEnv is a MetricsSink served over gRPC on a loopback port, and a
 // client connection to it.
 type sinkEnv struct {
 	sink   *MetricsSink
-	clock  *sinkClock
+	clock  *fakeclock.Clock
 	reg    *prometheus.Registry
 	client metricsv3.MetricsServiceClient
 }
 
 func startSink(t *testing.T) *sinkEnv {
 	t.Helper()
-	clock := &sinkClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	clock := fakeclock.New(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
 	reg := prometheus.NewRegistry()
-	sink := NewMetricsSink(nil, reg, clock.now)
+	sink := NewMetricsSink(nil, reg, clock.Now)
 	gs := NewGRPCServer()
 	sink.Register(gs)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
@@ -227,7 +209,7 @@ func wantGateSignal(t *testing.T, g *signal.Gate, now time.Time, q policy.Signal
 
 func TestMetricsSinkFeedsGate(t *testing.T) {
 	e := startSink(t)
-	t0 := e.clock.now()
+	t0 := e.clock.Now()
 	gate := signal.NewGate(nil, e.sink)
 	q := policy.SignalQuery{
 		Rollout: "checkout", CanaryCluster: "app-v2", Since: t0.Add(-time.Minute),
@@ -275,7 +257,7 @@ func TestMetricsSinkFeedsGate(t *testing.T) {
 
 	// Next flush: counters rise, without the identifier.
 	t1 := t0.Add(time.Second)
-	e.clock.advance(time.Second)
+	e.clock.Advance(time.Second)
 	e1.flush(t, sinkCounter(v2Completed, 200), sinkCounter(v2Rq5xx, 10), sinkGauge(v2Active, 1), sinkCounter(v2Detected, 2))
 	r = e.waitReport(t, "envoy-1", reportAt(t1))
 	wantStatValues(t, "envoy-1 prev", r.Prev, map[string]float64{v2Completed: 100, v2Rq5xx: 0, v2Active: 3})
@@ -294,7 +276,7 @@ func TestMetricsSinkFeedsGate(t *testing.T) {
 
 	// Quiet again: the ejection is over and the detected counter is flat.
 	t2 := t1.Add(time.Second)
-	e.clock.advance(time.Second)
+	e.clock.Advance(time.Second)
 	e1.flush(t, sinkCounter(v2Completed, 300), sinkCounter(v2Rq5xx, 10), sinkGauge(v2Active, 1), sinkCounter(v2Detected, 2))
 	e2.flush(t, envoy2Flush(60, 0)...)
 	e.waitReport(t, "envoy-1", reportAt(t2))
@@ -304,7 +286,7 @@ func TestMetricsSinkFeedsGate(t *testing.T) {
 	// envoy-1 restarts: a new stream with the same node id and counters that
 	// started again from 0. Its old stream has not noticed yet.
 	t3 := t2.Add(time.Second)
-	e.clock.advance(time.Second)
+	e.clock.Advance(time.Second)
 	e1b := e.open(t, "envoy-1")
 	e1b.flush(t, sinkCounter(v2Completed, 20), sinkCounter(v2Rq5xx, 5), sinkCounter(v2Detected, 1))
 	r = e.waitReport(t, "envoy-1", reportAt(t3))
@@ -322,7 +304,7 @@ func TestMetricsSinkFeedsGate(t *testing.T) {
 
 	// A counter that goes down within one stream (deltas) is no rise either.
 	t4 := t3.Add(time.Second)
-	e.clock.advance(time.Second)
+	e.clock.Advance(time.Second)
 	e2.flush(t, envoy2Flush(10, 0)...)
 	if r := e.waitReport(t, "envoy-2", reportAt(t4)); r.Prev != nil {
 		t.Errorf("envoy-2's counters went down but it still compares with %v", r.Prev)
@@ -341,7 +323,7 @@ func TestMetricsSinkFeedsGate(t *testing.T) {
 
 	// Nothing for longer than staleAfter: stale, and active requests unknown.
 	t5 := t4.Add(11 * time.Second)
-	e.clock.advance(11 * time.Second)
+	e.clock.Advance(11 * time.Second)
 	wantGateSignal(t, gate, t5, q, policy.SignalStale, "no node has reported within staleAfter 10s (newest: node envoy-1, 12s ago)")
 	if n, known := gate.ActiveRequests(t5, "app-v2"); known {
 		t.Errorf("ActiveRequests with only stale reports = %g, known", n)

@@ -27,25 +27,8 @@ import (
 	"github.com/shiftplane/shiftplane/policy/boltstore"
 	"github.com/shiftplane/shiftplane/policy/signal"
 	shiftplanev1 "github.com/shiftplane/shiftplane/proto/shiftplane/v1"
+	"github.com/shiftplane/shiftplane/test/fakeclock"
 )
-
-// fakeClock is the engine's and the service's clock in these tests.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
 
 // fakePublisher stands in for xds: every publish is a new version.
 type fakePublisher struct {
@@ -76,7 +59,7 @@ func (f fakeNodes) Nodes() []Node { return f }
 type env struct {
 	engine *policy.Engine
 	gate   *signal.Gate
-	clock  *fakeClock
+	clock  *fakeclock.Clock
 	client shiftplanev1.RolloutServiceClient
 	fleet  shiftplanev1.FleetServiceClient
 	svc    *Service
@@ -89,7 +72,7 @@ func newEnv(t *testing.T, nodes ...Node) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = store.Close() })
-	clock := &fakeClock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
+	clock := fakeclock.New(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
 	// No stats source: reported signals are the gate's only data.
 	gate := signal.NewGate(nil)
 	ctx, cancel := context.WithCancel(context.Background())

@@ -12,25 +12,8 @@ import (
 	"time"
 
 	"github.com/shiftplane/shiftplane/policy"
+	"github.com/shiftplane/shiftplane/test/fakeclock"
 )
-
-// fakeClock is a settable clock.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
 
 // fakeAdmin serves /stats?format=json like Envoy's admin: the values a test
 // sets, plus a histogram entry, a text readout and stats the scraper must
@@ -102,7 +85,7 @@ func newAdmin(t *testing.T, stats map[string]float64) (*fakeAdmin, string) {
 func TestAdminScraper(t *testing.T) {
 	a1, url1 := newAdmin(t, map[string]float64{detected: 1, done: 10, rqActive: 2})
 	_, url2 := newAdmin(t, map[string]float64{rqActive: 1})
-	clock := &fakeClock{t: t0}
+	clock := fakeclock.New(t0)
 	s, err := NewAdminScraper(AdminScraperConfig{
 		Targets: []AdminTarget{{URL: url1}, {URL: url2 + "/", Name: "envoy-2"}},
 		Timeout: time.Second,
@@ -179,7 +162,7 @@ func TestAdminScraper(t *testing.T) {
 
 func TestAdminScraperTimeout(t *testing.T) {
 	a, url := newAdmin(t, map[string]float64{done: 1})
-	clock := &fakeClock{t: t0}
+	clock := fakeclock.New(t0)
 	s, err := NewAdminScraper(AdminScraperConfig{Targets: []AdminTarget{{URL: url}}, Timeout: 50 * time.Millisecond, Now: clock.Now})
 	if err != nil {
 		t.Fatal(err)
@@ -204,7 +187,7 @@ func TestAdminScraperTimeout(t *testing.T) {
 
 func TestAdminScraperRun(t *testing.T) {
 	a, url := newAdmin(t, map[string]float64{done: 1})
-	clock := &fakeClock{t: t0}
+	clock := fakeclock.New(t0)
 	s, err := NewAdminScraper(AdminScraperConfig{Targets: []AdminTarget{{URL: url}}, Interval: 5 * time.Millisecond, Now: clock.Now})
 	if err != nil {
 		t.Fatal(err)
