@@ -249,8 +249,8 @@ func launch(t *testing.T, s *server, store string) *harness.Process {
 func TestWatchAcrossRestart(t *testing.T) {
 	t.Parallel()
 	store := filepath.Join(t.TempDir(), "shiftplane.db")
-	s := &server{t: t, XDSAddr: fmt.Sprintf("127.0.0.1:%d", harness.FreePort(t)), APIAddr: fmt.Sprintf("127.0.0.1:%d", harness.FreePort(t)),
-		HTTPAddr: fmt.Sprintf("127.0.0.1:%d", harness.FreePort(t)), ctlBin: harness.BuildBinary(t, "./cmd/shiftctl")}
+	s := &server{t: t, Shiftplane: &harness.Shiftplane{XDSAddr: fmt.Sprintf("127.0.0.1:%d", harness.FreePort(t)), APIAddr: fmt.Sprintf("127.0.0.1:%d", harness.FreePort(t)),
+		HTTPAddr: fmt.Sprintf("127.0.0.1:%d", harness.FreePort(t))}, ctlBin: harness.BuildBinary(t, "./cmd/shiftctl")}
 	first := launch(t, s, store)
 	stalled(t, s, "survive")
 

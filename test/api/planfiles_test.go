@@ -30,7 +30,7 @@ func TestPlanFolderBadFile(t *testing.T) {
 	writeFile(t, shop, plan("shop", harness.FreePort(t), "127.0.0.1:8081", "127.0.0.1:8082", "  - pause: {}\n  - weight: 100"))
 	wantProblem := bad + ": steps[1].weight: must be within 0..100, got 120"
 	out := waitCtl(t, s, "sources", func(out string) bool { return strings.Contains(out, bad) })
-	for _, want := range []string{"watching " + dir, bad, "steps[1].weight", "must be within 0..100, got 120"} {
+	for _, want := range []string{"watching ", dir, bad, "steps[1].weight", "must be within 0..100, got 120"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("sources lacks %q:\n%s", want, out)
 		}

@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,14 +19,12 @@ import (
 	"github.com/shiftplane/shiftplane/test/harness"
 )
 
-// server is a running `shiftplane serve` and its addresses.
+// server is the shared `shiftplane serve` rig (test/harness) with the
+// shiftctl binary and the flags every shiftctl call gets.
 type server struct {
-	t        *testing.T
-	XDSAddr  string
-	APIAddr  string
-	HTTPAddr string
-	Proc     *harness.Process
-	ctlBin   string
+	*harness.Shiftplane
+	t      *testing.T
+	ctlBin string
 	// ctlArgs go before every shiftctl command (credentials, TLS).
 	ctlArgs []string
 }
@@ -36,35 +33,8 @@ type server struct {
 // in t.TempDir(); extra are more serve flags.
 func startServer(t *testing.T, extra ...string) *server {
 	t.Helper()
-	bin := harness.BuildBinary(t, "./cmd/shiftplane")
-	s := &server{
-		t:        t,
-		XDSAddr:  fmt.Sprintf("127.0.0.1:%d", harness.FreePort(t)),
-		APIAddr:  fmt.Sprintf("127.0.0.1:%d", harness.FreePort(t)),
-		HTTPAddr: fmt.Sprintf("127.0.0.1:%d", harness.FreePort(t)),
-		ctlBin:   harness.BuildBinary(t, "./cmd/shiftctl"),
-	}
-	args := append([]string{"serve",
-		"--xds-address", s.XDSAddr, "--api-address", s.APIAddr, "--http-address", s.HTTPAddr,
-		"--store-path", filepath.Join(t.TempDir(), "shiftplane.db"), "--engine-tick", "50ms"}, extra...)
-	s.Proc = harness.StartProcess(t, bin, args, nil)
-	deadline := time.Now().Add(harness.DefaultWait)
-	for time.Now().Before(deadline) {
-		resp, err := http.Get("http://" + s.HTTPAddr + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return s
-			}
-		}
-		select {
-		case <-s.Proc.Done():
-			t.Fatalf("shiftplane exited before it was ready:\n%s", s.Proc.Output())
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-	t.Fatalf("shiftplane not ready after %s:\n%s", harness.DefaultWait, s.Proc.Output())
-	return nil
+	sp := harness.StartShiftplane(t, append([]string{"--engine-tick", "50ms"}, extra...)...)
+	return &server{Shiftplane: sp, t: t, ctlBin: harness.BuildBinary(t, "./cmd/shiftctl")}
 }
 
 // result is one shiftctl run.
