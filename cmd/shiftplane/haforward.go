@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -76,12 +77,15 @@ const forwardedHeader = "shiftplane-forwarded"
 // new leader starting its engine) before it fails with UNAVAILABLE.
 const forwardWait = 10 * time.Second
 
+// maxHops bounds how many replicas a call passes before the leader.
+const maxHops = 2
+
 // conn returns where to send a call, waiting (bounded by ctx and
 // forwardWait) while there is no leader or it is still starting.
-func (f *forwarder) conn(ctx context.Context, forwarded bool) (*grpc.ClientConn, string, error) {
+func (f *forwarder) conn(ctx context.Context, visited []string) (*grpc.ClientConn, string, error) {
 	deadline := time.Now().Add(forwardWait)
 	for {
-		c, id, err := f.try(forwarded)
+		c, id, err := f.try(visited)
 		if err == nil || time.Now().After(deadline) {
 			return c, id, err
 		}
@@ -93,7 +97,11 @@ func (f *forwarder) conn(ctx context.Context, forwarded bool) (*grpc.ClientConn,
 	}
 }
 
-func (f *forwarder) try(forwarded bool) (*grpc.ClientConn, string, error) {
+// try picks the leader this replica sees. visited are the replicas a
+// forwarded call already passed: replicas can disagree for a moment after
+// an election (or a lost quorum), so a call may take one more hop to the
+// leader this replica sees, but never back to one it came through.
+func (f *forwarder) try(visited []string) (*grpc.ClientConn, string, error) {
 	if c := f.local(); c != nil {
 		return c, f.self, nil
 	}
@@ -103,8 +111,8 @@ func (f *forwarder) try(forwarded bool) (*grpc.ClientConn, string, error) {
 		return nil, "", status.Error(codes.Unavailable, "no shiftplane leader elected yet; retry")
 	case id == f.self:
 		return nil, id, status.Error(codes.Unavailable, "this replica was elected leader and is starting its engine; retry")
-	case forwarded:
-		return nil, id, status.Errorf(codes.Unavailable, "forwarded here, but this replica does not lead (it sees %s leading); retry", id)
+	case slices.Contains(visited, id) || len(visited) >= maxHops:
+		return nil, id, status.Errorf(codes.Unavailable, "forwarded here through %v, but this replica does not lead (it sees %s leading); retry", visited, id)
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -137,12 +145,12 @@ func (f *forwarder) handle(_ any, ss grpc.ServerStream) error {
 		return errNoMethod
 	}
 	md, _ := metadata.FromIncomingContext(ss.Context())
-	conn, leaderID, err := f.conn(ss.Context(), len(md.Get(forwardedHeader)) > 0)
+	conn, leaderID, err := f.conn(ss.Context(), md.Get(forwardedHeader))
 	if err != nil {
 		return err
 	}
 	out := md.Copy()
-	out.Set(forwardedHeader, f.self)
+	out.Append(forwardedHeader, f.self)
 	ctx, cancel := context.WithCancel(metadata.NewOutgoingContext(ss.Context(), out))
 	defer cancel()
 	cs, err := conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}, method)
