@@ -118,6 +118,9 @@ func (e *Elector) runSession(ctx context.Context, lead func(context.Context, Ter
 		e.mu.Lock()
 		e.sess = nil
 		e.mu.Unlock()
+		// Without a session this replica does not know who leads: a stale
+		// name would send forwarded calls to a replica that no longer does.
+		e.setLeader("")
 	}()
 
 	// The session's context ends with ctx or with the lease.
@@ -143,6 +146,7 @@ func (e *Elector) runSession(ctx context.Context, lead func(context.Context, Ter
 	e.setLeading(true)
 	lead(sctx, term)
 	e.setLeading(false)
+	e.setLeader("") // the observer names the next leader
 	select {
 	case <-sess.Done():
 		if ctx.Err() == nil {
