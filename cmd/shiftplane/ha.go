@@ -159,7 +159,10 @@ func serveHA(ctx context.Context, cfg Config, planPaths []string, log *slog.Logg
 	if err != nil {
 		return err
 	}
-	gs := xds.NewGRPCServer()
+	gs, err := newXDSServer(cfg, r.fleet, r.deps, log, false) // xdsserver.go
+	if err != nil {
+		return err
+	}
 	xds.Register(ctx, gs, cache, r.fleet, log)
 	r.deps.registerSink(gs)
 	httpSrv := &http.Server{Handler: r.httpMux(reg), ReadHeaderTimeout: 5 * time.Second}

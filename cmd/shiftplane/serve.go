@@ -116,7 +116,11 @@ func serve(ctx context.Context, cfg Config, planPaths []string, log *slog.Logger
 	if err != nil {
 		return fmt.Errorf("xds.address: %w", err)
 	}
-	gs := xds.NewGRPCServer()
+	gs, err := newXDSServer(cfg, fleet, deps, log, true) // xdsserver.go
+	if err != nil {
+		xdsLis.Close()
+		return err
+	}
 	xds.Register(ctx, gs, cache, fleet, log)
 	deps.registerSink(gs)
 
