@@ -91,8 +91,8 @@ func (a *attacker) attack(addr, node, canary string) {
 			err = ms.Send(&metricsv3.StreamMetricsMessage{
 				Identifier: &metricsv3.StreamMetricsMessage_Identifier{Node: &corev3.Node{Id: node}},
 				EnvoyMetrics: []*promv1.MetricFamily{{
-					Name: proto.String("cluster." + canary + ".outlier_detection.ejections_active"),
-					Type: promv1.MetricType_GAUGE.Enum(),
+					Name:   proto.String("cluster." + canary + ".outlier_detection.ejections_active"),
+					Type:   promv1.MetricType_GAUGE.Enum(),
 					Metric: []*promv1.Metric{{Gauge: &promv1.Gauge{Value: proto.Float64(1)}}},
 				}},
 			})
