@@ -41,14 +41,17 @@ type Config struct {
 		Address   string `mapstructure:"address"`
 		Token     string `mapstructure:"token"`
 		TokenFile string `mapstructure:"tokenFile"`
-		TLS       struct {
+		// Insecure allows a token over plain text off loopback.
+		Insecure bool `mapstructure:"insecure"`
+		TLS      struct {
 			Cert     string `mapstructure:"cert"`
 			Key      string `mapstructure:"key"`
 			ClientCA string `mapstructure:"clientCA"`
 		} `mapstructure:"tls"`
 	} `mapstructure:"api"`
 	HTTP struct {
-		Address string `mapstructure:"address"`
+		Address      string `mapstructure:"address"`
+		MetricsToken string `mapstructure:"metricsToken"`
 	} `mapstructure:"http"`
 	Store struct {
 		// Backend is bbolt (one machine, Path) or etcd (several replicas).
@@ -102,7 +105,9 @@ var configKeys = []struct {
 	{"api.tls.cert", "api-tls-cert", "policy API TLS certificate file", ""},
 	{"api.tls.key", "api-tls-key", "policy API TLS key file", ""},
 	{"api.tls.clientCA", "api-tls-client-ca", "CA that policy API clients' certificates must chain to (mTLS)", ""},
+	{"api.insecure", "api-insecure", "allow api.token off loopback without api.tls (the token crosses the network in clear text)", false},
 	{"http.address", "http-address", "address of /metrics, /healthz, /readyz and the dashboard", "127.0.0.1:18002"},
+	{"http.metricsToken", "http-metrics-token", "bearer token that may read /metrics off loopback (besides the API token)", ""},
 	{"store.backend", "store-backend", "bbolt (one machine) or etcd (several replicas, one leader)", "bbolt"},
 	{"store.path", "store-path", "bbolt file holding plans, state, events and the version counter", "shiftplane.db"},
 	{"store.etcd.endpoints", "store-etcd-endpoints", "etcd client URLs (store.backend: etcd)", []string{}},
@@ -447,6 +452,13 @@ func (c Config) Validate() error {
 	}
 	if !isLoopback(c.API.Address) && c.API.Token == "" && c.API.TokenFile == "" && c.API.TLS.ClientCA == "" {
 		errs = append(errs, keyErrorf("api.address", "api.address: %q is not loopback; set api.token, api.tokenFile or api.tls.clientCA (mTLS) so the policy API is not open", c.API.Address))
+	}
+	hasToken := c.API.Token != "" || c.API.TokenFile != ""
+	if !isLoopback(c.API.Address) && hasToken && c.API.TLS.Cert == "" && !c.API.Insecure {
+		errs = append(errs, keyErrorf("api.address", "api.address: %q is not loopback and api.tls.cert is not set: the bearer token would cross the network in clear text; set api.tls.cert and api.tls.key, or api.insecure: true", c.API.Address))
+	}
+	if !isLoopback(c.HTTP.Address) && !hasToken {
+		errs = append(errs, keyErrorf("http.address", "http.address: %q is not loopback: the dashboard and /metrics then need a token; set api.token or api.tokenFile (and http.metricsToken for scrapers, if wanted)", c.HTTP.Address))
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

@@ -26,10 +26,14 @@ type signalDeps struct {
 	// (in convergence and in the signal) only for grace after they start.
 	grace   time.Duration
 	members *xds.Fleet
+
+	// auth limits failed authentications on the API and HTTP ports; it is
+	// here because it shares the registry and lives as long.
+	auth *authLimiter
 }
 
 func newSignalDeps(_ context.Context, cfg Config, reg prometheus.Registerer, log *slog.Logger) (*signalDeps, error) {
-	d := &signalDeps{sink: xds.NewMetricsSink(log, reg, time.Now), log: log}
+	d := &signalDeps{sink: xds.NewMetricsSink(log, reg, time.Now), log: log, auth: newAuthLimiter(reg, time.Now)}
 	sources := []signal.StatsSource{memberStats{d}}
 	if len(cfg.Signal.AdminURLs) > 0 {
 		targets := make([]signal.AdminTarget, len(cfg.Signal.AdminURLs))
