@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/shiftplane/shiftplane/xds/model"
 )
@@ -289,4 +290,45 @@ func counterValue(t *testing.T, c prometheus.Counter) float64 {
 		t.Fatal(err)
 	}
 	return m.GetCounter().GetValue()
+}
+
+// A second stream for a node id whose stream is open replaces its stats
+// only with the same authenticated identity; a stream whose certificate
+// names another node is refused by StreamMetrics before record.
+func TestSinkSecondStreamNeedsSameIdentity(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	s := NewMetricsSink(nil, nil, func() time.Time { return now })
+	gauge := func(v float64) []*promv1.MetricFamily {
+		return []*promv1.MetricFamily{{Name: proto.String("cluster.app-v2.outlier_detection.ejections_active"), Type: promv1.MetricType_GAUGE.Enum(),
+			Metric: []*promv1.Metric{{Gauge: &promv1.Gauge{Value: proto.Float64(v)}}}}}
+	}
+	edge := Identity{URIs: []string{"spiffe://fleet/envoy/edge-1"}}
+	other := Identity{URIs: []string{"spiffe://fleet/envoy/edge-2"}}
+	latest := func() float64 {
+		t.Helper()
+		for _, r := range s.Reports() {
+			if r.Node == "edge-1" {
+				return r.Latest["cluster.app-v2.outlier_detection.ejections_active"]
+			}
+		}
+		t.Fatal("no report for edge-1")
+		return 0
+	}
+	if why := s.record("edge-1", 1, edge, gauge(1)); why != "" {
+		t.Fatalf("first stream ignored: %s", why)
+	}
+	for name, id := range map[string]Identity{"unauthenticated": {}, "another certificate": other} {
+		if why := s.record("edge-1", 2, id, gauge(0)); why == "" {
+			t.Errorf("%s: a second stream replaced edge-1's stats", name)
+		}
+		if v := latest(); v != 1 {
+			t.Errorf("%s: edge-1's ejections_active = %g after a second stream, want 1", name, v)
+		}
+	}
+	if why := s.record("edge-1", 3, edge, gauge(0)); why != "" {
+		t.Fatalf("the same identity reconnecting was ignored: %s", why)
+	}
+	if v := latest(); v != 0 {
+		t.Errorf("after the same identity reconnected: %g, want its 0", v)
+	}
 }
