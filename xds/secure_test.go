@@ -2,7 +2,6 @@ package xds
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/binary"
 	"io"
 	"log/slog"
@@ -22,7 +21,6 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	promv1 "github.com/prometheus/client_model/go"
-	"golang.org/x/net/http2"
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -168,9 +166,9 @@ func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
 // h2c without holding it in memory, and returns the grpc-status.
 func sendHugeStats(t *testing.T, addr string, size int) string {
 	t.Helper()
-	tr := &http2.Transport{AllowHTTP: true, DialTLSContext: func(ctx context.Context, network, a string, _ *tls.Config) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, network, a)
-	}}
+	var protos http.Protocols
+	protos.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{Protocols: &protos}
 	defer tr.CloseIdleConnections()
 	var hdr [5]byte
 	binary.BigEndian.PutUint32(hdr[1:], uint32(size))
