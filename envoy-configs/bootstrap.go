@@ -40,6 +40,18 @@ type Bootstrap struct {
 	// host per replica and Envoy reconnects to another when one goes away.
 	XDSAddresses []string
 	UseDelta     bool // DELTA_GRPC instead of GRPC
+	// TLS, if set, makes Envoy connect to the xDS port (ADS and the stats
+	// sink) over mTLS.
+	TLS *TLS
+}
+
+// TLS are the files of the xds_cluster's mTLS transport socket, as Envoy
+// reads them (absolute paths on the Envoy's host).
+type TLS struct {
+	Cert string // the Envoy's client certificate; its SAN names node.id
+	Key  string // its private key
+	CA   string // CA the shiftplane server certificate chains to
+	SNI  string // server name sent (optional)
 }
 
 // Default returns the values envoy.yaml is rendered with.
@@ -90,6 +102,18 @@ func (b Bootstrap) templateData() (templateData, error) {
 	}
 	if err := checkName("cluster", b.Cluster); err != nil {
 		return templateData{}, err
+	}
+	if b.TLS != nil {
+		for _, f := range []struct{ field, v string }{{"tls.cert", b.TLS.Cert}, {"tls.key", b.TLS.Key}, {"tls.ca", b.TLS.CA}} {
+			if err := checkName(f.field, f.v); err != nil {
+				return templateData{}, err
+			}
+		}
+		if b.TLS.SNI != "" {
+			if err := checkName("tls.sni", b.TLS.SNI); err != nil {
+				return templateData{}, err
+			}
+		}
 	}
 	if b.AdminPort < 0 || b.AdminPort > 65535 {
 		return templateData{}, fmt.Errorf("%w: adminPort: must be 0..65535, got %d", ErrInvalid, b.AdminPort)

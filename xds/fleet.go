@@ -36,6 +36,13 @@ type NodeStatus struct {
 	// Converged is true when the node has ACKed the latest version of every
 	// type it subscribes to.
 	Converged bool
+	// Ready is true once the stream has ACKed something. A stream that is
+	// not ready after the fleet's grace period (SetReadyGrace) does not
+	// count towards convergence: a client that never ACKs cannot stall a
+	// rollout.
+	Ready bool `json:"ready"`
+	// Identity is the stream's client certificate identity, "" without mTLS.
+	Identity string `json:"identity,omitempty"`
 }
 
 // Fleet tracks every xDS stream: who is connected, what each node ACKed and
@@ -47,6 +54,7 @@ type Fleet struct {
 	now     func() time.Time
 
 	statsNodes func() []string
+	grace      time.Duration
 
 	mu      sync.Mutex
 	streams map[int64]*streamState
@@ -58,6 +66,7 @@ type streamState struct {
 	node     *corev3.Node
 	protocol string
 	since    time.Time
+	ident    Identity
 	types    map[string]*streamType
 }
 
@@ -88,8 +97,23 @@ type typeProgress struct {
 
 // NewFleet returns an empty fleet tracker.
 func NewFleet(log *slog.Logger, m *Metrics, now func() time.Time) *Fleet {
-	return &Fleet{log: log, metrics: m, now: now, streams: map[int64]*streamState{}, types: map[string]*typeProgress{}}
+	return &Fleet{log: log, metrics: m, now: now, grace: DefaultReadyGrace, streams: map[int64]*streamState{}, types: map[string]*typeProgress{}}
 }
+
+// DefaultReadyGrace is how long a stream may go without ACKing anything
+// before it stops counting towards convergence.
+const DefaultReadyGrace = 10 * time.Second
+
+// SetReadyGrace sets how long a stream that has ACKed nothing, and a node
+// that reports stats without an xDS stream, still count towards (and hold
+// back) convergence. Call before serving.
+func (f *Fleet) SetReadyGrace(d time.Duration) { f.grace = d }
+
+// Metrics returns the metrics the fleet was made with (may be nil).
+func (f *Fleet) Metrics() *Metrics { return f.metrics }
+
+// ReadyGrace returns the grace period of SetReadyGrace.
+func (f *Fleet) ReadyGrace() time.Duration { return f.grace }
 
 var _ serverv3.Callbacks = (*Fleet)(nil)
 
@@ -157,7 +181,7 @@ func (f *Fleet) Convergence(kind model.ResourceKind, version string) model.Conve
 	if f.statsNodes != nil {
 		stats = f.statsNodes()
 	}
-	return ConvergenceOf(kind, version, nodes, latest, stats)
+	return ConvergenceOf(kind, version, Members(nodes, f.grace, f.now()), latest, stats)
 }
 
 // SetStatsNodes tells the fleet which nodes report stats, so a node whose
@@ -178,8 +202,15 @@ func (f *Fleet) Nodes() []NodeStatus {
 			StreamID:       s.id,
 			ConnectedSince: s.since,
 			Converged:      true,
+			Identity:       s.ident.Key(),
+		}
+		if !s.ident.Authenticated() {
+			ns.Identity = ""
 		}
 		for t, st := range s.types {
+			if st.acked != "" {
+				ns.Ready = true
+			}
 			ns.Types = append(ns.Types, TypeStatus{TypeURL: t, Sent: st.sent, Acked: st.acked, Nacked: st.nacked, NackError: st.nackErr, NackTime: st.nackTime})
 			if st.ackedN < f.progress(t).latest {
 				ns.Converged = false
@@ -197,10 +228,10 @@ func (f *Fleet) Nodes() []NodeStatus {
 	return out
 }
 
-func (f *Fleet) open(id int64, protocol string) {
+func (f *Fleet) open(ctx context.Context, id int64, protocol string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.streams[id] = &streamState{id: id, protocol: protocol, since: f.now(), types: map[string]*streamType{}}
+	f.streams[id] = &streamState{id: id, protocol: protocol, since: f.now(), ident: PeerIdentity(ctx), types: map[string]*streamType{}}
 	if f.metrics != nil {
 		f.metrics.streams.Inc()
 	}
@@ -227,16 +258,28 @@ func (f *Fleet) closed(id int64) {
 }
 
 // request records an ACK or NACK. version is what the node ACKed (SotW's
-// version_info); for delta it is "" and the nonce's version is used.
-func (f *Fleet) request(id int64, node *corev3.Node, typeURL, nonce, version string, errDetail string, isNack bool) {
+// version_info); for delta it is "" and the nonce's version is used. It
+// refuses (and so ends) a stream whose node id its client certificate does
+// not name, before anything is served on it.
+func (f *Fleet) request(id int64, node *corev3.Node, typeURL, nonce, version string, errDetail string, isNack bool) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	s, ok := f.streams[id]
 	if !ok {
-		return
+		return nil
 	}
-	if node != nil && s.node == nil {
+	if node != nil && (s.node == nil || node.GetId() != s.node.GetId()) {
+		if !s.ident.Allows(node.GetId()) {
+			f.log.Warn("xds stream refused: node id not allowed by its certificate", "node", node.GetId(), "identity", s.ident.String())
+			if f.metrics != nil {
+				f.metrics.refused.WithLabelValues("identity").Inc()
+			}
+			return errNodeNotAllowed(s.ident, node.GetId())
+		}
 		s.node = node
+	}
+	if s.node == nil && s.ident.Authenticated() {
+		return errNodeNotAllowed(s.ident, "")
 	}
 	tp := f.progress(typeURL)
 	st, ok := s.types[typeURL]
@@ -263,7 +306,7 @@ func (f *Fleet) request(id int64, node *corev3.Node, typeURL, nonce, version str
 			st.nackedLog = sentVersion
 			f.log.Warn("xds NACK", "node", s.node.GetId(), "type", shortType(typeURL), "version", sentVersion, "error", errDetail)
 		}
-		return
+		return nil
 	}
 	// SotW carries the accepted version on every request, including the
 	// first one after a reconnect; delta names it only through the nonce.
@@ -271,11 +314,11 @@ func (f *Fleet) request(id int64, node *corev3.Node, typeURL, nonce, version str
 		version = sentVersion
 	}
 	if version == "" {
-		return
+		return nil
 	}
 	n, err := strconv.ParseUint(version, 10, 64)
 	if err != nil {
-		return
+		return nil
 	}
 	st.acked, st.ackedN = version, n
 	if st.nacked != "" && n >= parseVersion(st.nacked) {
@@ -287,6 +330,7 @@ func (f *Fleet) request(id int64, node *corev3.Node, typeURL, nonce, version str
 		tp.acked++
 		f.maybeConverged(tp)
 	}
+	return nil
 }
 
 func (f *Fleet) response(id int64, typeURL, nonce, version string) {
@@ -314,8 +358,8 @@ func parseVersion(v string) uint64 {
 }
 
 // OnStreamOpen implements serverv3.Callbacks.
-func (f *Fleet) OnStreamOpen(_ context.Context, id int64, _ string) error {
-	f.open(id, "sotw")
+func (f *Fleet) OnStreamOpen(ctx context.Context, id int64, _ string) error {
+	f.open(ctx, id, "sotw")
 	return nil
 }
 
@@ -324,8 +368,7 @@ func (f *Fleet) OnStreamClosed(id int64, _ *corev3.Node) { f.closed(id) }
 
 // OnStreamRequest implements serverv3.Callbacks.
 func (f *Fleet) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
-	f.request(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetVersionInfo(), req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil)
-	return nil
+	return f.request(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetVersionInfo(), req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil)
 }
 
 // OnStreamResponse implements serverv3.Callbacks.
@@ -334,8 +377,8 @@ func (f *Fleet) OnStreamResponse(_ context.Context, id int64, _ *discoveryv3.Dis
 }
 
 // OnDeltaStreamOpen implements serverv3.Callbacks.
-func (f *Fleet) OnDeltaStreamOpen(_ context.Context, id int64, _ string) error {
-	f.open(id, "delta")
+func (f *Fleet) OnDeltaStreamOpen(ctx context.Context, id int64, _ string) error {
+	f.open(ctx, id, "delta")
 	return nil
 }
 
@@ -350,8 +393,7 @@ func (f *Fleet) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRe
 		// we serve, the cache sends nothing and the node is current as is.
 		version = f.resumedVersion(req.GetTypeUrl(), req.GetResourceNamesSubscribe(), req.GetInitialResourceVersions())
 	}
-	f.request(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), version, req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil)
-	return nil
+	return f.request(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), version, req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil)
 }
 
 // resumedVersion returns the latest version of typeURL when held (name →
@@ -399,8 +441,27 @@ func (f *Fleet) OnStreamDeltaResponse(id int64, _ *discoveryv3.DeltaDiscoveryReq
 	f.response(id, resp.GetTypeUrl(), resp.GetNonce(), resp.GetSystemVersionInfo())
 }
 
-// OnFetchRequest implements serverv3.Callbacks; REST fetches are not tracked.
-func (f *Fleet) OnFetchRequest(context.Context, *discoveryv3.DiscoveryRequest) error { return nil }
+// OnFetchRequest implements serverv3.Callbacks; REST fetches are not
+// tracked, but one whose node its certificate does not name is refused.
+func (f *Fleet) OnFetchRequest(ctx context.Context, req *discoveryv3.DiscoveryRequest) error {
+	if id := PeerIdentity(ctx); !id.Allows(req.GetNode().GetId()) {
+		return errNodeNotAllowed(id, req.GetNode().GetId())
+	}
+	return nil
+}
+
+// Members returns the nodes that count towards convergence at now: every
+// stream that has ACKed something, and those that have not yet, for grace
+// after they connected. A stream that never ACKs is dropped after grace.
+func Members(nodes []NodeStatus, grace time.Duration, now time.Time) []NodeStatus {
+	out := make([]NodeStatus, 0, len(nodes))
+	for _, n := range nodes {
+		if n.Ready || now.Sub(n.ConnectedSince) < grace {
+			out = append(out, n)
+		}
+	}
+	return out
+}
 
 // OnFetchResponse implements serverv3.Callbacks.
 func (f *Fleet) OnFetchResponse(*discoveryv3.DiscoveryRequest, *discoveryv3.DiscoveryResponse) {}

@@ -16,6 +16,7 @@ type Metrics struct {
 	pushes      *prometheus.CounterVec
 	nacks       *prometheus.CounterVec
 	convergence prometheus.Histogram
+	refused     *prometheus.CounterVec
 }
 
 // NewMetrics registers the xDS metrics with reg.
@@ -35,13 +36,19 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "Time from publishing a version to every connected node ACKing it; only publishes that some node had to ACK.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shiftplane_xds_refused_total", Help: "xDS and stats streams refused, by reason (identity, limit).",
+		}, []string{"reason"}),
+	}
+	for _, r := range []string{"identity", "limit"} {
+		m.refused.WithLabelValues(r)
 	}
 	for _, t := range servedTypes {
 		m.pushes.WithLabelValues(shortType(t))
 		m.nacks.WithLabelValues(shortType(t))
 	}
 	if reg != nil {
-		reg.MustRegister(m.streams, m.pushes, m.nacks, m.convergence)
+		reg.MustRegister(m.streams, m.pushes, m.nacks, m.convergence, m.refused)
 	}
 	return m
 }

@@ -2,6 +2,7 @@ package xds
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"sort"
@@ -37,8 +38,9 @@ const (
 // false). It accepts both emit_tags_as_labels settings and stores the full
 // dotted names either way.
 type MetricsSink struct {
-	log *slog.Logger
-	now func() time.Time
+	log     *slog.Logger
+	now     func() time.Time
+	metrics *Metrics
 
 	mu         sync.Mutex
 	nextStream int64
@@ -48,6 +50,8 @@ type MetricsSink struct {
 // sinkNode is one node's data and the stream that last reported it.
 type sinkNode struct {
 	stream      int64
+	ident       Identity  // the stream's client certificate, zero without mTLS
+	since       time.Time // when this stream first reported
 	report      model.NodeReport
 	counters    map[string]bool // which of report.Latest are counters
 	deltaWarned bool            // logged that this stream's counters went down
@@ -101,7 +105,9 @@ func (ss sinkServer) StreamMetrics(stream metricsv3.MetricsService_StreamMetrics
 	id := s.nextStream
 	s.mu.Unlock()
 
+	ident := PeerIdentity(stream.Context())
 	node := ""
+	ignoredWarned := false
 	defer func() {
 		if node != "" {
 			s.closed(node, id)
@@ -120,14 +126,56 @@ func (ss sinkServer) StreamMetrics(stream metricsv3.MetricsService_StreamMetrics
 			if node == "" {
 				return status.Error(codes.InvalidArgument, "the first StreamMetricsMessage must carry identifier.node.id")
 			}
-			s.log.Info("metrics stream opened", "node", node, "stream", id)
+			if !ident.Allows(node) {
+				s.log.Warn("metrics stream refused: node id not allowed by its certificate", "node", node, "identity", ident.String())
+				s.refusedIdentity()
+				err := errNodeNotAllowed(ident, node)
+				node = ""
+				return err
+			}
+			s.log.Info("metrics stream opened", "node", node, "stream", id, "identity", ident.String())
 		}
-		s.record(node, id, msg.GetEnvoyMetrics())
+		if why := s.record(node, id, ident, msg.GetEnvoyMetrics()); why != "" && !ignoredWarned {
+			ignoredWarned = true
+			s.log.Warn("ignoring metrics stream: "+why, "node", node, "stream", id, "identity", ident.String())
+		}
 	}
 }
 
-// record stores one flush as the node's latest report.
-func (s *MetricsSink) record(node string, stream int64, families []*promv1.MetricFamily) {
+// SetRefusedCounter counts streams refused for their identity in m
+// (shiftplane_xds_refused_total{reason="identity"}). Call before serving.
+func (s *MetricsSink) SetRefusedCounter(m *Metrics) { s.metrics = m }
+
+func (s *MetricsSink) refusedIdentity() {
+	if s.metrics != nil {
+		s.metrics.refused.WithLabelValues("identity").Inc()
+	}
+}
+
+// StatsNode is a node streaming stats, and since when its stream reports.
+type StatsNode struct {
+	ID    string
+	Since time.Time
+}
+
+// Nodes lists the nodes streaming stats now, sorted by id.
+func (s *MetricsSink) Nodes() []StatsNode {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]StatsNode, 0, len(s.nodes))
+	for id, n := range s.nodes {
+		out = append(out, StatsNode{ID: id, Since: n.since})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// record stores one flush as the node's latest report. It returns why the
+// flush was ignored, or "". A second stream naming a node whose stream is
+// still open takes over only when both carry the same authenticated
+// identity (the same Envoy reconnecting); otherwise the first keeps the
+// node, so a stranger cannot mask or fake a node's stats by reusing its id.
+func (s *MetricsSink) record(node string, stream int64, ident Identity, families []*promv1.MetricFamily) string {
 	values := map[string]float64{}
 	counters := map[string]bool{}
 	for _, f := range families {
@@ -152,19 +200,22 @@ func (s *MetricsSink) record(node string, stream int64, families []*promv1.Metri
 	at := s.now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	n := &sinkNode{stream: stream, counters: counters, report: model.NodeReport{Node: node, At: at, Latest: values}}
+	n := &sinkNode{stream: stream, ident: ident, since: at, counters: counters, report: model.NodeReport{Node: node, At: at, Latest: values}}
 	if old, ok := s.nodes[node]; ok {
+		if old.stream != stream && !(ident.Authenticated() && ident.Key() == old.ident.Key()) {
+			return fmt.Sprintf("node id already reported by open stream %d (%s)", old.stream, old.ident)
+		}
 		if old.stream > stream {
-			// A newer stream of this node has taken over (Envoy reconnected,
-			// or two Envoys share a node id); the older one is not read.
+			// A newer stream of this node has taken over (Envoy reconnected);
+			// the older one is not read.
 			if !old.staleWarned {
 				old.staleWarned = true
 				s.log.Warn("ignoring metrics from an older stream of the same node id", "node", node, "stream", stream, "current", old.stream)
 			}
-			return
+			return ""
 		}
 		if old.stream == stream {
-			n.deltaWarned, n.staleWarned = old.deltaWarned, old.staleWarned
+			n.deltaWarned, n.staleWarned, n.since = old.deltaWarned, old.staleWarned, old.since
 		}
 		switch {
 		case old.stream != stream:
@@ -180,6 +231,7 @@ func (s *MetricsSink) record(node string, stream int64, families []*promv1.Metri
 		}
 	}
 	s.nodes[node] = n
+	return ""
 }
 
 // closed drops the node's data when its stream ends, unless a newer stream

@@ -284,23 +284,30 @@ func TestMetricsSinkFeedsGate(t *testing.T) {
 	wantGateSignal(t, gate, t2, rateQ, policy.SignalClear, "no ejections of app-v2 on 3 node(s)")
 
 	// envoy-1 restarts: a new stream with the same node id and counters that
-	// started again from 0. Its old stream has not noticed yet.
+	// started again from 0. Its old stream has not noticed yet, and without
+	// mTLS nothing says the new stream is the same Envoy: the open stream
+	// keeps the node (a stranger reusing the id must not mask its stats).
 	t3 := t2.Add(time.Second)
 	e.clock.Advance(time.Second)
 	e1b := e.open(t, "envoy-1")
 	e1b.flush(t, sinkCounter(v2Completed, 20), sinkCounter(v2Rq5xx, 5), sinkCounter(v2Detected, 1))
+	e1.flush(t, sinkCounter(v2Completed, 300), sinkCounter(v2Rq5xx, 10), sinkGauge(v2Active, 1), sinkCounter(v2Detected, 2))
 	r = e.waitReport(t, "envoy-1", reportAt(t3))
-	if r.Prev != nil {
-		t.Errorf("after a restart envoy-1 still compares with %v", r.Prev)
-	}
-	wantGateSignal(t, gate, t3, rateQ, policy.SignalClear, "no ejections of app-v2 on 3 node(s)")
-	// The old stream's last words are not read, and its end keeps the node.
-	e1.flush(t, sinkCounter(v2Detected, 50))
+	wantStatValues(t, "envoy-1 while a second stream claims it", r.Latest, map[string]float64{v2Completed: 300, v2Rq5xx: 10, v2Active: 1, v2Detected: 2})
+	// The old stream ends: the new one takes over with a new baseline.
 	if err := e1.close(t); err != nil {
 		t.Fatalf("closing envoy-1's old stream: %v", err)
 	}
-	r = e.waitReport(t, "envoy-1", reportAt(t3))
+	t3b := t3.Add(time.Second)
+	e.clock.Advance(time.Second)
+	e1b.flush(t, sinkCounter(v2Completed, 20), sinkCounter(v2Rq5xx, 5), sinkCounter(v2Detected, 1))
+	r = e.waitReport(t, "envoy-1", reportAt(t3b))
+	if r.Prev != nil {
+		t.Errorf("after a restart envoy-1 still compares with %v", r.Prev)
+	}
 	wantStatValues(t, "envoy-1 latest after its old stream ended", r.Latest, map[string]float64{v2Completed: 20, v2Rq5xx: 5, v2Detected: 1})
+	wantGateSignal(t, gate, t3b, rateQ, policy.SignalClear, "no ejections of app-v2 on 3 node(s)")
+	t3 = t3b
 
 	// A counter that goes down within one stream (deltas) is no rise either.
 	t4 := t3.Add(time.Second)
@@ -336,7 +343,7 @@ func TestMetricsSinkFeedsGate(t *testing.T) {
 	late := q
 	late.Since = t4.Add(time.Second)
 	wantGateSignal(t, gate, t4.Add(2*time.Second), late, policy.SignalStale,
-		"no node has reported since the rollout started at 2026-03-01T12:00:05Z (newest: node envoy-1 at 2026-03-01T12:00:03Z)")
+		"no node has reported since the rollout started at 2026-03-01T12:00:06Z (newest: node envoy-1 at 2026-03-01T12:00:04Z)")
 
 	if err := e1b.close(t); err != nil {
 		t.Fatal(err)

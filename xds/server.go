@@ -57,13 +57,14 @@ func (g nackGuard) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, c
 }
 
 // NewGRPCServer returns a gRPC server with the keepalive settings an xDS
-// server needs: long-lived streams from many proxies, pings to find dead ones.
+// server needs: long-lived streams from many proxies, pings to find dead
+// ones. opts come after the defaults (ServerOptions: TLS and limits).
 func NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 	base := []grpc.ServerOption{
 		grpc.MaxConcurrentStreams(1 << 20),
-		// Envoy's MetricsService sink sends every used stat each flush; a
-		// large Envoy passes gRPC's 4 MiB default.
-		grpc.MaxRecvMsgSize(64 << 20),
+		// Envoy's MetricsService sink sends every used stat each flush;
+		// ServerOptions lowers this to xds.limits.maxMessageBytes.
+		grpc.MaxRecvMsgSize(DefaultLimits.MaxMessageBytes),
 		grpc.KeepaliveParams(keepalive.ServerParameters{
 			Time:    30 * time.Second,
 			Timeout: 5 * time.Second,

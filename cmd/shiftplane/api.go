@@ -52,8 +52,8 @@ func startAPI(_ context.Context, cfg Config, engine *policy.Engine, fleet *xds.F
 		return nil, err
 	}
 	opts := []grpc.ServerOption{
-		grpc.ChainUnaryInterceptor(authUnary(token, log)),
-		grpc.ChainStreamInterceptor(authStream(token, log)),
+		grpc.ChainUnaryInterceptor(authUnary(token, deps.auth, log)),
+		grpc.ChainStreamInterceptor(authStream(token, deps.auth, log)),
 	}
 	if cfg.API.TLS.Cert != "" {
 		tc, err := apiTLS(cfg)
@@ -165,9 +165,18 @@ func openMethod(fullMethod string) bool {
 
 // checkToken accepts a call carrying `authorization: Bearer <token>`. The
 // token itself is never logged.
-func checkToken(ctx context.Context, want *[32]byte, method string, log *slog.Logger) error {
+func checkToken(ctx context.Context, want *[32]byte, lim *authLimiter, method string, log *slog.Logger) error {
 	if want == nil || openMethod(method) {
 		return nil
+	}
+	from := "unknown"
+	if p, ok := peer.FromContext(ctx); ok {
+		from = p.Addr.String()
+	}
+	if lim != nil {
+		if ok, wait := lim.allow("api", sourceOf(from)); !ok {
+			return status.Errorf(codes.ResourceExhausted, "too many failed authentications from %s; retry in %s", sourceOf(from), wait.Round(time.Millisecond))
+		}
 	}
 	var got string
 	if md, ok := metadata.FromIncomingContext(ctx); ok {
@@ -182,26 +191,25 @@ func checkToken(ctx context.Context, want *[32]byte, method string, log *slog.Lo
 	if got != "" && subtle.ConstantTimeCompare(h[:], want[:]) == 1 {
 		return nil
 	}
-	from := "unknown"
-	if p, ok := peer.FromContext(ctx); ok {
-		from = p.Addr.String()
+	if lim != nil {
+		lim.failed("api", sourceOf(from))
 	}
 	log.Warn("policy API call refused: missing or wrong bearer token", "method", method, "peer", from, "tokenGiven", got != "")
 	return status.Error(codes.Unauthenticated, "missing or invalid bearer token (authorization: Bearer <token>)")
 }
 
-func authUnary(token *[32]byte, log *slog.Logger) grpc.UnaryServerInterceptor {
+func authUnary(token *[32]byte, lim *authLimiter, log *slog.Logger) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		if err := checkToken(ctx, token, info.FullMethod, log); err != nil {
+		if err := checkToken(ctx, token, lim, info.FullMethod, log); err != nil {
 			return nil, err
 		}
 		return handler(ctx, req)
 	}
 }
 
-func authStream(token *[32]byte, log *slog.Logger) grpc.StreamServerInterceptor {
+func authStream(token *[32]byte, lim *authLimiter, log *slog.Logger) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		if err := checkToken(ss.Context(), token, info.FullMethod, log); err != nil {
+		if err := checkToken(ss.Context(), token, lim, info.FullMethod, log); err != nil {
 			return err
 		}
 		return handler(srv, ss)

@@ -22,19 +22,36 @@ import (
 type Config struct {
 	XDS struct {
 		Address string `mapstructure:"address"`
+		TLS     struct {
+			Cert     string `mapstructure:"cert"`
+			Key      string `mapstructure:"key"`
+			ClientCA string `mapstructure:"clientCA"`
+		} `mapstructure:"tls"`
+		// Insecure allows a non-loopback xds.address without mTLS.
+		Insecure   bool          `mapstructure:"insecure"`
+		ReadyGrace time.Duration `mapstructure:"readyGrace"`
+		Limits     struct {
+			MaxMessageBytes         int `mapstructure:"maxMessageBytes"`
+			MaxStreamsPerConnection int `mapstructure:"maxStreamsPerConnection"`
+			MaxStreamsPerSource     int `mapstructure:"maxStreamsPerSource"`
+			MaxStreams              int `mapstructure:"maxStreams"`
+		} `mapstructure:"limits"`
 	} `mapstructure:"xds"`
 	API struct {
 		Address   string `mapstructure:"address"`
 		Token     string `mapstructure:"token"`
 		TokenFile string `mapstructure:"tokenFile"`
-		TLS       struct {
+		// Insecure allows a token over plain text off loopback.
+		Insecure bool `mapstructure:"insecure"`
+		TLS      struct {
 			Cert     string `mapstructure:"cert"`
 			Key      string `mapstructure:"key"`
 			ClientCA string `mapstructure:"clientCA"`
 		} `mapstructure:"tls"`
 	} `mapstructure:"api"`
 	HTTP struct {
-		Address string `mapstructure:"address"`
+		Address      string `mapstructure:"address"`
+		MetricsToken string `mapstructure:"metricsToken"`
 	} `mapstructure:"http"`
 	Store struct {
 		// Backend is bbolt (one machine, Path) or etcd (several replicas).
@@ -73,13 +90,24 @@ var configKeys = []struct {
 	def             any
 }{
 	{"xds.address", "xds-address", "ADS and MetricsService gRPC address", "127.0.0.1:18000"},
+	{"xds.tls.cert", "xds-tls-cert", "xDS port TLS certificate file (reloaded when it changes)", ""},
+	{"xds.tls.key", "xds-tls-key", "xDS port TLS key file", ""},
+	{"xds.tls.clientCA", "xds-tls-client-ca", "CA every Envoy's client certificate must chain to (mTLS); the certificate's SAN must name the node.id", ""},
+	{"xds.insecure", "xds-insecure", "allow a non-loopback xds.address without mTLS (anyone who reaches it reads config and reports stats)", false},
+	{"xds.readyGrace", "xds-ready-grace", "how long a stream that has ACKed nothing, or a stats-only node, still holds back convergence", 10 * time.Second},
+	{"xds.limits.maxMessageBytes", "xds-max-message-bytes", "largest gRPC message read on the xDS port (a stats flush)", 4 << 20},
+	{"xds.limits.maxStreamsPerConnection", "xds-max-streams-per-connection", "concurrent streams per HTTP/2 connection on the xDS port", 16},
+	{"xds.limits.maxStreamsPerSource", "xds-max-streams-per-source", "open xDS and stats streams per client IP address", 256},
+	{"xds.limits.maxStreams", "xds-max-streams", "open xDS and stats streams overall", 20000},
 	{"api.address", "api-address", "policy API gRPC address", "127.0.0.1:18001"},
 	{"api.token", "api-token", "bearer token the policy API requires", ""},
 	{"api.tokenFile", "api-token-file", "file holding the policy API bearer token", ""},
 	{"api.tls.cert", "api-tls-cert", "policy API TLS certificate file", ""},
 	{"api.tls.key", "api-tls-key", "policy API TLS key file", ""},
 	{"api.tls.clientCA", "api-tls-client-ca", "CA that policy API clients' certificates must chain to (mTLS)", ""},
+	{"api.insecure", "api-insecure", "allow api.token off loopback without api.tls (the token crosses the network in clear text)", false},
 	{"http.address", "http-address", "address of /metrics, /healthz, /readyz and the dashboard", "127.0.0.1:18002"},
+	{"http.metricsToken", "http-metrics-token", "bearer token that may read /metrics off loopback (besides the API token)", ""},
 	{"store.backend", "store-backend", "bbolt (one machine) or etcd (several replicas, one leader)", "bbolt"},
 	{"store.path", "store-path", "bbolt file holding plans, state, events and the version counter", "shiftplane.db"},
 	{"store.etcd.endpoints", "store-etcd-endpoints", "etcd client URLs (store.backend: etcd)", []string{}},
@@ -396,6 +424,7 @@ func (c Config) Validate() error {
 			errs = append(errs, keyErrorf(a.key, "%s: must be host:port, got %q", a.key, a.addr))
 		}
 	}
+	errs = append(errs, c.validateXDS()...)
 	switch c.Store.Backend {
 	case "bbolt":
 		if c.Store.Path == "" {
@@ -423,6 +452,13 @@ func (c Config) Validate() error {
 	}
 	if !isLoopback(c.API.Address) && c.API.Token == "" && c.API.TokenFile == "" && c.API.TLS.ClientCA == "" {
 		errs = append(errs, keyErrorf("api.address", "api.address: %q is not loopback; set api.token, api.tokenFile or api.tls.clientCA (mTLS) so the policy API is not open", c.API.Address))
+	}
+	hasToken := c.API.Token != "" || c.API.TokenFile != ""
+	if !isLoopback(c.API.Address) && hasToken && c.API.TLS.Cert == "" && !c.API.Insecure {
+		errs = append(errs, keyErrorf("api.address", "api.address: %q is not loopback and api.tls.cert is not set: the bearer token would cross the network in clear text; set api.tls.cert and api.tls.key, or api.insecure: true", c.API.Address))
+	}
+	if !isLoopback(c.HTTP.Address) && !hasToken {
+		errs = append(errs, keyErrorf("http.address", "http.address: %q is not loopback: the dashboard and /metrics then need a token; set api.token or api.tokenFile (and http.metricsToken for scrapers, if wanted)", c.HTTP.Address))
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
@@ -461,4 +497,52 @@ func isLoopback(addr string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// validateXDS checks the xds.* keys: TLS files given together, limits
+// positive, and no open xDS port off loopback unless xds.insecure says so.
+func (c Config) validateXDS() []error {
+	var errs []error
+	x := c.XDS
+	if (x.TLS.Cert == "") != (x.TLS.Key == "") {
+		key := "xds.tls.cert"
+		if x.TLS.Cert == "" {
+			key = "xds.tls.key"
+		}
+		errs = append(errs, keyErrorf(key, "xds.tls: cert and key must be given together, got cert %q and key %q", x.TLS.Cert, x.TLS.Key))
+	}
+	if x.TLS.ClientCA != "" && x.TLS.Cert == "" {
+		errs = append(errs, keyErrorf("xds.tls.clientCA", "xds.tls.clientCA: %q needs xds.tls.cert and xds.tls.key", x.TLS.ClientCA))
+	}
+	for _, f := range []struct{ key, path string }{{"xds.tls.cert", x.TLS.Cert}, {"xds.tls.key", x.TLS.Key}, {"xds.tls.clientCA", x.TLS.ClientCA}} {
+		if f.path == "" {
+			continue
+		}
+		if _, err := os.Stat(f.path); err != nil {
+			errs = append(errs, keyErrorf(f.key, "%s: %q: %v", f.key, f.path, err))
+		}
+	}
+	if !isLoopback(x.Address) && x.TLS.ClientCA == "" && !x.Insecure {
+		errs = append(errs, keyErrorf("xds.address", "xds.address: %q is not loopback and xds.tls.clientCA is not set: any client that reaches it could read every cluster and route and forge canary stats; set xds.tls.cert, xds.tls.key and xds.tls.clientCA (mTLS), or xds.insecure: true", x.Address))
+	}
+	if x.ReadyGrace <= 0 {
+		errs = append(errs, keyErrorf("xds.readyGrace", "xds.readyGrace: must be > 0, got %s", x.ReadyGrace))
+	}
+	for _, l := range []struct {
+		key string
+		v   int
+	}{
+		{"xds.limits.maxMessageBytes", x.Limits.MaxMessageBytes},
+		{"xds.limits.maxStreamsPerConnection", x.Limits.MaxStreamsPerConnection},
+		{"xds.limits.maxStreamsPerSource", x.Limits.MaxStreamsPerSource},
+		{"xds.limits.maxStreams", x.Limits.MaxStreams},
+	} {
+		if l.v <= 0 {
+			errs = append(errs, keyErrorf(l.key, "%s: must be > 0, got %d", l.key, l.v))
+		}
+	}
+	if x.Limits.MaxMessageBytes > 0 && x.Limits.MaxMessageBytes < 64<<10 {
+		errs = append(errs, keyErrorf("xds.limits.maxMessageBytes", "xds.limits.maxMessageBytes: must be at least 65536 (an Envoy's stats flush), got %d", x.Limits.MaxMessageBytes))
+	}
+	return errs
 }

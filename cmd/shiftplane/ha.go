@@ -156,11 +156,14 @@ func serveHA(ctx context.Context, cfg Config, planPaths []string, log *slog.Logg
 		return err
 	}
 	defer fwd.close()
-	apiSrv, hs, err := publicAPIServer(cfg, fwd, log)
+	apiSrv, hs, err := publicAPIServer(cfg, fwd, r.deps.auth, log)
 	if err != nil {
 		return err
 	}
-	gs := xds.NewGRPCServer()
+	gs, err := newXDSServer(cfg, r.fleet, r.deps, log, false) // xdsserver.go
+	if err != nil {
+		return err
+	}
 	xds.Register(ctx, gs, cache, r.fleet, log)
 	r.deps.registerSink(gs)
 	dash, err := r.haDashboard(cfg)
@@ -171,7 +174,11 @@ func serveHA(ctx context.Context, cfg Config, planPaths []string, log *slog.Logg
 	if err != nil {
 		return err
 	}
-	httpSrv := &http.Server{Handler: r.httpMux(reg, dash), ReadHeaderTimeout: 5 * time.Second}
+	httpHandler, err := httpGuard(cfg, r.deps.auth, r.httpMux(reg, dash)) // authlimit.go
+	if err != nil {
+		return err
+	}
+	httpSrv := &http.Server{Handler: httpHandler, ReadHeaderTimeout: 5 * time.Second}
 
 	errc := make(chan error, 4)
 	var wg sync.WaitGroup
@@ -327,15 +334,15 @@ func (v versionCounter) NextVersion() (uint64, error) {
 // publicAPIServer is the policy API every replica serves on api.address:
 // authentication as in serve, health and reflection, and every other call
 // forwarded to the leader.
-func publicAPIServer(cfg Config, fwd *forwarder, log *slog.Logger) (*grpc.Server, *health.Server, error) {
+func publicAPIServer(cfg Config, fwd *forwarder, lim *authLimiter, log *slog.Logger) (*grpc.Server, *health.Server, error) {
 	log = log.With("component", "api")
 	token, err := apiToken(cfg)
 	if err != nil {
 		return nil, nil, err
 	}
 	opts := []grpc.ServerOption{
-		grpc.ChainUnaryInterceptor(authUnary(token, log)),
-		grpc.ChainStreamInterceptor(authStream(token, log)),
+		grpc.ChainUnaryInterceptor(authUnary(token, lim, log)),
+		grpc.ChainStreamInterceptor(authStream(token, lim, log)),
 		grpc.UnknownServiceHandler(fwd.handle),
 	}
 	if cfg.API.TLS.Cert != "" {

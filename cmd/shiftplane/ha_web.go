@@ -132,8 +132,9 @@ func (r *haReplica) haDashboard(cfg Config) (*dashboard.Dashboard, error) {
 		Fleet:  haNodes{view: r.view, sink: r.deps.sink},
 		Stats:  []signal.StatsSource{r.view},
 		Auth: dashboard.Auth{
-			TokenHash: token,
-			Open:      token == nil && cfg.API.TLS.ClientCA == "" && isLoopback(cfg.API.Address) && isLoopback(cfg.HTTP.Address),
+			TokenHash:      token,
+			Open:           token == nil && cfg.API.TLS.ClientCA == "" && isLoopback(cfg.API.Address) && isLoopback(cfg.HTTP.Address),
+			RequireForRead: !isLoopback(cfg.HTTP.Address),
 		},
 		Log: r.log,
 	})

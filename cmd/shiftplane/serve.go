@@ -116,7 +116,11 @@ func serve(ctx context.Context, cfg Config, planPaths []string, log *slog.Logger
 	if err != nil {
 		return fmt.Errorf("xds.address: %w", err)
 	}
-	gs := xds.NewGRPCServer()
+	gs, err := newXDSServer(cfg, fleet, deps, log, true) // xdsserver.go
+	if err != nil {
+		xdsLis.Close()
+		return err
+	}
 	xds.Register(ctx, gs, cache, fleet, log)
 	deps.registerSink(gs)
 
@@ -133,7 +137,13 @@ func serve(ctx context.Context, cfg Config, planPaths []string, log *slog.Logger
 		return err
 	}
 	var ready atomic.Bool
-	httpSrv := &http.Server{Addr: cfg.HTTP.Address, Handler: httpMux(reg, ui, &ready), ReadHeaderTimeout: 5 * time.Second}
+	httpHandler, err := httpGuard(cfg, deps.auth, httpMux(reg, ui, &ready)) // authlimit.go
+	if err != nil {
+		xdsLis.Close()
+		apiSrv.stop()
+		return err
+	}
+	httpSrv := &http.Server{Addr: cfg.HTTP.Address, Handler: httpHandler, ReadHeaderTimeout: 5 * time.Second}
 	httpLis, err := net.Listen("tcp", cfg.HTTP.Address)
 	if err != nil {
 		xdsLis.Close()

@@ -11,6 +11,7 @@ import (
 
 	"github.com/shiftplane/shiftplane/policy/signal"
 	"github.com/shiftplane/shiftplane/xds"
+	"github.com/shiftplane/shiftplane/xds/model"
 )
 
 // signalDeps are the sources the signal gate reads: the MetricsService sink
@@ -20,11 +21,20 @@ type signalDeps struct {
 	sink    *xds.MetricsSink
 	scraper *signal.AdminScraper
 	log     *slog.Logger
+
+	// Set by newXDSServer: stats of a node with no ready xDS stream count
+	// (in convergence and in the signal) only for grace after they start.
+	grace   time.Duration
+	members *xds.Fleet
+
+	// auth limits failed authentications on the API and HTTP ports; it is
+	// here because it shares the registry and lives as long.
+	auth *authLimiter
 }
 
 func newSignalDeps(_ context.Context, cfg Config, reg prometheus.Registerer, log *slog.Logger) (*signalDeps, error) {
-	d := &signalDeps{sink: xds.NewMetricsSink(log, reg, time.Now), log: log}
-	sources := []signal.StatsSource{d.sink}
+	d := &signalDeps{sink: xds.NewMetricsSink(log, reg, time.Now), log: log, auth: newAuthLimiter(reg, time.Now)}
+	sources := []signal.StatsSource{memberStats{d}}
 	if len(cfg.Signal.AdminURLs) > 0 {
 		targets := make([]signal.AdminTarget, len(cfg.Signal.AdminURLs))
 		for i, u := range cfg.Signal.AdminURLs {
@@ -43,13 +53,49 @@ func newSignalDeps(_ context.Context, cfg Config, reg prometheus.Registerer, log
 
 func (d *signalDeps) registerSink(gs *grpc.Server) { d.sink.Register(gs) }
 
-// statsNodes lists the nodes streaming stats to the sink right now.
+// statsNodes lists the nodes streaming stats to the sink right now, for
+// convergence: one whose stats stream is older than the grace is left out
+// (a stats-only node id without an xDS stream cannot stall a rollout).
 func (d *signalDeps) statsNodes() []string {
 	var ids []string
-	for _, r := range d.sink.Reports() {
-		ids = append(ids, r.Node)
+	now := time.Now()
+	for _, n := range d.sink.Nodes() {
+		if d.grace == 0 || now.Sub(n.Since) < d.grace {
+			ids = append(ids, n.ID)
+		}
 	}
 	return ids
+}
+
+// memberStats is the sink as the signal gate reads it: a node's stats count
+// once its xDS stream has ACKed something, or for the grace after its stats
+// stream started (a restarted shiftplane hears stats before xDS). An
+// invented node id with no xDS stream changes no signal after the grace.
+type memberStats struct{ d *signalDeps }
+
+func (m memberStats) Reports() []model.NodeReport {
+	all := m.d.sink.Reports()
+	if m.d.members == nil {
+		return all
+	}
+	ready := map[string]bool{}
+	for _, n := range m.d.members.Nodes() {
+		if n.Ready {
+			ready[n.ID] = true
+		}
+	}
+	since := map[string]time.Time{}
+	for _, n := range m.d.sink.Nodes() {
+		since[n.ID] = n.Since
+	}
+	now := time.Now()
+	out := all[:0:0]
+	for _, r := range all {
+		if ready[r.Node] || now.Sub(since[r.Node]) < m.d.grace {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 func (d *signalDeps) run(ctx context.Context) {

@@ -35,6 +35,9 @@ func startWeb(ctx context.Context, cfg Config, engine *policy.Engine, fleet *xds
 			// With no credentials at all the API is open on loopback; the
 			// dashboard's actions are open only if its listener is loopback too.
 			Open: token == nil && cfg.API.TLS.ClientCA == "" && isLoopback(cfg.API.Address) && isLoopback(cfg.HTTP.Address),
+			// Off loopback even reading needs the token (config validation
+			// refuses a non-loopback http.address without one).
+			RequireForRead: !isLoopback(cfg.HTTP.Address),
 		},
 		Snapshots: func() []dashboard.Snapshot {
 			var out []dashboard.Snapshot

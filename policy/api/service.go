@@ -39,6 +39,10 @@ const (
 // gives none.
 const DefaultSignalSource = "api"
 
+// MaxSignalTTL bounds a reported signal's ttl: a reporter that stopped
+// must not hold a rollout for days.
+const MaxSignalTTL = time.Hour
+
 // nameRE is the plan name rule (policy.Plan.Validate): a request naming a
 // rollout any other way is a mistake, not an unknown rollout.
 var nameRE = regexp.MustCompile(`^[a-z0-9-]{1,63}$`)
@@ -466,6 +470,9 @@ func (s *Service) ReportSignal(_ context.Context, req *shiftplanev1.ReportSignal
 		}
 		if ttl = d.AsDuration(); ttl <= 0 {
 			return nil, invalidField("ttl", "must be positive, got %s", ttl)
+		}
+		if ttl > MaxSignalTTL {
+			return nil, invalidField("ttl", "must be at most %s (report again to keep a signal), got %s", MaxSignalTTL, ttl)
 		}
 	}
 	st, err := s.engine.Get(name)

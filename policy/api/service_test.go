@@ -532,6 +532,10 @@ func TestBadInput(t *testing.T) {
 			call: report(clearReq(func(r *shiftplanev1.ReportSignalRequest) { r.Ttl = durationpb.New(0) })),
 			code: codes.InvalidArgument, want: []string{"ttl: must be positive, got 0s"}, fields: []string{"ttl"},
 		},
+		"report ttl over an hour": {
+			call: report(clearReq(func(r *shiftplanev1.ReportSignalRequest) { r.Ttl = durationpb.New(1000 * time.Hour) })),
+			code: codes.InvalidArgument, want: []string{"ttl: must be at most 1h0m0s (report again to keep a signal), got 1000h0m0s"}, fields: []string{"ttl"},
+		},
 		"report malformed ttl": {
 			call: report(clearReq(func(r *shiftplanev1.ReportSignalRequest) { r.Ttl = &durationpb.Duration{Seconds: -1, Nanos: 5} })),
 			code: codes.InvalidArgument, want: []string{"ttl: invalid duration"}, fields: []string{"ttl"},

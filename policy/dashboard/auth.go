@@ -6,6 +6,7 @@ import (
 	"crypto/subtle"
 	"encoding/base64"
 	"errors"
+	"html/template"
 	"net/http"
 	"net/url"
 	"strings"
@@ -26,6 +27,10 @@ type Auth struct {
 	// Open lets every caller act: the API itself needs no credentials
 	// (loopback, no token, no mTLS) and neither listener leaves loopback.
 	Open bool
+	// RequireForRead hides the pages and their data from callers who have
+	// not proved the token too (a dashboard off loopback): they get a login
+	// form and 401.
+	RequireForRead bool
 }
 
 // SessionCookie holds the dashboard session.
@@ -253,3 +258,28 @@ func (d *Dashboard) logout(w http.ResponseWriter, r *http.Request) {
 	setCookie(w, r, "", -time.Second)
 	http.Redirect(w, r, "/", http.StatusSeeOther)
 }
+
+// readable serves h only to a caller who may read: everyone, unless
+// Auth.RequireForRead. A page answers others with a login form.
+func (d *Dashboard) readable(h http.HandlerFunc, page bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !d.o.Auth.RequireForRead || d.authenticate(r).ok {
+			h(w, r)
+			return
+		}
+		if !page {
+			writeJSONError(w, http.StatusUnauthorized, "authentication required: log in with the policy API token, or send Authorization: Bearer <token>")
+			return
+		}
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		w.WriteHeader(http.StatusUnauthorized)
+		_ = loginTmpl.Execute(w, r.URL.Path)
+	}
+}
+
+var loginTmpl = template.Must(template.New("login").Parse(`<!doctype html><meta charset="utf-8"><title>shiftplane: log in</title>
+<form method="post" action="/login"><p>This dashboard needs the policy API token.</p>
+<input type="hidden" name="next" value="{{.}}"><input type="password" name="token" autocomplete="current-password" autofocus>
+<button type="submit">Log in</button></form>
+`))

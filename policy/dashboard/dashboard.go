@@ -109,11 +109,11 @@ func New(o Options) *Dashboard {
 		stopped:  make(chan struct{}),
 	}
 	m := http.NewServeMux()
-	m.HandleFunc("GET /{$}", d.page)
-	m.HandleFunc("GET /rollouts/{name}", d.page)
+	m.HandleFunc("GET /{$}", d.readable(d.page, true))
+	m.HandleFunc("GET /rollouts/{name}", d.readable(d.page, true))
 	m.HandleFunc("GET /static/", d.serveStatic)
-	m.HandleFunc("GET /api/dashboard", d.data)
-	m.HandleFunc("GET /api/dashboard/stream", d.stream)
+	m.HandleFunc("GET /api/dashboard", d.readable(d.data, false))
+	m.HandleFunc("GET /api/dashboard/stream", d.readable(d.stream, false))
 	m.HandleFunc("POST /api/dashboard/rollouts/{name}/{verb}", d.action)
 	m.HandleFunc("POST /login", d.login)
 	m.HandleFunc("POST /logout", d.logout)

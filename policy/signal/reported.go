@@ -12,6 +12,10 @@ import (
 // ErrInvalidReport is wrapped by every error Report returns for bad input.
 var ErrInvalidReport = errors.New("invalid reported signal")
 
+// MaxReportSources bounds the sources that report on one rollout, so
+// reports under ever new names cannot grow the gate without bound.
+const MaxReportSources = 32
+
 // reportedSignal is one outside system's latest word on a rollout.
 type reportedSignal struct {
 	state  policy.SignalState
@@ -44,6 +48,9 @@ func (g *Gate) Report(rollout string, state policy.SignalState, reason, source s
 	if !ok {
 		bySource = map[string]reportedSignal{}
 		g.reported[rollout] = bySource
+	}
+	if _, known := bySource[source]; !known && len(bySource) >= MaxReportSources {
+		return fmt.Errorf("%w: rollout %q: source %q: already %d sources report on this rollout (the limit); reuse a source name or let old reports expire", ErrInvalidReport, rollout, source, MaxReportSources)
 	}
 	bySource[source] = reportedSignal{state: state, reason: reason, at: now, until: now.Add(ttl)}
 	g.log.Info("signal reported", "rollout", rollout, "state", state, "source", source, "reason", reason, "ttl", ttl)

@@ -162,8 +162,10 @@ type EnvoyOptions struct {
 	XDSAddr string // shiftplane's ADS address; default 127.0.0.1:18000
 	// XDSAddrs, if set, lists every replica of an HA shiftplane; the
 	// bootstrap's xds_cluster then has one host per replica (XDSAddr unused).
-	XDSAddrs  []string
-	Delta     bool     // delta (incremental) ADS instead of state-of-the-world
+	XDSAddrs []string
+	Delta    bool // delta (incremental) ADS instead of state-of-the-world
+	// TLS, if set, connects to shiftplane over mTLS with these files.
+	TLS       *envoyconfigs.TLS
 	LogLevel  string   // Envoy's --log-level; default "warn"
 	ExtraArgs []string // appended to Envoy's command line
 
@@ -299,6 +301,7 @@ func writeBootstrap(path string, opts EnvoyOptions, adminPort int) error {
 			XDSAddress:   opts.XDSAddr,
 			XDSAddresses: opts.XDSAddrs,
 			UseDelta:     opts.Delta,
+			TLS:          opts.TLS,
 		}.Render()
 		if err != nil {
 			return err
