@@ -255,7 +255,10 @@ func writeFleet(w io.Writer, nodes []*shiftplanev1.Node, now time.Time) error {
 			stats = age(n.GetLastStatsReport(), now) + " ago"
 		}
 		converged := "no"
-		if n.GetConverged() {
+		switch {
+		case n.GetNotReady():
+			converged = "not ready" // ACKed nothing yet
+		case n.GetConverged():
 			converged = "yes"
 		}
 		fmt.Fprintf(tw, "%s%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", replicaCol(n), n.GetId(), n.GetCluster(), n.GetProtocol(), converged,

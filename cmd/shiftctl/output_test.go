@@ -286,3 +286,20 @@ func TestWatcherFitsWidth(t *testing.T) {
 		}
 	}
 }
+
+// A stream that has ACKed nothing is shown as not ready, not as behind.
+func TestFleetTableNotReady(t *testing.T) {
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	var buf strings.Builder
+	nodes := []*shiftplanev1.Node{
+		{Id: "stranger", Cluster: "x", Protocol: "sotw", NotReady: true, ConnectedSince: timestamppb.New(now.Add(-time.Second))},
+		{Id: "envoy-1", Cluster: "e", Protocol: "sotw", Converged: true, ConnectedSince: timestamppb.New(now.Add(-time.Minute))},
+	}
+	if err := writeFleet(&buf, nodes, now); err != nil {
+		t.Fatal(err)
+	}
+	out := buf.String()
+	if !strings.Contains(out, "stranger  x        sotw      not ready") || !strings.Contains(out, "envoy-1   e        sotw      yes") {
+		t.Errorf("fleet table:\n%s", out)
+	}
+}

@@ -239,6 +239,7 @@ func (f fleetNodes) Nodes() []api.Node {
 			ConnectedSince:  n.ConnectedSince,
 			LastStatsReport: lastReport[n.ID],
 			Converged:       n.Converged,
+			NotReady:        !n.Ready,
 		}
 		for _, t := range n.Types {
 			an.Types = append(an.Types, api.NodeType{TypeURL: t.TypeURL, Acked: t.Acked, Nacked: t.Nacked, NackError: t.NackError, NackTime: t.NackTime})

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/shiftplane/shiftplane/policy/dashboard"
 )
 
 // authLimiter slows down guessing: each source address may fail
@@ -161,4 +163,19 @@ func httpGuard(cfg Config, lim *authLimiter, next http.Handler) (http.Handler, e
 		w.Header().Set("WWW-Authenticate", "Bearer")
 		http.Error(w, "/metrics off loopback needs Authorization: Bearer <http.metricsToken or the API token>", http.StatusUnauthorized)
 	}), nil
+}
+
+// dashboardLimiter applies the HTTP surface's limit to the dashboard's
+// login form.
+type dashboardLimiter struct{ l *authLimiter }
+
+func (d dashboardLimiter) Allow(src string) (bool, time.Duration) { return d.l.allow("http", src) }
+func (d dashboardLimiter) Failed(src string)                      { d.l.failed("http", src) }
+
+// limiterFor is l as the dashboard's Limiter; nil without one.
+func limiterFor(l *authLimiter) dashboard.Limiter {
+	if l == nil {
+		return nil
+	}
+	return dashboardLimiter{l}
 }

@@ -101,6 +101,7 @@ func serveHA(ctx context.Context, cfg Config, planPaths []string, log *slog.Logg
 	r.deps = &signalDeps{sink: xds.NewMetricsSink(log, reg, now), log: log}
 	local := replica.Local{Nodes: r.fleet.Nodes, Stats: r.deps.sink}
 	r.view = replica.NewView(client, store.Prefix(), id, local, r.pub.Versions, log)
+	r.view.SetReadyGrace(cfg.XDS.ReadyGrace)
 	sources := []signal.StatsSource{r.view}
 	if len(cfg.Signal.AdminURLs) > 0 {
 		targets := make([]signal.AdminTarget, len(cfg.Signal.AdminURLs))
@@ -439,7 +440,7 @@ func (h haNodes) Nodes() []api.Node {
 	for _, n := range h.view.Nodes() {
 		an := api.Node{
 			ID: n.ID, Cluster: n.Cluster, Protocol: n.Protocol, ConnectedSince: n.ConnectedSince,
-			LastStatsReport: lastReport[n.ID], Converged: n.Converged, Replica: n.Replica,
+			LastStatsReport: lastReport[n.ID], Converged: n.Converged, Replica: n.Replica, NotReady: !n.Ready,
 		}
 		for _, t := range n.Types {
 			an.Types = append(an.Types, api.NodeType{TypeURL: t.TypeURL, Acked: t.Acked, Nacked: t.Nacked, NackError: t.NackError, NackTime: t.NackTime})

@@ -135,6 +135,7 @@ func (r *haReplica) haDashboard(cfg Config) (*dashboard.Dashboard, error) {
 			TokenHash:      token,
 			Open:           token == nil && cfg.API.TLS.ClientCA == "" && isLoopback(cfg.API.Address) && isLoopback(cfg.HTTP.Address),
 			RequireForRead: !isLoopback(cfg.HTTP.Address),
+			Limiter:        limiterFor(r.deps.auth),
 		},
 		Log: r.log,
 	})

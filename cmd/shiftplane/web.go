@@ -38,6 +38,7 @@ func startWeb(ctx context.Context, cfg Config, engine *policy.Engine, fleet *xds
 			// Off loopback even reading needs the token (config validation
 			// refuses a non-loopback http.address without one).
 			RequireForRead: !isLoopback(cfg.HTTP.Address),
+			Limiter:        limiterFor(deps.auth),
 		},
 		Snapshots: func() []dashboard.Snapshot {
 			var out []dashboard.Snapshot

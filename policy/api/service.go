@@ -64,6 +64,7 @@ type Node struct {
 	Cluster         string
 	Protocol        string // "sotw" or "delta"
 	Replica         string // the replica the node is connected to (several replicas only)
+	NotReady        bool   // has ACKed nothing yet (counts for convergence only within the grace)
 	ConnectedSince  time.Time
 	LastStatsReport time.Time // zero if none yet
 	Converged       bool
@@ -521,6 +522,7 @@ func (s *Service) ListNodes(context.Context, *shiftplanev1.ListNodesRequest) (*s
 			Converged:       n.Converged,
 			Protocol:        n.Protocol,
 			Replica:         n.Replica,
+			NotReady:        n.NotReady,
 		}
 		for _, t := range n.Types {
 			pn.Types = append(pn.Types, &shiftplanev1.TypeStatus{

@@ -7,8 +7,10 @@ import (
 	"encoding/base64"
 	"errors"
 	"html/template"
+	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -31,6 +33,17 @@ type Auth struct {
 	// not proved the token too (a dashboard off loopback): they get a login
 	// form and 401.
 	RequireForRead bool
+	// Limiter, if set, slows down token guessing at the login form: a
+	// source it does not allow is refused (429) before the token is read,
+	// and each wrong token is reported to it.
+	Limiter Limiter
+}
+
+// Limiter rate-limits failed authentication per source address. It must be
+// safe for concurrent use.
+type Limiter interface {
+	Allow(source string) (ok bool, retryAfter time.Duration)
+	Failed(source string)
 }
 
 // SessionCookie holds the dashboard session.
@@ -229,7 +242,21 @@ func (d *Dashboard) login(w http.ResponseWriter, r *http.Request) {
 	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.Contains(next, "\\") {
 		next = "/"
 	}
+	src := r.RemoteAddr
+	if h, _, err := net.SplitHostPort(src); err == nil {
+		src = h
+	}
+	if lim := d.o.Auth.Limiter; lim != nil {
+		if ok, wait := lim.Allow(src); !ok {
+			w.Header().Set("Retry-After", strconv.Itoa(int(wait.Seconds())+1))
+			http.Error(w, "too many failed logins from this address; try again later", http.StatusTooManyRequests)
+			return
+		}
+	}
 	if !d.tokenOK(r.PostFormValue("token")) {
+		if lim := d.o.Auth.Limiter; lim != nil {
+			lim.Failed(src)
+		}
 		d.log.Warn("dashboard login refused: wrong token", "peer", r.RemoteAddr)
 		http.Redirect(w, r, next+sep(next)+"login=failed", http.StatusSeeOther)
 		return

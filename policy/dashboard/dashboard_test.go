@@ -368,3 +368,51 @@ func TestStreamsEndWithRun(t *testing.T) {
 		t.Fatal("the stream stayed open after Run ended")
 	}
 }
+
+// countLimiter allows burst failures per source, then refuses.
+type countLimiter struct {
+	mu     sync.Mutex
+	burst  int
+	failed map[string]int
+}
+
+func (l *countLimiter) Allow(src string) (bool, time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.failed[src] < l.burst, time.Second
+}
+
+func (l *countLimiter) Failed(src string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.failed[src]++
+}
+
+// Wrong tokens at the login form are reported to the limiter, and a source
+// over its limit is refused with 429 before the token is even read.
+func TestLoginIsRateLimited(t *testing.T) {
+	lim := &countLimiter{burst: 3, failed: map[string]int{}}
+	auth := tokenAuth()
+	auth.Limiter = lim
+	_, srv := server(t, auth)
+	c := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	codes := []int{}
+	for i := 0; i < 5; i++ {
+		resp, err := c.PostForm(srv.URL+"/login", url.Values{"token": {"wrong"}, "next": {"/"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		codes = append(codes, resp.StatusCode)
+	}
+	want := []int{http.StatusSeeOther, http.StatusSeeOther, http.StatusSeeOther, http.StatusTooManyRequests, http.StatusTooManyRequests}
+	if fmt.Sprint(codes) != fmt.Sprint(want) {
+		t.Fatalf("login answers %v, want %v", codes, want)
+	}
+	if lim.failed["127.0.0.1"] != 3 {
+		t.Errorf("limiter saw %d failures, want 3", lim.failed["127.0.0.1"])
+	}
+	if ck := loginCookie(t, srv, token); ck != "" {
+		t.Errorf("the right token from a limited source got a session")
+	}
+}

@@ -226,6 +226,16 @@ type View struct {
 	mu      sync.Mutex
 	records map[string]Record
 	synced  bool
+	grace   time.Duration
+}
+
+// SetReadyGrace makes a stream that has ACKed nothing stop holding back
+// convergence once it has been connected this long (xds.readyGrace), as on
+// one replica. Zero keeps every stream.
+func (v *View) SetReadyGrace(d time.Duration) {
+	v.mu.Lock()
+	v.grace = d
+	v.mu.Unlock()
 }
 
 // NewView returns a view; Run keeps it current. localID's own record is
@@ -398,6 +408,12 @@ func (v *View) Convergence(kind policy.ResourceKind, version string) policy.Conv
 	nodes := make([]xds.NodeStatus, len(rn))
 	for i, n := range rn {
 		nodes[i] = n.NodeStatus
+	}
+	v.mu.Lock()
+	grace := v.grace
+	v.mu.Unlock()
+	if grace > 0 {
+		nodes = xds.Members(nodes, grace, time.Now())
 	}
 	var stats []string
 	for _, r := range v.Reports() {

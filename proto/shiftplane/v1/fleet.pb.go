@@ -121,7 +121,10 @@ type Node struct {
 	// With several replicas (store.backend: etcd): the replica (its advertised
 	// policy API address) the node's xDS stream is connected to. Empty with
 	// one replica.
-	Replica       string `protobuf:"bytes,8,opt,name=replica,proto3" json:"replica,omitempty"`
+	Replica string `protobuf:"bytes,8,opt,name=replica,proto3" json:"replica,omitempty"`
+	// The stream has ACKed nothing yet: it holds back convergence only for
+	// the server's xds.readyGrace after it connected, then no longer counts.
+	NotReady      bool `protobuf:"varint,9,opt,name=not_ready,json=notReady,proto3" json:"not_ready,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -212,6 +215,13 @@ func (x *Node) GetReplica() string {
 	return ""
 }
 
+func (x *Node) GetNotReady() bool {
+	if x != nil {
+		return x.NotReady
+	}
+	return false
+}
+
 // TypeStatus is a node's ACK/NACK state for one resource type.
 type TypeStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -300,7 +310,7 @@ const file_shiftplane_v1_fleet_proto_rawDesc = "" +
 	"\x19shiftplane/v1/fleet.proto\x12\rshiftplane.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n" +
 	"\x10ListNodesRequest\">\n" +
 	"\x11ListNodesResponse\x12)\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x13.shiftplane.v1.NodeR\x05nodes\"\xc2\x02\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x13.shiftplane.v1.NodeR\x05nodes\"\xdf\x02\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12/\n" +
@@ -309,7 +319,8 @@ const file_shiftplane_v1_fleet_proto_rawDesc = "" +
 	"\x11last_stats_report\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x0flastStatsReport\x12\x1c\n" +
 	"\tconverged\x18\x06 \x01(\bR\tconverged\x12\x1a\n" +
 	"\bprotocol\x18\a \x01(\tR\bprotocol\x12\x18\n" +
-	"\areplica\x18\b \x01(\tR\areplica\"\xcb\x01\n" +
+	"\areplica\x18\b \x01(\tR\areplica\x12\x1b\n" +
+	"\tnot_ready\x18\t \x01(\bR\bnotReady\"\xcb\x01\n" +
 	"\n" +
 	"TypeStatus\x12\x19\n" +
 	"\btype_url\x18\x01 \x01(\tR\atypeUrl\x12#\n" +
