@@ -388,12 +388,9 @@ func (m *machine) progress(prev time.Time) {
 		return
 	}
 	if need := m.plan.Analysis.MinRequestsValue(); st.Weight > 0 && st.StepRequests < float64(need) {
-		why := fmt.Sprintf("hold done; %g of %d canary requests seen in this step (analysis.minRequests)", st.StepRequests, need)
-		if st.Phase != PhaseHolding {
-			m.transition(PhaseHolding, why)
-		} else {
-			m.reason(why)
-		}
+		// Requests are arriving (blocked() holds the rollout when none
+		// do): this is waiting for the count, not a hold.
+		m.reason(fmt.Sprintf("hold done; %g of %d canary requests seen in this step (analysis.minRequests)", st.StepRequests, need))
 		return
 	}
 	m.advance()

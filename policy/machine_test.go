@@ -97,7 +97,7 @@ func TestDecide(t *testing.T) {
 			state: at(PhaseProgressing, 0, 10), timers: Timers{LastTick: now.Add(-time.Second)}, in: tick(Signal{State: SignalClear}, good),
 			phase: PhaseHolding, weight: 10, reason: "no requests reached web-v2 in the last 10s",
 		},
-		"PROGRESSING: hold done but fewer than minRequests → HOLDING": {
+		"PROGRESSING: hold done but fewer than minRequests → waits, still PROGRESSING": {
 			state: func() State {
 				s := at(PhaseProgressing, 0, 10)
 				s.HoldCounted = time.Minute
@@ -105,7 +105,7 @@ func TestDecide(t *testing.T) {
 				return s
 			}(),
 			timers: serving, in: tick(Signal{State: SignalClear, Traffic: []TrafficSample{{Node: "envoy-1", From: now.Add(-time.Second), At: now, Requests: 1}}}, good),
-			phase: PhaseHolding, weight: 10, reason: "4 of 20 canary requests seen",
+			phase: PhaseProgressing, weight: 10, reason: "4 of 20 canary requests seen",
 		},
 		"PROGRESSING: hold done → next step, a gate → PAUSED": {
 			state:  func() State { s := at(PhaseProgressing, 0, 10); s.HoldCounted = time.Minute; return s }(),

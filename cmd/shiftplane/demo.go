@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/shiftplane/shiftplane/cmd/shiftplane/demoload"
 	envoyconfigs "github.com/shiftplane/shiftplane/envoy-configs"
@@ -154,7 +155,14 @@ func runDemo(ctx context.Context, o demoOptions, out io.Writer) error {
 		return err
 	}
 
-	var cfg Config
+	// Every key at its default (as `serve` with no flags), then the demo's
+	// own ports and files.
+	fs := pflag.NewFlagSet("demo", pflag.ContinueOnError)
+	addConfigFlags(fs)
+	cfg, err := loadConfig(fs)
+	if err != nil {
+		return err
+	}
 	cfg.XDS.Address = fmt.Sprintf("127.0.0.1:%d", ports[0])
 	cfg.API.Address = fmt.Sprintf("127.0.0.1:%d", ports[1])
 	cfg.HTTP.Address = fmt.Sprintf("127.0.0.1:%d", ports[2])
