@@ -195,14 +195,21 @@ func checkRising(t *testing.T, steps []policy.Step) {
 	}
 }
 
-// checkTranslates asserts what every valid plan must do: schedule within a
-// bounded number of steps, and translate at every weight of its schedule
-// into resources that pass go-control-plane's generated validation.
+// checkTranslates asserts what every valid plan must do (translateProblem).
 func checkTranslates(t *testing.T, p policy.Plan) {
 	t.Helper()
+	if err := translateProblem(p); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// translateProblem says what is wrong when a plan does not schedule within
+// a bounded number of steps, or does not translate at every weight of its
+// schedule into resources that pass go-control-plane's generated validation.
+func translateProblem(p policy.Plan) error {
 	steps := p.Schedule()
 	if len(steps) > policy.MaxSteps+1 {
-		t.Fatalf("plan %q: %d steps", p.Name, len(steps))
+		return fmt.Errorf("plan %q: %d steps", p.Name, len(steps))
 	}
 	weights := []int{0}
 	for _, s := range steps {
@@ -213,20 +220,21 @@ func checkTranslates(t *testing.T, p policy.Plan) {
 	for _, w := range weights {
 		res, err := xds.Translate(policy.DesiredState{Services: []policy.ServiceState{policy.ServiceStateFor(p, w)}})
 		if err != nil {
-			t.Fatalf("plan %q at weight %d validates but does not translate: %v", p.Name, w, err)
+			return fmt.Errorf("plan %q at weight %d validates but does not translate: %v", p.Name, w, err)
 		}
 		for _, group := range [][]any{anys(res.Clusters), anys(res.Endpoints), anys(res.Listeners), anys(res.Routes)} {
 			for _, r := range group {
 				v, ok := r.(interface{ ValidateAll() error })
 				if !ok {
-					t.Fatalf("%T has no ValidateAll", r)
+					return fmt.Errorf("%T has no ValidateAll", r)
 				}
 				if err := v.ValidateAll(); err != nil {
-					t.Fatalf("plan %q at weight %d: %T fails Envoy's validation: %v", p.Name, w, r, err)
+					return fmt.Errorf("plan %q at weight %d: %T fails Envoy's validation: %v", p.Name, w, r, err)
 				}
 			}
 		}
 	}
+	return nil
 }
 
 func anys[T any](xs []T) []any {
