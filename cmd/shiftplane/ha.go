@@ -322,6 +322,7 @@ func publicAPIServer(cfg Config, fwd *forwarder, log *slog.Logger) (*grpc.Server
 		return nil, nil, err
 	}
 	opts := []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(api.MaxMessageBytes), grpc.MaxSendMsgSize(api.MaxMessageBytes),
 		grpc.ChainUnaryInterceptor(authUnary(token, log)),
 		grpc.ChainStreamInterceptor(authStream(token, log)),
 		grpc.UnknownServiceHandler(fwd.handle),
