@@ -11,6 +11,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/shiftplane/shiftplane/policy"
 )
@@ -59,7 +60,7 @@ func Open(path string) (*Store, error) {
 	}); gerr != nil {
 		return nil, fmt.Errorf("store %s: %w", path, gerr)
 	}
-	if errors.Is(err, bolt.ErrTimeout) {
+	if errors.Is(err, berrors.ErrTimeout) {
 		// bbolt holds an exclusive flock on the file while it is open.
 		return nil, fmt.Errorf("store %s is locked by another process (another shiftplane serve?): %w", path, err)
 	}
@@ -305,7 +306,7 @@ func (s *Store) Delete(name string) error {
 			return err
 		}
 		err = tx.Bucket(bucketEvents).DeleteBucket([]byte(name))
-		if errors.Is(err, bolt.ErrBucketNotFound) {
+		if errors.Is(err, berrors.ErrBucketNotFound) {
 			return nil
 		}
 		return err
