@@ -29,7 +29,7 @@ test:
 	$(GO) vet ./...
 	@tidy="$$($(GO) mod tidy -diff)"; if [ -n "$$tidy" ]; then echo "go mod tidy needed:"; echo "$$tidy"; exit 1; fi
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
-	ENVOY_BIN="$$(bash scripts/install-envoy.sh)" CHROMIUM_BIN="$$(bash scripts/install-chromium.sh)" PG_BIN="$$(bash scripts/install-postgres.sh)" $(GO) test -race -count=1 -timeout 20m ./...
+	ENVOY_BIN="$$(bash scripts/install-envoy.sh)" CHROMIUM_BIN="$$(bash scripts/install-chromium.sh)" PG_BIN="$$(bash scripts/install-postgres.sh)" $(GO) test -race -count=1 -timeout 20m ./... && $(MAKE) fuzz-short
 	$(MAKE) bench-short
 
 demo:
@@ -52,3 +52,12 @@ demo-ha:
 include Makefile.envoy
 include Makefile.proto
 -include Makefile.bench
+
+# FuzzPlan (policy/fuzz_test.go): hostile YAML plans must not panic or hang,
+# and every plan that validates must translate into resources Envoy accepts.
+FUZZTIME ?= 5m
+.PHONY: fuzz fuzz-short
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzPlan$$' -fuzztime $(FUZZTIME) ./policy/
+fuzz-short:
+	$(MAKE) fuzz FUZZTIME=10s

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"sort"
 	"strconv"
@@ -93,9 +94,23 @@ func parseDocs(data []byte, file string) ([]parsedDoc, Problems) {
 		if err != nil {
 			dp = decodeProblems(&node, file, err)
 		}
+		for _, w := range wholeNumberProblems(&node, reflect.TypeOf(p), "", file) {
+			if !hasField(dp, w.Field) { // yaml.v3 may have refused it already
+				dp = append(dp, w)
+			}
+		}
 		docs = append(docs, parsedDoc{plan: p, problems: dp})
 	}
 	return docs, ps
+}
+
+func hasField(ps Problems, field string) bool {
+	for _, p := range ps {
+		if p.Field == field {
+			return true
+		}
+	}
+	return false
 }
 
 // decodeProblems turns yaml.v3's "line N: ..." errors back into field paths.

@@ -195,12 +195,13 @@ func (p Plan) Schedule() []Step {
 			steps = append(steps, weightStep(w, p.Linear.Every))
 		}
 	case p.Exponential != nil && p.Exponential.Start > 0 && p.Exponential.Factor > 1:
+		// The loop is bounded whatever the factor (validation asks for
+		// >= MinExponentialFactor, but Schedule must not spin on a plan that
+		// skipped it: a factor barely above 1 would take ~1e16 rounds), and
+		// a weight is kept only if above the one before, so at most 100.
 		var steps []Step
-		for w := float64(p.Exponential.Start); ; w *= p.Exponential.Factor {
-			if w >= 100 {
-				steps = append(steps, weightStep(100, 0))
-				return steps
-			}
+		w := float64(p.Exponential.Start)
+		for round := 0; round < maxScheduleRounds && w < 100; round, w = round+1, w*p.Exponential.Factor {
 			// Rounding can repeat a weight for small factors; weights only move forward.
 			iw := int(w)
 			if n := len(steps); n > 0 && *steps[n-1].Weight >= iw {
@@ -208,9 +209,14 @@ func (p Plan) Schedule() []Step {
 			}
 			steps = append(steps, weightStep(iw, p.Exponential.Every))
 		}
+		return append(steps, weightStep(100, 0))
 	}
 	return p.Steps
 }
+
+// maxScheduleRounds bounds the exponential generator: at factor 1.1 from a
+// start of 1 it needs 49 rounds to reach 100.
+const maxScheduleRounds = 1000
 
 func weightStep(w int, hold Duration) Step { return Step{Weight: &w, Hold: hold} }
 

@@ -84,8 +84,8 @@ func TestValidate(t *testing.T) {
 			want: []problem{{"canary.endpoints[0]", `port must be within 1..65535, got "http"`}}},
 		"duplicate endpoint": {edit: func(p *policy.Plan) { p.Stable.Endpoints = []string{"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:1"} },
 			want: []problem{{"stable.endpoints[2]", `duplicate endpoint "127.0.0.1:1"`}}},
-		"outlier interval zero":         {edit: func(p *policy.Plan) { p.OutlierDetection.Interval = 0 }, want: []problem{{"outlierDetection.interval", "must be > 0"}}},
-		"outlier base ejection zero":    {edit: func(p *policy.Plan) { p.OutlierDetection.BaseEjectionTime = 0 }, want: []problem{{"outlierDetection.baseEjectionTime", "must be > 0"}}},
+		"outlier interval zero":         {edit: func(p *policy.Plan) { p.OutlierDetection.Interval = 0 }, want: []problem{{"outlierDetection.interval", "must be within 100ms..24h0m0s, got 0s"}}},
+		"outlier base ejection zero":    {edit: func(p *policy.Plan) { p.OutlierDetection.BaseEjectionTime = 0 }, want: []problem{{"outlierDetection.baseEjectionTime", "must be within 1s..24h0m0s, got 0s"}}},
 		"outlier max ejection over 100": {edit: func(p *policy.Plan) { p.OutlierDetection.MaxEjectionPercent = 101 }, want: []problem{{"outlierDetection.maxEjectionPercent", "must be within 0..100, got 101"}}},
 		"no schedule": {edit: func(p *policy.Plan) { p.Steps = nil },
 			want: []problem{{"steps", "is required (or linear, or exponential)"}}},
@@ -109,7 +109,7 @@ func TestValidate(t *testing.T) {
 		"exponential factor 1": {edit: func(p *policy.Plan) {
 			p.Steps = nil
 			p.Exponential = &policy.Exponential{Start: 1, Factor: 1, Every: dur(time.Minute)}
-		}, want: []problem{{"exponential.factor", "must be > 1, got 1"}}},
+		}, want: []problem{{"exponential.factor", "must be a finite number >= 1.1 (and <= 100), got 1"}}},
 		"exponential every 0": {edit: func(p *policy.Plan) { p.Steps = nil; p.Exponential = &policy.Exponential{Start: 1, Factor: 2} },
 			want: []problem{{"exponential.every", "must be > 0"}}},
 		"weight and pause": {edit: func(p *policy.Plan) { p.Steps[1].Pause = &policy.Pause{} },
@@ -132,7 +132,7 @@ func TestValidate(t *testing.T) {
 		"only pauses": {edit: func(p *policy.Plan) { p.Steps = []policy.Step{pstep()} },
 			want: []problem{{"steps", "needs at least one weight step, ending at 100"}}},
 		"max error rate over 1": {edit: func(p *policy.Plan) { p.Analysis.MaxErrorRate = ptr(5.0) },
-			want: []problem{{"analysis.maxErrorRate", "must be within 0..1 (a share of requests), got 5"}}},
+			want: []problem{{"analysis.maxErrorRate", "must be a finite number within 0..1 (a share of requests), got 5"}}},
 		"max error rate negative": {edit: func(p *policy.Plan) { p.Analysis.MaxErrorRate = ptr(-0.1) },
 			want: []problem{{"analysis.maxErrorRate", "got -0.1"}}},
 		"min requests negative": {edit: func(p *policy.Plan) { p.Analysis.MinRequests = ptr(-1) },

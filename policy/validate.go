@@ -3,12 +3,14 @@ package policy
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/url"
 	"regexp"
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/shiftplane/shiftplane/xds/model"
 )
@@ -88,13 +90,13 @@ func (p Plan) Validate(opts ValidateOptions) Problems {
 	} else if err := checkIPPort(p.Listener.Address); err != nil {
 		c.add("listener.address", "%v", err)
 	}
-	for i, d := range p.Listener.Domains {
-		if d == "" {
-			c.add(fmt.Sprintf("listener.domains[%d]", i), "must not be empty")
-		}
-	}
+	c.domains(p.Listener.Domains)
 	if pp := p.Listener.PathPrefix; pp != "" && !strings.HasPrefix(pp, "/") {
 		c.add("listener.pathPrefix", "must start with /, got %q", pp)
+	} else if len(pp) > MaxPathPrefixLen {
+		c.add("listener.pathPrefix", "must be at most %d characters, got %d", MaxPathPrefixLen, len(pp))
+	} else if i := strings.IndexFunc(pp, func(r rune) bool { return r <= ' ' || r >= 0x7f || r == '?' || r == '#' }); i >= 0 {
+		c.add("listener.pathPrefix", "must be printable ASCII without spaces, ? or # (a URL path), got %q at byte %d", pp[i:i+1], i)
 	}
 	c.backend("stable", p.Stable)
 	c.backend("canary", p.Canary)
@@ -102,12 +104,8 @@ func (p Plan) Validate(opts ValidateOptions) Problems {
 		c.add("canary.cluster", "must differ from stable.cluster, both are %q", p.Canary.Cluster)
 	}
 	if od := p.OutlierDetection; od != nil {
-		if od.Interval <= 0 {
-			c.add("outlierDetection.interval", "must be > 0")
-		}
-		if od.BaseEjectionTime <= 0 {
-			c.add("outlierDetection.baseEjectionTime", "must be > 0")
-		}
+		c.durationWithin("outlierDetection.interval", od.Interval, MinOutlierInterval, MaxOutlierDuration)
+		c.durationWithin("outlierDetection.baseEjectionTime", od.BaseEjectionTime, MinBaseEjectionTime, MaxOutlierDuration)
 		if od.MaxEjectionPercent > 100 {
 			c.add("outlierDetection.maxEjectionPercent", "must be within 0..100, got %d", od.MaxEjectionPercent)
 		}
@@ -127,6 +125,10 @@ func (c *checker) backend(field string, b Backend) {
 	}
 	if len(b.Endpoints) == 0 {
 		c.add(field+".endpoints", "needs at least one host:port")
+	}
+	if len(b.Endpoints) > MaxEndpoints {
+		c.add(field+".endpoints", "must list at most %d endpoints, got %d", MaxEndpoints, len(b.Endpoints))
+		return // one problem, not one per endpoint of a huge list
 	}
 	seen := map[string]bool{}
 	for i, e := range b.Endpoints {
@@ -162,18 +164,26 @@ func (c *checker) schedule(p Plan) {
 		if l.Every <= 0 {
 			c.add("linear.every", "must be > 0")
 		}
+		c.hold("linear.every", l.Every)
 		return
 	}
 	if e := p.Exponential; e != nil {
 		if e.Start < 1 || e.Start > 100 {
 			c.add("exponential.start", "must be within 1..100, got %d", e.Start)
 		}
-		if e.Factor <= 1 {
-			c.add("exponential.factor", "must be > 1, got %g", e.Factor)
+		// NaN fails every comparison, so the test is written to pass only
+		// for a finite number in range.
+		if !(e.Factor >= MinExponentialFactor && e.Factor <= MaxExponentialFactor) {
+			c.add("exponential.factor", "must be a finite number >= %g (and <= %g), got %s", MinExponentialFactor, MaxExponentialFactor, fmtFloat(e.Factor))
 		}
 		if e.Every <= 0 {
 			c.add("exponential.every", "must be > 0")
 		}
+		c.hold("exponential.every", e.Every)
+		return
+	}
+	if len(p.Steps) > MaxSteps {
+		c.add("steps", "must have at most %d entries, got %d", MaxSteps, len(p.Steps))
 		return
 	}
 	last, lastWeight := -1, -1
@@ -187,6 +197,7 @@ func (c *checker) schedule(p Plan) {
 		case s.Pause != nil && s.Hold != 0:
 			c.add(f+".hold", "a pause waits for promote or resume; it takes no hold")
 		case s.Weight != nil:
+			c.hold(f+".hold", s.Hold)
 			w := *s.Weight
 			last = i
 			if w < 0 || w > 100 {
@@ -210,11 +221,88 @@ func (c *checker) schedule(p Plan) {
 
 func (c *checker) analysis(a Analysis) {
 	if r := a.MaxErrorRateValue(); !(r >= 0 && r <= 1) { // NaN fails both
-		c.add("analysis.maxErrorRate", "must be within 0..1 (a share of requests), got %g", r)
+		c.add("analysis.maxErrorRate", "must be a finite number within 0..1 (a share of requests), got %s", fmtFloat(r))
 	}
 	if n := a.MinRequestsValue(); n < 0 || n > 1_000_000 {
 		c.add("analysis.minRequests", "must be 0..1000000 (0 opts out of the evidence rule), got %d", n)
 	}
+}
+
+// Limits on what one plan may ask for. They keep every plan that validates
+// small enough to translate, store and send over the API in one message, and
+// keep Envoy's own validation (protoc-gen-validate rules) from refusing it.
+const (
+	MaxEndpoints         = 1000 // per backend
+	MaxSteps             = 200  // explicit steps, weights and pauses together
+	MaxDomains           = 100
+	MaxDomainLen         = 253 + len(":65535")
+	MaxPathPrefixLen     = 1024
+	MinExponentialFactor = 1.1
+	MaxExponentialFactor = 100.0
+	MinOutlierInterval   = 100 * time.Millisecond
+	MinBaseEjectionTime  = time.Second
+	MaxOutlierDuration   = 24 * time.Hour
+	// MaxHold bounds a step's hold (and linear/exponential every): a year
+	// is far beyond any rollout and well inside what a protobuf Duration and
+	// the store's JSON carry.
+	MaxHold = 365 * 24 * time.Hour
+)
+
+func (c *checker) durationWithin(field string, d Duration, lo, hi time.Duration) {
+	if d.D() < lo || d.D() > hi {
+		c.add(field, "must be within %s..%s, got %s", lo, hi, d.D())
+	}
+}
+
+func (c *checker) hold(field string, d Duration) {
+	if d.D() > MaxHold {
+		c.add(field, "must be at most %s, got %s", MaxHold, d.D())
+	}
+}
+
+// domainRE is what Envoy accepts as a virtual host domain and routes by: a
+// host name or IP literal with an optional port, or "*" alone, as a prefix
+// ("*.example.com", "*-api.example.com") or as a suffix ("example.*").
+var domainRE = regexp.MustCompile(`^(\*|\*?[A-Za-z0-9_.\-\[\]:]+|[A-Za-z0-9_.\-\[\]:]+\*)$`)
+
+func (c *checker) domains(ds []string) {
+	if len(ds) > MaxDomains {
+		c.add("listener.domains", "must list at most %d domains, got %d", MaxDomains, len(ds))
+		return
+	}
+	seen := map[string]int{}
+	for i, d := range ds {
+		f := fmt.Sprintf("listener.domains[%d]", i)
+		switch {
+		case d == "":
+			c.add(f, "must not be empty")
+		case len(d) > MaxDomainLen:
+			c.add(f, "must be at most %d characters, got %d", MaxDomainLen, len(d))
+		case strings.Count(d, "*") > 1 || !domainRE.MatchString(d):
+			c.add(f, "must be a host name or IP with an optional port, or use one * as a prefix or suffix (letters, digits, . - _ : [ ] only), got %q", d)
+		default:
+			// Envoy matches domains case-insensitively and rejects a route
+			// configuration that repeats one.
+			key := strings.ToLower(d)
+			if j, ok := seen[key]; ok {
+				c.add(f, "domain %q repeats listener.domains[%d] (domains match case-insensitively)", d, j)
+			}
+			seen[key] = i
+		}
+	}
+}
+
+// fmtFloat prints a float so that NaN and infinities read as such.
+func fmtFloat(f float64) string {
+	switch {
+	case math.IsNaN(f):
+		return "NaN"
+	case math.IsInf(f, 1):
+		return "+Inf"
+	case math.IsInf(f, -1):
+		return "-Inf"
+	}
+	return strconv.FormatFloat(f, 'g', -1, 64)
 }
 
 func (c *checker) hooks(field string, hs []Hook, opts ValidateOptions) {

@@ -31,6 +31,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/shiftplane/shiftplane/cmd/internal/buildinfo"
+	"github.com/shiftplane/shiftplane/policy/api"
 	shiftplanev1 "github.com/shiftplane/shiftplane/proto/shiftplane/v1"
 )
 
@@ -174,7 +175,8 @@ func (a *app) connect(cmd *cobra.Command, _ []string) error {
 		}
 		creds = credentials.NewTLS(tc)
 	}
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(creds),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(api.MaxMessageBytes), grpc.MaxCallSendMsgSize(api.MaxMessageBytes))}
 	if a.token != "" {
 		opts = append(opts, grpc.WithPerRPCCredentials(bearer(a.token)))
 	}

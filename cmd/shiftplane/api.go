@@ -52,6 +52,7 @@ func startAPI(_ context.Context, cfg Config, engine *policy.Engine, fleet *xds.F
 		return nil, err
 	}
 	opts := []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(api.MaxMessageBytes), grpc.MaxSendMsgSize(api.MaxMessageBytes),
 		grpc.ChainUnaryInterceptor(authUnary(token, deps.auth, log)),
 		grpc.ChainStreamInterceptor(authStream(token, deps.auth, log)),
 	}

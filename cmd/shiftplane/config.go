@@ -36,6 +36,9 @@ type Config struct {
 			MaxStreamsPerSource     int `mapstructure:"maxStreamsPerSource"`
 			MaxStreams              int `mapstructure:"maxStreams"`
 		} `mapstructure:"limits"`
+		// AllowEmptyAtStart publishes an empty configuration when the
+		// server starts with no rollouts (policy.HoldEmptyAtStart).
+		AllowEmptyAtStart bool `mapstructure:"allowEmptyAtStart"`
 	} `mapstructure:"xds"`
 	API struct {
 		Address   string `mapstructure:"address"`
@@ -120,6 +123,7 @@ var configKeys = []struct {
 	{"store.etcd.tls.ca", "store-etcd-tls-ca", "CA that etcd's server certificates chain to", ""},
 	{"store.etcd.tls.cert", "store-etcd-tls-cert", "client certificate for etcd", ""},
 	{"store.etcd.tls.key", "store-etcd-tls-key", "client key for etcd", ""},
+	{"xds.allowEmptyAtStart", "xds-allow-empty-at-start", "with no rollouts at start, publish an empty configuration (Envoys of an earlier run drop theirs); by default nothing is published until a plan arrives", false},
 	{"hooks.allowExec", "hooks-allow-exec", "allow plans to run exec hooks on this host", false},
 	{"hooks.allowHosts", "hooks-allow-hosts", "hosts webhook hooks may call (default loopback)", []string{}},
 	{"signal.adminURLs", "signal-admin-urls", "Envoy admin URLs to poll for stats", []string{}},

@@ -342,6 +342,7 @@ func publicAPIServer(cfg Config, fwd *forwarder, lim *authLimiter, log *slog.Log
 		return nil, nil, err
 	}
 	opts := []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(api.MaxMessageBytes), grpc.MaxSendMsgSize(api.MaxMessageBytes),
 		grpc.ChainUnaryInterceptor(authUnary(token, lim, log)),
 		grpc.ChainStreamInterceptor(authStream(token, lim, log)),
 		grpc.UnknownServiceHandler(fwd.handle),

@@ -19,6 +19,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
+
+	"github.com/shiftplane/shiftplane/policy/api"
 )
 
 // leaderHeader names the replica that served a policy API call (shiftctl
@@ -65,7 +67,8 @@ func newForwarder(cfg Config, self string, lead func() string, local func() *grp
 		}
 		creds = credentials.NewTLS(tc)
 	}
-	return &forwarder{local: local, self: self, lead: lead, dial: []grpc.DialOption{grpc.WithTransportCredentials(creds)}, conns: map[string]*grpc.ClientConn{}}, nil
+	return &forwarder{local: local, self: self, lead: lead, dial: []grpc.DialOption{grpc.WithTransportCredentials(creds),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(api.MaxMessageBytes), grpc.MaxCallSendMsgSize(api.MaxMessageBytes))}, conns: map[string]*grpc.ClientConn{}}, nil
 }
 
 // forwardedHeader marks a call one replica forwarded to another, so that

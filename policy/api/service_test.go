@@ -289,7 +289,7 @@ func TestBadInput(t *testing.T) {
 				p.Steps = nil
 				p.Exponential = &shiftplanev1.Exponential{Start: 101, Factor: 1, Every: durationpb.New(time.Second)}
 			})),
-			code: codes.InvalidArgument, want: []string{"exponential.start: must be within 1..100, got 101", "exponential.factor: must be > 1, got 1"},
+			code: codes.InvalidArgument, want: []string{"exponential.start: must be within 1..100, got 101", "exponential.factor: must be a finite number >= 1.1 (and <= 100), got 1"},
 			fields: []string{"exponential.start", "exponential.factor"},
 		},
 		"apply listener": {
@@ -331,7 +331,7 @@ func TestBadInput(t *testing.T) {
 				p.OutlierDetection = &shiftplanev1.OutlierDetection{Consecutive_5Xx: 3, Interval: durationpb.New(-time.Second), MaxEjectionPercent: 101}
 			})),
 			code:   codes.InvalidArgument,
-			want:   []string{"outlierDetection.interval: must not be negative, got -1s", "outlierDetection.baseEjectionTime: must be > 0", "outlierDetection.maxEjectionPercent: must be within 0..100, got 101"},
+			want:   []string{"outlierDetection.interval: must not be negative, got -1s", "outlierDetection.baseEjectionTime: must be within 1s..24h0m0s, got 0s", "outlierDetection.maxEjectionPercent: must be within 0..100, got 101"},
 			fields: []string{"outlierDetection.interval", "outlierDetection.baseEjectionTime", "outlierDetection.maxEjectionPercent"},
 		},
 		"apply analysis": {
@@ -344,7 +344,7 @@ func TestBadInput(t *testing.T) {
 			code: codes.InvalidArgument,
 			want: []string{"analysis.stableFor: must not be negative, got -1s", "analysis.staleAfter: must not be negative",
 				"analysis.rollbackAfter: must not be negative", "analysis.drainTimeout: must not be negative",
-				"analysis.maxErrorRate: must be within 0..1 (a share of requests), got 1.5", "analysis.minRequests: must be 0..1000000 (0 opts out of the evidence rule), got -1"},
+				"analysis.maxErrorRate: must be a finite number within 0..1 (a share of requests), got 1.5", "analysis.minRequests: must be 0..1000000 (0 opts out of the evidence rule), got -1"},
 			fields: []string{"analysis.stableFor", "analysis.staleAfter", "analysis.rollbackAfter", "analysis.drainTimeout", "analysis.maxErrorRate", "analysis.minRequests"},
 		},
 		"apply exec hook without argv": {

@@ -24,7 +24,12 @@ var (
 	keySchema      = []byte("schema")
 )
 
-const schemaVersion = "1"
+// schemaVersion 2 seals every value in a checksum envelope (integrity.go);
+// a store of schema 1 is migrated by Open.
+const (
+	schemaVersion  = "2"
+	schemaUnsealed = "1"
+)
 
 // Store is a policy.Store in a bbolt file.
 type Store struct {
@@ -42,7 +47,19 @@ const lockWait = 500 * time.Millisecond
 // every stored rollout must decode, so a corrupt store stops the start
 // instead of publishing an empty configuration.
 func Open(path string) (*Store, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: lockWait})
+	if _, err := checkFile(path); err != nil {
+		return nil, fmt.Errorf("store %s: %w", path, err)
+	}
+	var (
+		db  *bolt.DB
+		err error
+	)
+	if gerr := guard(func() error {
+		db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: lockWait})
+		return nil
+	}); gerr != nil {
+		return nil, fmt.Errorf("store %s: %w", path, gerr)
+	}
 	if errors.Is(err, berrors.ErrTimeout) {
 		// bbolt holds an exclusive flock on the file while it is open.
 		return nil, fmt.Errorf("store %s is locked by another process (another shiftplane serve?): %w", path, err)
@@ -51,24 +68,15 @@ func Open(path string) (*Store, error) {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
 	s := &Store{db: db}
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketRollouts, bucketEvents, bucketMeta} {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return err
-			}
+	err = guard(func() error {
+		// Not tx.Check: it walks pages on a goroutine of its own, where a
+		// fault on a damaged page could not be recovered. verify reads every
+		// record here instead, under guard.
+		if err := db.Update(prepare); err != nil {
+			return err
 		}
-		meta := tx.Bucket(bucketMeta)
-		switch v := meta.Get(keySchema); {
-		case v == nil:
-			return meta.Put(keySchema, []byte(schemaVersion))
-		case string(v) != schemaVersion:
-			return fmt.Errorf("schema version %q, this shiftplane reads %q", v, schemaVersion)
-		}
-		return nil
+		return s.verify()
 	})
-	if err == nil {
-		_, err = s.Load()
-	}
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("store %s: %w", path, err)
@@ -76,14 +84,155 @@ func Open(path string) (*Store, error) {
 	return s, nil
 }
 
+// verify reads every record once, so a damaged one stops the start: every
+// rollout, every event and the version counter.
+func (s *Store) verify() error {
+	rs, err := s.Load()
+	if err != nil {
+		return err
+	}
+	for _, r := range rs {
+		if _, err := s.Events(r.Plan.Name, 0); err != nil {
+			return err
+		}
+	}
+	return s.db.View(func(tx *bolt.Tx) error {
+		if err := checkManifest(tx); err != nil {
+			return err
+		}
+		// Events of a rollout that is gone are never read; their bucket
+		// must at least not be damaged.
+		return tx.Bucket(bucketEvents).ForEach(func(k, v []byte) error {
+			if v != nil {
+				return fmt.Errorf("events: corrupt store: %q is a value, not a rollout's events", k)
+			}
+			return nil
+		})
+	})
+}
+
+// prepare creates the buckets of a new store and migrates one of schema 1
+// (values without checksums) by sealing every value.
+func prepare(tx *bolt.Tx) error {
+	for _, b := range [][]byte{bucketRollouts, bucketEvents, bucketMeta} {
+		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+			return err
+		}
+	}
+	meta := tx.Bucket(bucketMeta)
+	switch v := meta.Get(keySchema); {
+	case v == nil:
+		if tx.Bucket(bucketRollouts).Stats().KeyN > 0 {
+			return errors.New("corrupt store: rollouts stored but no schema version")
+		}
+	case string(v) == schemaVersion:
+		return nil
+	case string(v) == schemaUnsealed:
+		if err := migrateUnsealed(tx); err != nil {
+			return fmt.Errorf("migrate schema %s to %s: %w", schemaUnsealed, schemaVersion, err)
+		}
+	default:
+		return fmt.Errorf("schema version %q, this shiftplane reads %q (and migrates %q)", v, schemaVersion, schemaUnsealed)
+	}
+	return meta.Put(keySchema, []byte(schemaVersion))
+}
+
+// migrateUnsealed seals the values of a schema 1 store. Each must decode
+// first: a record that was already damaged is not sealed as if good.
+func migrateUnsealed(tx *bolt.Tx) error {
+	rb := tx.Bucket(bucketRollouts)
+	if err := rewrite(rb, func(k, v []byte) error {
+		var r policy.Rollout
+		if err := json.Unmarshal(v, &r); err != nil {
+			return fmt.Errorf("rollout %q: corrupt record: %w", k, err)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	eb := tx.Bucket(bucketEvents)
+	var names [][]byte
+	if err := eb.ForEach(func(k, v []byte) error {
+		if v == nil {
+			names = append(names, append([]byte(nil), k...))
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	for _, n := range names {
+		if err := rewrite(eb.Bucket(n), func(k, v []byte) error {
+			var e policy.Event
+			if err := json.Unmarshal(v, &e); err != nil {
+				return fmt.Errorf("rollout %q: event %d: %w", n, binary.BigEndian.Uint64(k), err)
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	m := manifest{}
+	if err := rb.ForEach(func(k, v []byte) error {
+		e := manifestEntry{CRC: recordCRC(v)}
+		if b := eb.Bucket(k); b != nil {
+			e.Events = uint64(b.Stats().KeyN)
+		}
+		m[string(k)] = e
+		return nil
+	}); err != nil {
+		return err
+	}
+	if err := writeManifest(tx, m); err != nil {
+		return err
+	}
+	meta := tx.Bucket(bucketMeta)
+	if v := meta.Get(keyVersion); v != nil {
+		if len(v) != 8 {
+			return fmt.Errorf("snapshot version: corrupt record (%d bytes)", len(v))
+		}
+		return meta.Put(keyVersion, seal(keyVersion, v))
+	}
+	return nil
+}
+
+func rewrite(b *bolt.Bucket, check func(k, v []byte) error) error {
+	type kv struct{ k, v []byte }
+	var all []kv
+	if err := b.ForEach(func(k, v []byte) error {
+		if v == nil {
+			return nil // a nested bucket
+		}
+		if err := check(k, v); err != nil {
+			return err
+		}
+		all = append(all, kv{append([]byte(nil), k...), seal(k, v)})
+		return nil
+	}); err != nil {
+		return err
+	}
+	for _, e := range all {
+		if err := b.Put(e.k, e.v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Load implements policy.Store.
 func (s *Store) Load() ([]policy.Rollout, error) {
 	var out []policy.Rollout
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := guardedView(s.db, func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketRollouts).ForEach(func(k, v []byte) error {
 			var r policy.Rollout
-			if err := json.Unmarshal(v, &r); err != nil {
+			payload, err := unseal(k, v)
+			if err != nil {
+				return fmt.Errorf("rollout %q: %w", k, err)
+			}
+			if err := json.Unmarshal(payload, &r); err != nil {
 				return fmt.Errorf("rollout %q: corrupt record: %w", k, err)
+			}
+			if r.Plan.Name != string(k) {
+				return fmt.Errorf("rollout %q: corrupt record: stored under another name than its plan's %q", k, r.Plan.Name)
 			}
 			out = append(out, r)
 			return nil
@@ -103,12 +252,19 @@ func (s *Store) Save(r policy.Rollout, events ...policy.Event) error {
 	if err != nil {
 		return fmt.Errorf("rollout %q: encode: %w", name, err)
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
-		if err := tx.Bucket(bucketRollouts).Put([]byte(name), data); err != nil {
+	return guardedUpdate(s.db, func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bucketRollouts).Put([]byte(name), seal([]byte(name), data)); err != nil {
 			return err
 		}
+		m, err := readManifest(tx)
+		if err != nil {
+			return err
+		}
+		entry := m[name]
+		entry.CRC = checksum([]byte(name), data)
 		if len(events) == 0 {
-			return nil
+			m[name] = entry
+			return writeManifest(tx, m)
 		}
 		eb, err := tx.Bucket(bucketEvents).CreateBucketIfNotExists([]byte(name))
 		if err != nil {
@@ -125,21 +281,31 @@ func (s *Store) Save(r policy.Rollout, events ...policy.Event) error {
 			if err != nil {
 				return err
 			}
-			if err := eb.Put(seqKey(seq), ed); err != nil {
+			if err := eb.Put(seqKey(seq), seal(seqKey(seq), ed)); err != nil {
 				return err
 			}
+			entry.Events = seq
 		}
-		return nil
+		m[name] = entry
+		return writeManifest(tx, m)
 	})
 }
 
 // Delete implements policy.Store.
 func (s *Store) Delete(name string) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return guardedUpdate(s.db, func(tx *bolt.Tx) error {
 		if err := tx.Bucket(bucketRollouts).Delete([]byte(name)); err != nil {
 			return err
 		}
-		err := tx.Bucket(bucketEvents).DeleteBucket([]byte(name))
+		m, err := readManifest(tx)
+		if err != nil {
+			return err
+		}
+		delete(m, name)
+		if err := writeManifest(tx, m); err != nil {
+			return err
+		}
+		err = tx.Bucket(bucketEvents).DeleteBucket([]byte(name))
 		if errors.Is(err, berrors.ErrBucketNotFound) {
 			return nil
 		}
@@ -150,7 +316,7 @@ func (s *Store) Delete(name string) error {
 // Events implements policy.Store.
 func (s *Store) Events(name string, limit int) ([]policy.Event, error) {
 	var out []policy.Event
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := guardedView(s.db, func(tx *bolt.Tx) error {
 		eb := tx.Bucket(bucketEvents).Bucket([]byte(name))
 		if eb == nil {
 			return nil
@@ -159,8 +325,15 @@ func (s *Store) Events(name string, limit int) ([]policy.Event, error) {
 		// Walk back from the newest so a limit reads only what it returns.
 		for k, v := c.Last(); k != nil && (limit <= 0 || len(out) < limit); k, v = c.Prev() {
 			var e policy.Event
-			if err := json.Unmarshal(v, &e); err != nil {
+			payload, err := unseal(k, v)
+			if err != nil {
 				return fmt.Errorf("rollout %q: event %d: %w", name, binary.BigEndian.Uint64(k), err)
+			}
+			if err := json.Unmarshal(payload, &e); err != nil {
+				return fmt.Errorf("rollout %q: event %d: %w", name, binary.BigEndian.Uint64(k), err)
+			}
+			if e.Rollout != name {
+				return fmt.Errorf("rollout %q: event %d: corrupt record: it belongs to rollout %q", name, binary.BigEndian.Uint64(k), e.Rollout)
 			}
 			out = append(out, e)
 		}
@@ -175,13 +348,19 @@ func (s *Store) Events(name string, limit int) ([]policy.Event, error) {
 // NextVersion implements policy.Store and xds.VersionCounter.
 func (s *Store) NextVersion() (uint64, error) {
 	var n uint64
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := guardedUpdate(s.db, func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
-		if v := meta.Get(keyVersion); len(v) == 8 {
-			n = binary.BigEndian.Uint64(v)
+		if v := meta.Get(keyVersion); v != nil {
+			// A damaged counter must not restart versions from 0: Envoy
+			// would ignore snapshots whose version it has seen.
+			payload, err := unseal(keyVersion, v)
+			if err != nil || len(payload) != 8 {
+				return fmt.Errorf("snapshot version: corrupt record: %v", err)
+			}
+			n = binary.BigEndian.Uint64(payload)
 		}
 		n++
-		return meta.Put(keyVersion, seqKey(n))
+		return meta.Put(keyVersion, seal(keyVersion, seqKey(n)))
 	})
 	return n, err
 }

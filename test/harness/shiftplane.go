@@ -48,6 +48,9 @@ func StartShiftplane(t *testing.T, extraArgs ...string) *Shiftplane {
 	return s
 }
 
+// AddArgs adds serve flags for the next Start.
+func (s *Shiftplane) AddArgs(args ...string) { s.extra = append(s.extra, args...) }
+
 // Start (re)starts the process on the same ports and store.
 func (s *Shiftplane) Start() {
 	s.t.Helper()
