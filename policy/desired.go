@@ -15,10 +15,11 @@ func ServiceStateFor(p Plan, w int) ServiceState {
 	p = p.WithDefaults()
 	od := *p.OutlierDetection
 	return ServiceState{
-		Name:     p.Name,
-		Listener: model.Listener{Address: p.Listener.Address, Domains: append([]string(nil), p.Listener.Domains...), PathPrefix: p.Listener.PathPrefix},
-		Stable:   backend(p.Stable),
-		Canary:   backend(p.Canary),
+		Name: p.Name,
+		Listener: model.Listener{Address: p.Listener.Address, Domains: append([]string(nil), p.Listener.Domains...), PathPrefix: p.Listener.PathPrefix,
+			GRPCTargets: append([]string(nil), p.Listener.GRPCTargets...)},
+		Stable: backend(p.Stable),
+		Canary: backend(p.Canary),
 		Outlier: model.Outlier{Consecutive5xx: od.Consecutive5xx, Interval: od.Interval.D(),
 			BaseEjectionTime: od.BaseEjectionTime.D(), MaxEjectionPercent: od.MaxEjectionPercent},
 		CanaryWeight:    w,

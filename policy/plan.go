@@ -32,6 +32,9 @@ type Listener struct {
 	Address    string   `yaml:"address" json:"address"`
 	Domains    []string `yaml:"domains,omitempty" json:"domains,omitempty"`
 	PathPrefix string   `yaml:"pathPrefix,omitempty" json:"pathPrefix,omitempty"`
+	// GRPCTargets are the host:port targets proxyless gRPC clients dial
+	// (xds:///host:port); each gets a client-side (api_listener) Listener.
+	GRPCTargets []string `yaml:"grpcTargets,omitempty" json:"grpcTargets,omitempty"`
 }
 
 // Backend is one version of the service: an Envoy cluster and its hosts.

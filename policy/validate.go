@@ -91,6 +91,16 @@ func (p Plan) Validate(opts ValidateOptions) Problems {
 		c.add("listener.address", "%v", err)
 	}
 	c.domains(p.Listener.Domains)
+	seenTargets := map[string]int{}
+	for i, t := range p.Listener.GRPCTargets {
+		f := fmt.Sprintf("listener.grpcTargets[%d]", i)
+		if err := model.CheckGRPCTarget(t); err != nil {
+			c.add(f, "%v", err)
+		} else if j, ok := seenTargets[strings.ToLower(t)]; ok {
+			c.add(f, "%q repeats listener.grpcTargets[%d]", t, j)
+		}
+		seenTargets[strings.ToLower(t)] = i
+	}
 	if pp := p.Listener.PathPrefix; pp != "" && !strings.HasPrefix(pp, "/") {
 		c.add("listener.pathPrefix", "must start with /, got %q", pp)
 	} else if len(pp) > MaxPathPrefixLen {
@@ -407,7 +417,15 @@ func ValidateSet(plans []Plan, files []string) Problems {
 	names := map[string]int{}
 	clusters := map[string]string{}
 	domains := map[string]string{}
+	targets := map[string]string{}
 	for i, p := range plans {
+		for _, t := range p.Listener.GRPCTargets {
+			// A target names one LDS resource for the whole fleet.
+			if other, ok := targets[strings.ToLower(t)]; ok && other != p.Name {
+				ps = append(ps, Problem{File: file(i), Field: "listener.grpcTargets", Msg: fmt.Sprintf("gRPC target %q is already served by plan %q", t, other)})
+			}
+			targets[strings.ToLower(t)] = p.Name
+		}
 		if j, ok := names[p.Name]; ok {
 			ps = append(ps, Problem{File: file(i), Field: "name", Msg: fmt.Sprintf("%q is also the name of a plan in %s", p.Name, orHere(file(j)))})
 		}

@@ -87,6 +87,9 @@ func Translate(ds model.State) (Resources, error) {
 	}
 	sortByName(out.Clusters)
 	sortByName(out.Endpoints)
+	if err := addProxyless(&out, services); err != nil { // proxyless.go
+		return Resources{}, err
+	}
 	return out, nil
 }
 

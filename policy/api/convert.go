@@ -57,9 +57,10 @@ func (c *converter) plan(pb *shiftplanev1.Plan) policy.Plan {
 	p := policy.Plan{
 		Name: pb.GetName(),
 		Listener: policy.Listener{
-			Address:    pb.GetListener().GetAddress(),
-			Domains:    pb.GetListener().GetDomains(),
-			PathPrefix: pb.GetListener().GetPathPrefix(),
+			Address:     pb.GetListener().GetAddress(),
+			Domains:     pb.GetListener().GetDomains(),
+			PathPrefix:  pb.GetListener().GetPathPrefix(),
+			GRPCTargets: pb.GetListener().GetGrpcTargets(),
 		},
 		Stable: policy.Backend{Cluster: pb.GetStable().GetCluster(), Endpoints: pb.GetStable().GetEndpoints()},
 		Canary: policy.Backend{Cluster: pb.GetCanary().GetCluster(), Endpoints: pb.GetCanary().GetEndpoints()},
@@ -162,9 +163,10 @@ func PlanToProto(p policy.Plan) *shiftplanev1.Plan {
 	pb := &shiftplanev1.Plan{
 		Name: p.Name,
 		Listener: &shiftplanev1.Listener{
-			Address:    p.Listener.Address,
-			Domains:    p.Listener.Domains,
-			PathPrefix: p.Listener.PathPrefix,
+			Address:     p.Listener.Address,
+			Domains:     p.Listener.Domains,
+			PathPrefix:  p.Listener.PathPrefix,
+			GrpcTargets: p.Listener.GRPCTargets,
 		},
 		Stable: &shiftplanev1.Backend{Cluster: p.Stable.Cluster, Endpoints: p.Stable.Endpoints},
 		Canary: &shiftplanev1.Backend{Cluster: p.Canary.Cluster, Endpoints: p.Canary.Endpoints},

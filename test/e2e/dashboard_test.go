@@ -242,13 +242,22 @@ func TestDashboardInBrowser(t *testing.T) {
 		t.Fatalf("log in: %v", err)
 	}
 	screenshot(t, b, dir, "dashboard-rollout.png")
-	if err := chromedp.Do(b, chromedp.Click(chromedp.CSS(`#btn-pause`))); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 10*time.Second, "the rollout to be PAUSED (through the API)", func() (bool, string) {
+	// The page re-renders on every live update; a click that lands on a
+	// button being replaced is lost, so click again until it takes.
+	clicks := 0
+	lastClick := time.Time{}
+	waitFor(t, 15*time.Second, "the rollout to be PAUSED (through the API)", func() (bool, string) {
 		p := apiPhase(ctx, t, rc)
+		if p != "PAUSED" && time.Since(lastClick) > time.Second {
+			if err := chromedp.Do(b, chromedp.Click(chromedp.CSS(`#btn-pause`))); err != nil {
+				t.Fatal(err)
+			}
+			clicks++
+			lastClick = time.Now()
+		}
 		return p == "PAUSED", p
 	})
+	t.Logf("Pause took %d click(s)", clicks)
 	waitFor(t, 10*time.Second, "the page to show PAUSED", func() (bool, string) {
 		phase := text(t, b, "#phase")
 		return phase == "PAUSED", phase

@@ -45,6 +45,24 @@ type Listener struct {
 	Address    string   `yaml:"address" json:"address"`
 	Domains    []string `yaml:"domains" json:"domains"`
 	PathPrefix string   `yaml:"pathPrefix" json:"pathPrefix"`
+	// GRPCTargets are the targets proxyless gRPC clients dial
+	// (xds:///host:port); each names a client-side listener.
+	GRPCTargets []string `yaml:"grpcTargets,omitempty" json:"grpcTargets,omitempty"`
+}
+
+// CheckGRPCTarget reports whether t can name a proxyless gRPC target and
+// its LDS resource: host[:port], no scheme, path, spaces or wildcards.
+func CheckGRPCTarget(t string) error {
+	if t == "" {
+		return errors.New("must not be empty")
+	}
+	if strings.ContainsAny(t, "/ \t\n*?#") {
+		return fmt.Errorf("%q must be host[:port] as dialled after xds:///, without scheme, path, spaces or wildcards", t)
+	}
+	if strings.HasPrefix(t, "ingress_") {
+		return fmt.Errorf("%q collides with the Envoy listener names (ingress_*)", t)
+	}
+	return nil
 }
 
 // Backend is one version of the service: an Envoy cluster and its hosts.
@@ -111,6 +129,7 @@ func (s State) Validate() error {
 	names := map[string]bool{}
 	clusters := map[string]string{}
 	domains := map[string]string{}
+	targets := map[string]string{}
 	for _, svc := range s.Services {
 		n := svc.Name
 		if n == "" || strings.ContainsAny(n, ". \t\n") {
@@ -137,6 +156,19 @@ func (s State) Validate() error {
 			bad(n, "listener.pathPrefix", "%q must start with /", svc.Listener.PathPrefix)
 		}
 		key := ListenerKey(svc.Listener.Address)
+		for i, t := range svc.Listener.GRPCTargets {
+			if err := CheckGRPCTarget(t); err != nil {
+				bad(n, fmt.Sprintf("listener.grpcTargets[%d]", i), "%v", err)
+			}
+			if other, ok := targets[strings.ToLower(t)]; ok {
+				bad(n, fmt.Sprintf("listener.grpcTargets[%d]", i), "%q is also served by %q", t, other)
+			}
+			targets[strings.ToLower(t)] = n
+			k := key + " " + strings.ToLower(t)
+			if other, ok := domains[k]; ok && other != n {
+				bad(n, fmt.Sprintf("listener.grpcTargets[%d]", i), "%q on %s is also a domain of %q", t, svc.Listener.Address, other)
+			}
+		}
 		for _, d := range svc.Listener.Domains {
 			k := key + " " + strings.ToLower(d)
 			if other, ok := domains[k]; ok {

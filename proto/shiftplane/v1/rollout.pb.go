@@ -353,7 +353,10 @@ type Listener struct {
 	// Virtual host domains; empty means ["*"].
 	Domains []string `protobuf:"bytes,2,rep,name=domains,proto3" json:"domains,omitempty"`
 	// Route match prefix; empty means "/".
-	PathPrefix    string `protobuf:"bytes,3,opt,name=path_prefix,json=pathPrefix,proto3" json:"path_prefix,omitempty"`
+	PathPrefix string `protobuf:"bytes,3,opt,name=path_prefix,json=pathPrefix,proto3" json:"path_prefix,omitempty"`
+	// gRPC targets (host:port, as in xds:///host:port) that proxyless gRPC
+	// clients dial for this service; each gets a client-side listener.
+	GrpcTargets   []string `protobuf:"bytes,4,rep,name=grpc_targets,json=grpcTargets,proto3" json:"grpc_targets,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -407,6 +410,13 @@ func (x *Listener) GetPathPrefix() string {
 		return x.PathPrefix
 	}
 	return ""
+}
+
+func (x *Listener) GetGrpcTargets() []string {
+	if x != nil {
+		return x.GrpcTargets
+	}
+	return nil
 }
 
 // Backend is one version of the service: an Envoy cluster and its hosts.
@@ -2917,12 +2927,13 @@ const file_shiftplane_v1_rollout_proto_rawDesc = "" +
 	"\vexponential\x18\b \x01(\v2\x1a.shiftplane.v1.ExponentialR\vexponential\x123\n" +
 	"\banalysis\x18\t \x01(\v2\x17.shiftplane.v1.AnalysisR\banalysis\x12*\n" +
 	"\x05hooks\x18\n" +
-	" \x01(\v2\x14.shiftplane.v1.HooksR\x05hooks\"_\n" +
+	" \x01(\v2\x14.shiftplane.v1.HooksR\x05hooks\"\x82\x01\n" +
 	"\bListener\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x18\n" +
 	"\adomains\x18\x02 \x03(\tR\adomains\x12\x1f\n" +
 	"\vpath_prefix\x18\x03 \x01(\tR\n" +
-	"pathPrefix\"A\n" +
+	"pathPrefix\x12!\n" +
+	"\fgrpc_targets\x18\x04 \x03(\tR\vgrpcTargets\"A\n" +
 	"\aBackend\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x1c\n" +
 	"\tendpoints\x18\x02 \x03(\tR\tendpoints\"\xed\x01\n" +
