@@ -327,10 +327,20 @@ func TestReceiverNeverBack(t *testing.T) {
 			t.Fatalf("step %d lasted %s, want %s (+ ticks): the engine was slowed", i, d, hold)
 		}
 	}
-	dropped := testutil.ToFloat64(mustCounter(t, reg, "black-hole", notify.ResultDropped))
-	// One in flight, two queued: the rest of the history is dropped.
-	if want := len(expected(t, e, "shop")) - 3; int(dropped) != want {
-		t.Fatalf("dropped = %v, want %d", dropped, want)
+	// One in flight, two queued: the rest of the history is dropped (one
+	// more if the first had not left the queue when the third arrived). The
+	// notifier reads the engine's updates on its own goroutine, so the last
+	// drops may be counted a moment after SUCCEEDED.
+	want := float64(len(expected(t, e, "shop")) - 3)
+	var dropped float64
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		dropped = testutil.ToFloat64(mustCounter(t, reg, "black-hole", notify.ResultDropped))
+		if dropped >= want || time.Now().After(deadline) {
+			break
+		}
+	}
+	if dropped != want && dropped != want+1 {
+		t.Fatalf("dropped = %v, want %v (or %v)", dropped, want, want+1)
 	}
 	t.Logf("steps of %s took %s..%s; %v notifications dropped", hold, steps[1].Sub(steps[0]), steps[len(steps)-1].Sub(steps[len(steps)-2]), dropped)
 }
