@@ -310,6 +310,7 @@ func (e *Engine) desiredLocked() DesiredState {
 		if !ss.CanaryPublished {
 			ss.CanaryWeight = 0
 		}
+		TrafficFor(r.plan, r.steps, r.State).Apply(&ss) // traffic.go
 		ds.Services = append(ds.Services, ss)
 	}
 	return ds

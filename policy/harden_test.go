@@ -79,7 +79,48 @@ var hostilePlans = map[string]struct {
 	"too many endpoints":     {old: `endpoints: ["127.0.0.1:8082"]`, new: "endpoints: [" + manyEndpoints(policy.MaxEndpoints+1) + "]", field: "canary.endpoints", msg: "at most 1000 endpoints, got 1001"},
 	"exponential start 0":    {old: "start: 10", new: "start: 0", field: "exponential.start", msg: "must be within 1..100"},
 	"exponential start huge": {old: "start: 10", new: "start: 1e30", field: "exponential.start", msg: "must be a whole number, got `1e30`", apiJSON: `{"exponential":{"start":1e30}}`},
+	// canary.match, canary.sessionAffinity, mirror and matchOnly (issue 13).
+	"match header not a token":     {old: canaryEndpoints, new: canaryEndpoints + "\n  match: [{header: \"x canary\", exact: \"1\"}]", field: "canary.match[0].header", msg: "must be an HTTP token"},
+	"match two names":              {old: canaryEndpoints, new: canaryEndpoints + "\n  match: [{header: a, cookie: b, exact: \"1\"}]", field: "canary.match[0]", msg: "give exactly one of header, cookie and query"},
+	"match no comparison":          {old: canaryEndpoints, new: canaryEndpoints + "\n  match: [{header: a}]", field: "canary.match[0]", msg: "give exactly one of exact, prefix, regex, present: true and absent: true, got 0"},
+	"match two comparisons":        {old: canaryEndpoints, new: canaryEndpoints + "\n  match: [{header: a, exact: x, present: true}]", field: "canary.match[0]", msg: "got 2"},
+	"match regex unbalanced":       {old: canaryEndpoints, new: canaryEndpoints + "\n  match: [{header: a, regex: \"([a-z\"}]", field: "canary.match[0].regex", msg: "does not compile as RE2"},
+	"match regex backreference":    {old: canaryEndpoints, new: canaryEndpoints + "\n  match: [{cookie: a, regex: '(a)\\1'}]", field: "canary.match[0].regex", msg: "does not compile as RE2"},
+	"match regex lookahead":        {old: canaryEndpoints, new: canaryEndpoints + "\n  match: [{header: a, regex: 'a(?=b)'}]", field: "canary.match[0].regex", msg: "does not compile as RE2"},
+	"match regex too big":          {old: canaryEndpoints, new: canaryEndpoints + "\n  match: [{header: a, regex: 'a{200}'}]", field: "canary.match[0].regex", msg: "Envoy refuses large regexes"},
+	"match cookie value semicolon": {old: canaryEndpoints, new: canaryEndpoints + "\n  match: [{cookie: t, exact: \"a;b\"}]", field: "canary.match[0].exact", msg: "a cookie value cannot hold"},
+	"match header value newline":   {old: canaryEndpoints, new: canaryEndpoints + "\n  match: [{header: t, exact: \"a\\nb\"}]", field: "canary.match[0].exact", msg: "must be printable ASCII"},
+	"match query name":             {old: canaryEndpoints, new: canaryEndpoints + "\n  match: [{query: \"a&b\", present: true}]", field: "canary.match[0].query", msg: "query parameter name"},
+	"match on the stable":          {old: `endpoints: ["127.0.0.1:8081"]`, new: `endpoints: ["127.0.0.1:8081"]` + "\n  match: [{header: a, present: true}]", field: "stable.match", msg: "only the canary takes match rules"},
+	"affinity cookie name":         {old: canaryEndpoints, new: canaryEndpoints + "\n  sessionAffinity: {cookieName: \"a=b\", maxAge: 1h}", field: "canary.sessionAffinity.cookieName", msg: "must be an HTTP token"},
+	"affinity no cookie name":      {old: canaryEndpoints, new: canaryEndpoints + "\n  sessionAffinity: {maxAge: 1h}", field: "canary.sessionAffinity.cookieName", msg: "must not be empty"},
+	"affinity max-age 0":           {old: canaryEndpoints, new: canaryEndpoints + "\n  sessionAffinity: {cookieName: c, maxAge: 0s}", field: "canary.sessionAffinity.maxAge", msg: "must be whole seconds within 1s..9600h0m0s (what browsers keep), got 0s"},
+	"affinity max-age 500 days":    {old: canaryEndpoints, new: canaryEndpoints + "\n  sessionAffinity: {cookieName: c, maxAge: 12000h}", field: "canary.sessionAffinity.maxAge", msg: "got 12000h0m0s"},
+	"affinity max-age fraction":    {old: canaryEndpoints, new: canaryEndpoints + "\n  sessionAffinity: {cookieName: c, maxAge: 1500ms}", field: "canary.sessionAffinity.maxAge", msg: "got 1.5s"},
+	"affinity on the stable":       {old: `endpoints: ["127.0.0.1:8081"]`, new: `endpoints: ["127.0.0.1:8081"]` + "\n  sessionAffinity: {cookieName: c, maxAge: 1h}", field: "stable.sessionAffinity", msg: "only the canary"},
+	"affinity with a mirror step": {old: canaryToSchedule, new: canaryEndpoints + "\n  sessionAffinity: {cookieName: c, maxAge: 1h}\nsteps: [{mirror: 50, hold: 1s}, {weight: 100}]",
+		field: "canary.sessionAffinity", msg: "cannot be combined with a mirror step (steps[0].mirror)"},
+	"mirror with a weight":    {old: schedule, new: "steps: [{weight: 10, mirror: 50, hold: 1s}, {weight: 100}]", field: "steps[0].mirror", msg: "a mirror step sends no user traffic to the canary: give weight 0 or leave it out, got weight 10"},
+	"mirror 150":              {old: schedule, new: "steps: [{mirror: 150, hold: 1s}, {weight: 100}]", field: "steps[0].mirror", msg: "must be a percentage within 1..100, got 150"},
+	"mirror negative":         {old: schedule, new: "steps: [{mirror: -5, hold: 1s}, {weight: 100}]", field: "steps[0].mirror", msg: "got -5"},
+	"mirror on a pause":       {old: schedule, new: "steps: [{pause: {}, mirror: 20}, {weight: 100}]", field: "steps[0].mirror", msg: "a pause step mirrors nothing"},
+	"matchOnly without match": {old: schedule, new: "steps: [{matchOnly: {}, hold: 1s}, {weight: 100}]", field: "steps[0].matchOnly", msg: "needs canary.match"},
+	"matchOnly with a weight": {old: canaryToSchedule, new: canaryEndpoints + "\n  match: [{header: a, present: true}]\nsteps: [{matchOnly: {}, weight: 5, hold: 1s}, {weight: 100}]",
+		field: "steps[0].matchOnly", msg: "give weight 0 or leave it out, got weight 5"},
 }
+
+// Lines of hardenBase the traffic-policy cases extend.
+const (
+	canaryEndpoints  = `endpoints: ["127.0.0.1:8082"]`
+	schedule         = "exponential: {start: 10, factor: 2, every: 30s}"
+	canaryToSchedule = canaryEndpoints + `
+outlierDetection:
+  consecutive5xx: 3
+  interval: 1s
+  baseEjectionTime: 10s
+  maxEjectionPercent: 100
+` + schedule
+)
 
 func manyEndpoints(n int) string {
 	es := make([]string, n)
@@ -217,8 +258,27 @@ func translateProblem(p policy.Plan) error {
 			weights = append(weights, *s.Weight)
 		}
 	}
+	// Every step as the engine publishes it, with its traffic policy
+	// (canary.match, mirror, affinity), then the plain weights.
+	wp := p.WithDefaults()
+	var services []policy.ServiceState
+	for i, s := range wp.Schedule() {
+		st := policy.State{Phase: policy.PhaseProgressing, StepIndex: i, CanaryPublished: true, StablePublished: true, Created: time.Unix(1700000000, 0)}
+		if s.Pause != nil {
+			st.Phase = policy.PhasePaused
+		} else {
+			st.Weight = *s.Weight
+		}
+		ss := policy.ServiceStateFor(p, st.Weight)
+		policy.TrafficFor(wp, wp.Schedule(), st).Apply(&ss)
+		services = append(services, ss)
+	}
 	for _, w := range weights {
-		res, err := xds.Translate(policy.DesiredState{Services: []policy.ServiceState{policy.ServiceStateFor(p, w)}})
+		services = append(services, policy.ServiceStateFor(p, w))
+	}
+	for _, ss := range services {
+		w := ss.CanaryWeight
+		res, err := xds.Translate(policy.DesiredState{Services: []policy.ServiceState{ss}})
 		if err != nil {
 			return fmt.Errorf("plan %q at weight %d validates but does not translate: %v", p.Name, w, err)
 		}

@@ -21,7 +21,9 @@ import (
 //	PROGRESSING  the step's weight is published; its hold counts while the
 //	             fleet has ACKed everything, the signal is CLEAR (for
 //	             stableFor after it was bad) and the canary is seen serving
-//	             requests. Hold done and minRequests seen → next step (PAUSED
+//	             requests (weighted, matched by canary.match or mirrored; a
+//	             weight-0 step without either asks for none). Hold done and
+//	             minRequests seen → next step (PAUSED
 //	             at a gate), or PROMOTING after the last one. Signal FIRING or
 //	             STALE, a NACK, no requests → HOLDING.
 //	HOLDING      nothing moves. Clear again, converged and serving →
@@ -151,8 +153,15 @@ func Decide(plan Plan, steps []Step, st State, tm Timers, in Input) (Result, err
 	m.res.State = st
 	m.res.Timers = tm
 	m.res.Timers.Counted = copyCounted(tm.Counted)
+	before := TrafficFor(plan, steps, st).key()
 	if err := m.run(); err != nil {
 		return Result{}, err
+	}
+	// Match, mirror and affinity routes come and go with the phase and
+	// step, not only with the weight (a mirror step and the rollback after
+	// it are both weight 0).
+	if TrafficFor(plan, steps, m.res.State).key() != before {
+		m.republish()
 	}
 	return m.res, nil
 }
@@ -319,7 +328,7 @@ func (m *machine) tick() {
 		m.progress(prev)
 	case PhasePaused:
 		// Pausing stops the schedule, not the safety net.
-		if st.Weight > 0 && st.CanaryPublished {
+		if m.canaryServes() && st.CanaryPublished {
 			m.countTraffic()
 			m.maybeRollback()
 		}
@@ -387,7 +396,7 @@ func (m *machine) progress(prev time.Time) {
 	if st.HoldCounted < step.Hold.D() {
 		return
 	}
-	if need := m.plan.Analysis.MinRequestsValue(); st.Weight > 0 && st.StepRequests < float64(need) {
+	if need := m.plan.Analysis.MinRequestsValue(); m.canaryServes() && st.StepRequests < float64(need) {
 		// Requests are arriving (blocked() holds the rollout when none
 		// do): this is waiting for the count, not a hold.
 		m.reason(fmt.Sprintf("hold done; %g of %d canary requests seen in this step (analysis.minRequests)", st.StepRequests, need))
@@ -426,7 +435,7 @@ func (m *machine) blocked() (blocked, hold bool, why string) {
 	}
 	// No evidence is not clearance: a hold counts only while requests are
 	// seen reaching the canary.
-	if st.Weight > 0 && a.MinRequestsValue() > 0 {
+	if m.canaryServes() && a.MinRequestsValue() > 0 {
 		window := a.StaleAfter.D()
 		if tm.LastTraffic.IsZero() || m.now.Sub(tm.LastTraffic) > window {
 			return true, true, fmt.Sprintf("no requests reached %s in the last %s", m.plan.Canary.Cluster, window)
@@ -487,7 +496,7 @@ func (m *machine) countTraffic() {
 		if s.At.After(tm.LastTraffic) {
 			tm.LastTraffic = s.At
 		}
-		if !s.From.Before(tm.StepStart) && st.Weight > 0 {
+		if !s.From.Before(tm.StepStart) && m.canaryServes() {
 			st.StepRequests += s.Requests
 			m.res.Dirty = true
 		}
@@ -506,6 +515,13 @@ func (m *machine) maybeRollback() bool {
 	m.transition(PhaseRollingBack, fmt.Sprintf("signal firing for %s (rollbackAfter %s): %s",
 		m.now.Sub(tm.FiringSince).Round(time.Millisecond), after, tm.Signal.Reason))
 	return true
+}
+
+// canaryServes reports whether the canary is sent requests now: a weight
+// above 0, or matched or mirrored requests (traffic.go). Only then is
+// evidence of traffic asked for and counted.
+func (m *machine) canaryServes() bool {
+	return m.st().Weight > 0 || TrafficFor(m.plan, m.steps, *m.st()).canaryServes()
 }
 
 // enterStep applies the current step: a gate or a weight.

@@ -38,9 +38,38 @@ type Listener struct {
 }
 
 // Backend is one version of the service: an Envoy cluster and its hosts.
+// Match and SessionAffinity are the canary's traffic policy (traffic.go);
+// the stable takes neither.
 type Backend struct {
 	Cluster   string   `yaml:"cluster" json:"cluster"`
 	Endpoints []string `yaml:"endpoints" json:"endpoints"`
+	// Match lists requests that always go to the canary while the rollout
+	// runs (testers, A/B): a request matching any entry reaches v2.
+	Match []Match `yaml:"match,omitempty" json:"match,omitempty"`
+	// SessionAffinity keeps a user who got the canary on it (a cookie).
+	SessionAffinity *SessionAffinity `yaml:"sessionAffinity,omitempty" json:"sessionAffinity,omitempty"`
+}
+
+// Match is one request matcher of canary.match: exactly one of Header,
+// Cookie and Query names what is looked at, and exactly one of Exact,
+// Prefix, Regex (RE2), Present and Absent says how.
+type Match struct {
+	Header  string `yaml:"header,omitempty" json:"header,omitempty"`
+	Cookie  string `yaml:"cookie,omitempty" json:"cookie,omitempty"`
+	Query   string `yaml:"query,omitempty" json:"query,omitempty"`
+	Exact   string `yaml:"exact,omitempty" json:"exact,omitempty"`
+	Prefix  string `yaml:"prefix,omitempty" json:"prefix,omitempty"`
+	Regex   string `yaml:"regex,omitempty" json:"regex,omitempty"`
+	Present bool   `yaml:"present,omitempty" json:"present,omitempty"`
+	Absent  bool   `yaml:"absent,omitempty" json:"absent,omitempty"`
+}
+
+// SessionAffinity is Flagger's sessionAffinity: responses the canary
+// serves through the weighted route set CookieName (kept MaxAge), and
+// requests carrying it go to the canary until the rollout ends.
+type SessionAffinity struct {
+	CookieName string   `yaml:"cookieName" json:"cookieName"`
+	MaxAge     Duration `yaml:"maxAge" json:"maxAge"`
 }
 
 // OutlierDetection is Envoy's outlier detection on the canary cluster.
@@ -56,7 +85,18 @@ type Step struct {
 	Weight *int     `yaml:"weight,omitempty" json:"weight,omitempty"`
 	Hold   Duration `yaml:"hold,omitempty" json:"hold,omitempty"`
 	Pause  *Pause   `yaml:"pause,omitempty" json:"pause,omitempty"`
+	// Mirror is the percentage (1..100) of the stable's requests Envoy
+	// copies to the canary, whose answers it discards. Only at weight 0
+	// (the weight may be left out): a mirror step moves no user.
+	Mirror int `yaml:"mirror,omitempty" json:"mirror,omitempty"`
+	// MatchOnly is a weight-0 step where only requests matching
+	// canary.match reach the canary (Argo's setHeaderRoute).
+	MatchOnly *MatchOnly `yaml:"matchOnly,omitempty" json:"matchOnly,omitempty"`
 }
+
+// MatchOnly marks a step that sends only canary.match requests to the
+// canary. It has no fields.
+type MatchOnly struct{}
 
 // Pause is a manual gate: the rollout waits for promote or resume.
 type Pause struct{}
@@ -180,6 +220,18 @@ func (p Plan) WithDefaults() Plan {
 	if a.MaxErrorRate == nil {
 		r := DefaultMaxErrorRate
 		a.MaxErrorRate = &r
+	}
+	// A mirror or matchOnly step may leave its weight out: it is 0.
+	// The steps are copied first: p shares its slice with the caller's plan.
+	copied := false
+	for i, s := range p.Steps {
+		if s.Weight == nil && s.Pause == nil && (s.Mirror != 0 || s.MatchOnly != nil) {
+			if !copied {
+				p.Steps, copied = append([]Step(nil), p.Steps...), true
+			}
+			zero := 0
+			p.Steps[i].Weight = &zero
+		}
 	}
 	return p
 }

@@ -110,6 +110,7 @@ func (p Plan) Validate(opts ValidateOptions) Problems {
 	}
 	c.backend("stable", p.Stable)
 	c.backend("canary", p.Canary)
+	c.traffic(p) // traffic_validate.go
 	if p.Stable.Cluster != "" && p.Stable.Cluster == p.Canary.Cluster {
 		c.add("canary.cluster", "must differ from stable.cluster, both are %q", p.Canary.Cluster)
 	}
@@ -199,6 +200,11 @@ func (c *checker) schedule(p Plan) {
 	last, lastWeight := -1, -1
 	for i, s := range p.Steps {
 		f := fmt.Sprintf("steps[%d]", i)
+		if s.Weight == nil && s.Pause == nil && (s.Mirror != 0 || s.MatchOnly != nil) {
+			zero := 0
+			s.Weight = &zero // a mirror or matchOnly step's weight is 0
+		}
+		c.stepTraffic(p, f, s)
 		switch {
 		case s.Weight != nil && s.Pause != nil:
 			c.add(f, "give either weight or pause, not both")

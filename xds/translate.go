@@ -19,6 +19,7 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -206,34 +207,55 @@ func listener(name, addr string) (*listenerv3.Listener, error) {
 }
 
 func virtualHost(s model.Service) *routev3.VirtualHost {
-	action := &routev3.RouteAction{
-		// Connection failures and refused streams never reached the
-		// backend, so retrying them is safe for any method.
-		RetryPolicy: &routev3.RetryPolicy{
-			RetryOn:    "connect-failure,refused-stream",
-			NumRetries: wrapperspb.UInt32(2),
-		},
-	}
+	action := routeAction()
 	switch {
 	case !s.CanaryPublished:
 		action.ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: s.Stable.Cluster}
 	case !s.StablePublished:
 		action.ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: s.Canary.Cluster}
 	default:
+		canary := &routev3.WeightedCluster_ClusterWeight{Name: s.Canary.Cluster, Weight: wrapperspb.UInt32(uint32(s.CanaryWeight))}
+		if a := s.Affinity; a != nil {
+			canary.ResponseHeadersToAdd = []*corev3.HeaderValueOption{affinityCookie(a)}
+		}
 		action.ClusterSpecifier = &routev3.RouteAction_WeightedClusters{WeightedClusters: &routev3.WeightedCluster{
 			Clusters: []*routev3.WeightedCluster_ClusterWeight{
 				{Name: s.Stable.Cluster, Weight: wrapperspb.UInt32(uint32(100 - s.CanaryWeight))},
-				{Name: s.Canary.Cluster, Weight: wrapperspb.UInt32(uint32(s.CanaryWeight))},
+				canary,
 			},
 		}}
+		if s.Mirror > 0 {
+			action.RequestMirrorPolicies = []*routev3.RouteAction_RequestMirrorPolicy{{
+				Cluster: s.Canary.Cluster,
+				RuntimeFraction: &corev3.RuntimeFractionalPercent{DefaultValue: &typev3.FractionalPercent{
+					Numerator: uint32(s.Mirror), Denominator: typev3.FractionalPercent_HUNDRED,
+				}},
+			}}
+		}
 	}
+	// Routes to the canary come first: Envoy takes the first route that
+	// matches, so matched requests and cookie holders never reach the split.
+	routes := trafficRoutes(s) // traffic.go
+	routes = append(routes, &routev3.Route{
+		Name:   s.Name,
+		Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: s.Listener.PathPrefix}},
+		Action: &routev3.Route_Route{Route: action},
+	})
 	return &routev3.VirtualHost{
 		Name:    s.Name,
 		Domains: append([]string(nil), s.Listener.Domains...),
-		Routes: []*routev3.Route{{
-			Name:   s.Name,
-			Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: s.Listener.PathPrefix}},
-			Action: &routev3.Route_Route{Route: action},
-		}},
+		Routes:  routes,
+	}
+}
+
+// routeAction is a route's action before its cluster is chosen.
+func routeAction() *routev3.RouteAction {
+	return &routev3.RouteAction{
+		// Connection failures and refused streams never reached the
+		// backend, so retrying them is safe for any method.
+		RetryPolicy: &routev3.RetryPolicy{
+			RetryOn:    "connect-failure,refused-stream",
+			NumRetries: wrapperspb.UInt32(2),
+		},
 	}
 }

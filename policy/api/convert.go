@@ -62,8 +62,8 @@ func (c *converter) plan(pb *shiftplanev1.Plan) policy.Plan {
 			PathPrefix:  pb.GetListener().GetPathPrefix(),
 			GRPCTargets: pb.GetListener().GetGrpcTargets(),
 		},
-		Stable: policy.Backend{Cluster: pb.GetStable().GetCluster(), Endpoints: pb.GetStable().GetEndpoints()},
-		Canary: policy.Backend{Cluster: pb.GetCanary().GetCluster(), Endpoints: pb.GetCanary().GetEndpoints()},
+		Stable: c.backend("stable", pb.GetStable()),
+		Canary: c.backend("canary", pb.GetCanary()),
 	}
 	if od := pb.GetOutlierDetection(); od != nil {
 		p.OutlierDetection = &policy.OutlierDetection{
@@ -82,6 +82,10 @@ func (c *converter) plan(pb *shiftplanev1.Plan) policy.Plan {
 			st.Weight = &w
 		case *shiftplanev1.Step_Pause:
 			st.Pause = &policy.Pause{}
+		}
+		st.Mirror = int(s.GetMirror())
+		if s.GetMatchOnly() != nil {
+			st.MatchOnly = &policy.MatchOnly{}
 		}
 		st.Hold = c.duration(f+".hold", s.GetHold())
 		p.Steps = append(p.Steps, st)
@@ -168,8 +172,8 @@ func PlanToProto(p policy.Plan) *shiftplanev1.Plan {
 			PathPrefix:  p.Listener.PathPrefix,
 			GrpcTargets: p.Listener.GRPCTargets,
 		},
-		Stable: &shiftplanev1.Backend{Cluster: p.Stable.Cluster, Endpoints: p.Stable.Endpoints},
-		Canary: &shiftplanev1.Backend{Cluster: p.Canary.Cluster, Endpoints: p.Canary.Endpoints},
+		Stable: backendProto(p.Stable),
+		Canary: backendProto(p.Canary),
 	}
 	if od := p.OutlierDetection; od != nil {
 		pb.OutlierDetection = &shiftplanev1.OutlierDetection{
@@ -186,6 +190,10 @@ func PlanToProto(p policy.Plan) *shiftplanev1.Plan {
 			ps.Kind = &shiftplanev1.Step_Weight{Weight: int32(*s.Weight)}
 		case s.Pause != nil:
 			ps.Kind = &shiftplanev1.Step_Pause{Pause: &shiftplanev1.Pause{}}
+		}
+		ps.Mirror = int32(s.Mirror)
+		if s.MatchOnly != nil {
+			ps.MatchOnly = &shiftplanev1.MatchOnly{}
 		}
 		pb.Steps = append(pb.Steps, ps)
 	}
@@ -355,4 +363,30 @@ func optInt32(v *int) *int32 {
 	}
 	x := int32(*v)
 	return &x
+}
+
+// backend converts a backend and its traffic policy (canary.match,
+// canary.sessionAffinity).
+func (c *converter) backend(field string, pb *shiftplanev1.Backend) policy.Backend {
+	b := policy.Backend{Cluster: pb.GetCluster(), Endpoints: pb.GetEndpoints()}
+	for _, m := range pb.GetMatch() {
+		b.Match = append(b.Match, policy.Match{Header: m.GetHeader(), Cookie: m.GetCookie(), Query: m.GetQuery(),
+			Exact: m.GetExact(), Prefix: m.GetPrefix(), Regex: m.GetRegex(), Present: m.GetPresent(), Absent: m.GetAbsent()})
+	}
+	if a := pb.GetSessionAffinity(); a != nil {
+		b.SessionAffinity = &policy.SessionAffinity{CookieName: a.GetCookieName(), MaxAge: c.duration(field+".sessionAffinity.maxAge", a.GetMaxAge())}
+	}
+	return b
+}
+
+func backendProto(b policy.Backend) *shiftplanev1.Backend {
+	pb := &shiftplanev1.Backend{Cluster: b.Cluster, Endpoints: b.Endpoints}
+	for _, m := range b.Match {
+		pb.Match = append(pb.Match, &shiftplanev1.Match{Header: m.Header, Cookie: m.Cookie, Query: m.Query,
+			Exact: m.Exact, Prefix: m.Prefix, Regex: m.Regex, Present: m.Present, Absent: m.Absent})
+	}
+	if a := b.SessionAffinity; a != nil {
+		pb.SessionAffinity = &shiftplanev1.SessionAffinity{CookieName: a.CookieName, MaxAge: durationProto(a.MaxAge)}
+	}
+	return pb
 }

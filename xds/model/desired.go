@@ -36,6 +36,14 @@ type Service struct {
 	// StablePublished is false once the stable cluster has drained after
 	// promotion and is withdrawn.
 	StablePublished bool `yaml:"stablePublished" json:"stablePublished"`
+	// Match: requests matching any entry go to the canary, on routes before
+	// the weighted one (traffic.go).
+	Match []Match `yaml:"match,omitempty" json:"match,omitempty"`
+	// Mirror is the percentage of the weighted route's requests copied to
+	// the canary (answers discarded); only at CanaryWeight 0.
+	Mirror int `yaml:"mirror,omitempty" json:"mirror,omitempty"`
+	// Affinity, when set, keeps users who got the canary on it.
+	Affinity *Affinity `yaml:"affinity,omitempty" json:"affinity,omitempty"`
 }
 
 // Listener is where Envoy accepts the service's traffic.
@@ -200,6 +208,7 @@ func (s State) Validate() error {
 				}
 			}
 		}
+		validateTraffic(svc, func(field, format string, args ...any) { bad(n, field, format, args...) })
 		if svc.CanaryPublished {
 			o := svc.Outlier
 			if o.Interval <= 0 || o.BaseEjectionTime <= 0 || o.MaxEjectionPercent > 100 {

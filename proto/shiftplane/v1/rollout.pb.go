@@ -425,9 +425,14 @@ type Backend struct {
 	// Envoy cluster name (no dots).
 	Cluster string `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
 	// host:port of each endpoint.
-	Endpoints     []string `protobuf:"bytes,2,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Endpoints []string `protobuf:"bytes,2,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
+	// Requests matching any entry always go to the canary while the rollout
+	// runs (canary only).
+	Match []*Match `protobuf:"bytes,3,rep,name=match,proto3" json:"match,omitempty"`
+	// Keeps a user who got the canary on it, by a cookie (canary only).
+	SessionAffinity *SessionAffinity `protobuf:"bytes,4,opt,name=session_affinity,json=sessionAffinity,proto3" json:"session_affinity,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Backend) Reset() {
@@ -474,6 +479,177 @@ func (x *Backend) GetEndpoints() []string {
 	return nil
 }
 
+func (x *Backend) GetMatch() []*Match {
+	if x != nil {
+		return x.Match
+	}
+	return nil
+}
+
+func (x *Backend) GetSessionAffinity() *SessionAffinity {
+	if x != nil {
+		return x.SessionAffinity
+	}
+	return nil
+}
+
+// Match is one request matcher of canary.match: exactly one of header,
+// cookie and query names what is looked at, exactly one of exact, prefix,
+// regex (RE2), present and absent says how.
+type Match struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        string                 `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Cookie        string                 `protobuf:"bytes,2,opt,name=cookie,proto3" json:"cookie,omitempty"`
+	Query         string                 `protobuf:"bytes,3,opt,name=query,proto3" json:"query,omitempty"`
+	Exact         string                 `protobuf:"bytes,4,opt,name=exact,proto3" json:"exact,omitempty"`
+	Prefix        string                 `protobuf:"bytes,5,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	Regex         string                 `protobuf:"bytes,6,opt,name=regex,proto3" json:"regex,omitempty"`
+	Present       bool                   `protobuf:"varint,7,opt,name=present,proto3" json:"present,omitempty"`
+	Absent        bool                   `protobuf:"varint,8,opt,name=absent,proto3" json:"absent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Match) Reset() {
+	*x = Match{}
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Match) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Match) ProtoMessage() {}
+
+func (x *Match) ProtoReflect() protoreflect.Message {
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Match.ProtoReflect.Descriptor instead.
+func (*Match) Descriptor() ([]byte, []int) {
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Match) GetHeader() string {
+	if x != nil {
+		return x.Header
+	}
+	return ""
+}
+
+func (x *Match) GetCookie() string {
+	if x != nil {
+		return x.Cookie
+	}
+	return ""
+}
+
+func (x *Match) GetQuery() string {
+	if x != nil {
+		return x.Query
+	}
+	return ""
+}
+
+func (x *Match) GetExact() string {
+	if x != nil {
+		return x.Exact
+	}
+	return ""
+}
+
+func (x *Match) GetPrefix() string {
+	if x != nil {
+		return x.Prefix
+	}
+	return ""
+}
+
+func (x *Match) GetRegex() string {
+	if x != nil {
+		return x.Regex
+	}
+	return ""
+}
+
+func (x *Match) GetPresent() bool {
+	if x != nil {
+		return x.Present
+	}
+	return false
+}
+
+func (x *Match) GetAbsent() bool {
+	if x != nil {
+		return x.Absent
+	}
+	return false
+}
+
+// SessionAffinity: the canary's answers set cookie_name (kept max_age), and
+// requests carrying it go to the canary until the rollout ends.
+type SessionAffinity struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	CookieName    string                 `protobuf:"bytes,1,opt,name=cookie_name,json=cookieName,proto3" json:"cookie_name,omitempty"`
+	MaxAge        *durationpb.Duration   `protobuf:"bytes,2,opt,name=max_age,json=maxAge,proto3" json:"max_age,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SessionAffinity) Reset() {
+	*x = SessionAffinity{}
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SessionAffinity) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SessionAffinity) ProtoMessage() {}
+
+func (x *SessionAffinity) ProtoReflect() protoreflect.Message {
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SessionAffinity.ProtoReflect.Descriptor instead.
+func (*SessionAffinity) Descriptor() ([]byte, []int) {
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *SessionAffinity) GetCookieName() string {
+	if x != nil {
+		return x.CookieName
+	}
+	return ""
+}
+
+func (x *SessionAffinity) GetMaxAge() *durationpb.Duration {
+	if x != nil {
+		return x.MaxAge
+	}
+	return nil
+}
+
 // OutlierDetection configures Envoy's outlier detection on the canary
 // cluster; its ejections are what fires the signal.
 type OutlierDetection struct {
@@ -488,7 +664,7 @@ type OutlierDetection struct {
 
 func (x *OutlierDetection) Reset() {
 	*x = OutlierDetection{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[3]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -500,7 +676,7 @@ func (x *OutlierDetection) String() string {
 func (*OutlierDetection) ProtoMessage() {}
 
 func (x *OutlierDetection) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[3]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -513,7 +689,7 @@ func (x *OutlierDetection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutlierDetection.ProtoReflect.Descriptor instead.
 func (*OutlierDetection) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{3}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *OutlierDetection) GetConsecutive_5Xx() uint32 {
@@ -555,14 +731,20 @@ type Step struct {
 	Kind isStep_Kind `protobuf_oneof:"kind"`
 	// How long the weight must be held with the signal clear before the next
 	// step. Only for a weight step.
-	Hold          *durationpb.Duration `protobuf:"bytes,3,opt,name=hold,proto3" json:"hold,omitempty"`
+	Hold *durationpb.Duration `protobuf:"bytes,3,opt,name=hold,proto3" json:"hold,omitempty"`
+	// Percentage (1..100) of the stable's requests copied to the canary,
+	// whose answers are discarded; only at weight 0 (weight may be unset).
+	Mirror int32 `protobuf:"varint,4,opt,name=mirror,proto3" json:"mirror,omitempty"`
+	// Only requests matching canary.match reach the canary; weight 0 (weight
+	// may be unset).
+	MatchOnly     *MatchOnly `protobuf:"bytes,5,opt,name=match_only,json=matchOnly,proto3" json:"match_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Step) Reset() {
 	*x = Step{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[4]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -574,7 +756,7 @@ func (x *Step) String() string {
 func (*Step) ProtoMessage() {}
 
 func (x *Step) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[4]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -587,7 +769,7 @@ func (x *Step) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Step.ProtoReflect.Descriptor instead.
 func (*Step) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{4}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Step) GetKind() isStep_Kind {
@@ -622,6 +804,20 @@ func (x *Step) GetHold() *durationpb.Duration {
 	return nil
 }
 
+func (x *Step) GetMirror() int32 {
+	if x != nil {
+		return x.Mirror
+	}
+	return 0
+}
+
+func (x *Step) GetMatchOnly() *MatchOnly {
+	if x != nil {
+		return x.MatchOnly
+	}
+	return nil
+}
+
 type isStep_Kind interface {
 	isStep_Kind()
 }
@@ -640,6 +836,44 @@ func (*Step_Weight) isStep_Kind() {}
 
 func (*Step_Pause) isStep_Kind() {}
 
+// MatchOnly marks a step that sends only canary.match requests to the
+// canary. It has no fields.
+type MatchOnly struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MatchOnly) Reset() {
+	*x = MatchOnly{}
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MatchOnly) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MatchOnly) ProtoMessage() {}
+
+func (x *MatchOnly) ProtoReflect() protoreflect.Message {
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MatchOnly.ProtoReflect.Descriptor instead.
+func (*MatchOnly) Descriptor() ([]byte, []int) {
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{7}
+}
+
 // Pause is a manual gate step. It has no fields.
 type Pause struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -649,7 +883,7 @@ type Pause struct {
 
 func (x *Pause) Reset() {
 	*x = Pause{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[5]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -661,7 +895,7 @@ func (x *Pause) String() string {
 func (*Pause) ProtoMessage() {}
 
 func (x *Pause) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[5]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -674,7 +908,7 @@ func (x *Pause) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pause.ProtoReflect.Descriptor instead.
 func (*Pause) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{5}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{8}
 }
 
 // Linear generates the steps step, 2*step, ... up to 100, each held for
@@ -689,7 +923,7 @@ type Linear struct {
 
 func (x *Linear) Reset() {
 	*x = Linear{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[6]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -701,7 +935,7 @@ func (x *Linear) String() string {
 func (*Linear) ProtoMessage() {}
 
 func (x *Linear) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[6]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -714,7 +948,7 @@ func (x *Linear) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Linear.ProtoReflect.Descriptor instead.
 func (*Linear) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{6}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Linear) GetStep() int32 {
@@ -744,7 +978,7 @@ type Exponential struct {
 
 func (x *Exponential) Reset() {
 	*x = Exponential{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[7]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -756,7 +990,7 @@ func (x *Exponential) String() string {
 func (*Exponential) ProtoMessage() {}
 
 func (x *Exponential) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[7]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -769,7 +1003,7 @@ func (x *Exponential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Exponential.ProtoReflect.Descriptor instead.
 func (*Exponential) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{7}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Exponential) GetStart() int32 {
@@ -819,7 +1053,7 @@ type Analysis struct {
 
 func (x *Analysis) Reset() {
 	*x = Analysis{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[8]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -831,7 +1065,7 @@ func (x *Analysis) String() string {
 func (*Analysis) ProtoMessage() {}
 
 func (x *Analysis) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[8]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -844,7 +1078,7 @@ func (x *Analysis) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Analysis.ProtoReflect.Descriptor instead.
 func (*Analysis) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{8}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Analysis) GetStableFor() *durationpb.Duration {
@@ -903,7 +1137,7 @@ type Hooks struct {
 
 func (x *Hooks) Reset() {
 	*x = Hooks{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[9]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -915,7 +1149,7 @@ func (x *Hooks) String() string {
 func (*Hooks) ProtoMessage() {}
 
 func (x *Hooks) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[9]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -928,7 +1162,7 @@ func (x *Hooks) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hooks.ProtoReflect.Descriptor instead.
 func (*Hooks) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{9}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Hooks) GetBeforeShift() []*Hook {
@@ -968,7 +1202,7 @@ type Hook struct {
 
 func (x *Hook) Reset() {
 	*x = Hook{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[10]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -980,7 +1214,7 @@ func (x *Hook) String() string {
 func (*Hook) ProtoMessage() {}
 
 func (x *Hook) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[10]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -993,7 +1227,7 @@ func (x *Hook) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hook.ProtoReflect.Descriptor instead.
 func (*Hook) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{10}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Hook) GetAction() isHook_Action {
@@ -1072,7 +1306,7 @@ type ExecHook struct {
 
 func (x *ExecHook) Reset() {
 	*x = ExecHook{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[11]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1084,7 +1318,7 @@ func (x *ExecHook) String() string {
 func (*ExecHook) ProtoMessage() {}
 
 func (x *ExecHook) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[11]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1097,7 +1331,7 @@ func (x *ExecHook) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecHook.ProtoReflect.Descriptor instead.
 func (*ExecHook) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{11}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ExecHook) GetArgv() []string {
@@ -1120,7 +1354,7 @@ type WebhookHook struct {
 
 func (x *WebhookHook) Reset() {
 	*x = WebhookHook{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[12]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1132,7 +1366,7 @@ func (x *WebhookHook) String() string {
 func (*WebhookHook) ProtoMessage() {}
 
 func (x *WebhookHook) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[12]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1145,7 +1379,7 @@ func (x *WebhookHook) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WebhookHook.ProtoReflect.Descriptor instead.
 func (*WebhookHook) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{12}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *WebhookHook) GetUrl() string {
@@ -1176,7 +1410,7 @@ type Signal struct {
 
 func (x *Signal) Reset() {
 	*x = Signal{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[13]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1188,7 +1422,7 @@ func (x *Signal) String() string {
 func (*Signal) ProtoMessage() {}
 
 func (x *Signal) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[13]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1201,7 +1435,7 @@ func (x *Signal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Signal.ProtoReflect.Descriptor instead.
 func (*Signal) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{13}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Signal) GetState() SignalState {
@@ -1240,7 +1474,7 @@ type FleetStatus struct {
 
 func (x *FleetStatus) Reset() {
 	*x = FleetStatus{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[14]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1252,7 +1486,7 @@ func (x *FleetStatus) String() string {
 func (*FleetStatus) ProtoMessage() {}
 
 func (x *FleetStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[14]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1265,7 +1499,7 @@ func (x *FleetStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FleetStatus.ProtoReflect.Descriptor instead.
 func (*FleetStatus) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{14}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *FleetStatus) GetNodes() int32 {
@@ -1326,7 +1560,7 @@ type Rollout struct {
 
 func (x *Rollout) Reset() {
 	*x = Rollout{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[15]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1338,7 +1572,7 @@ func (x *Rollout) String() string {
 func (*Rollout) ProtoMessage() {}
 
 func (x *Rollout) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[15]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1351,7 +1585,7 @@ func (x *Rollout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rollout.ProtoReflect.Descriptor instead.
 func (*Rollout) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{15}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Rollout) GetName() string {
@@ -1502,7 +1736,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[16]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1514,7 +1748,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[16]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1527,7 +1761,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{16}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Event) GetTime() *timestamppb.Timestamp {
@@ -1606,7 +1840,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[17]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1618,7 +1852,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[17]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1631,7 +1865,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{17}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ApplyRequest) GetSource() isApplyRequest_Source {
@@ -1689,7 +1923,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[18]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1701,7 +1935,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[18]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1714,7 +1948,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{18}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ApplyResponse) GetRollout() *Rollout {
@@ -1747,7 +1981,7 @@ type GetRequest struct {
 
 func (x *GetRequest) Reset() {
 	*x = GetRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[19]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1759,7 +1993,7 @@ func (x *GetRequest) String() string {
 func (*GetRequest) ProtoMessage() {}
 
 func (x *GetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[19]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1772,7 +2006,7 @@ func (x *GetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequest.ProtoReflect.Descriptor instead.
 func (*GetRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{19}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetRequest) GetName() string {
@@ -1791,7 +2025,7 @@ type GetResponse struct {
 
 func (x *GetResponse) Reset() {
 	*x = GetResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[20]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1803,7 +2037,7 @@ func (x *GetResponse) String() string {
 func (*GetResponse) ProtoMessage() {}
 
 func (x *GetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[20]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1816,7 +2050,7 @@ func (x *GetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResponse.ProtoReflect.Descriptor instead.
 func (*GetResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{20}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetResponse) GetRollout() *Rollout {
@@ -1834,7 +2068,7 @@ type ListRequest struct {
 
 func (x *ListRequest) Reset() {
 	*x = ListRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[21]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1846,7 +2080,7 @@ func (x *ListRequest) String() string {
 func (*ListRequest) ProtoMessage() {}
 
 func (x *ListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[21]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1859,7 +2093,7 @@ func (x *ListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequest.ProtoReflect.Descriptor instead.
 func (*ListRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{21}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{24}
 }
 
 type ListResponse struct {
@@ -1871,7 +2105,7 @@ type ListResponse struct {
 
 func (x *ListResponse) Reset() {
 	*x = ListResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[22]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1883,7 +2117,7 @@ func (x *ListResponse) String() string {
 func (*ListResponse) ProtoMessage() {}
 
 func (x *ListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[22]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1896,7 +2130,7 @@ func (x *ListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse.ProtoReflect.Descriptor instead.
 func (*ListResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{22}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListResponse) GetRollouts() []*Rollout {
@@ -1915,7 +2149,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[23]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1927,7 +2161,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[23]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1940,7 +2174,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{23}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *WatchRequest) GetName() string {
@@ -1964,7 +2198,7 @@ type WatchResponse struct {
 
 func (x *WatchResponse) Reset() {
 	*x = WatchResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[24]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1976,7 +2210,7 @@ func (x *WatchResponse) String() string {
 func (*WatchResponse) ProtoMessage() {}
 
 func (x *WatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[24]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1989,7 +2223,7 @@ func (x *WatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchResponse.ProtoReflect.Descriptor instead.
 func (*WatchResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{24}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *WatchResponse) GetKind() isWatchResponse_Kind {
@@ -2047,7 +2281,7 @@ type PauseRequest struct {
 
 func (x *PauseRequest) Reset() {
 	*x = PauseRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[25]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2059,7 +2293,7 @@ func (x *PauseRequest) String() string {
 func (*PauseRequest) ProtoMessage() {}
 
 func (x *PauseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[25]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2072,7 +2306,7 @@ func (x *PauseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseRequest.ProtoReflect.Descriptor instead.
 func (*PauseRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{25}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *PauseRequest) GetName() string {
@@ -2098,7 +2332,7 @@ type PauseResponse struct {
 
 func (x *PauseResponse) Reset() {
 	*x = PauseResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[26]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2110,7 +2344,7 @@ func (x *PauseResponse) String() string {
 func (*PauseResponse) ProtoMessage() {}
 
 func (x *PauseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[26]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2123,7 +2357,7 @@ func (x *PauseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseResponse.ProtoReflect.Descriptor instead.
 func (*PauseResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{26}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *PauseResponse) GetRollout() *Rollout {
@@ -2145,7 +2379,7 @@ type ResumeRequest struct {
 
 func (x *ResumeRequest) Reset() {
 	*x = ResumeRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[27]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2157,7 +2391,7 @@ func (x *ResumeRequest) String() string {
 func (*ResumeRequest) ProtoMessage() {}
 
 func (x *ResumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[27]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2170,7 +2404,7 @@ func (x *ResumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeRequest.ProtoReflect.Descriptor instead.
 func (*ResumeRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{27}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ResumeRequest) GetName() string {
@@ -2196,7 +2430,7 @@ type ResumeResponse struct {
 
 func (x *ResumeResponse) Reset() {
 	*x = ResumeResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[28]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2208,7 +2442,7 @@ func (x *ResumeResponse) String() string {
 func (*ResumeResponse) ProtoMessage() {}
 
 func (x *ResumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[28]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2221,7 +2455,7 @@ func (x *ResumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeResponse.ProtoReflect.Descriptor instead.
 func (*ResumeResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{28}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ResumeResponse) GetRollout() *Rollout {
@@ -2243,7 +2477,7 @@ type PromoteRequest struct {
 
 func (x *PromoteRequest) Reset() {
 	*x = PromoteRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[29]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2255,7 +2489,7 @@ func (x *PromoteRequest) String() string {
 func (*PromoteRequest) ProtoMessage() {}
 
 func (x *PromoteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[29]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2268,7 +2502,7 @@ func (x *PromoteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteRequest.ProtoReflect.Descriptor instead.
 func (*PromoteRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{29}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *PromoteRequest) GetName() string {
@@ -2294,7 +2528,7 @@ type PromoteResponse struct {
 
 func (x *PromoteResponse) Reset() {
 	*x = PromoteResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[30]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2306,7 +2540,7 @@ func (x *PromoteResponse) String() string {
 func (*PromoteResponse) ProtoMessage() {}
 
 func (x *PromoteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[30]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2319,7 +2553,7 @@ func (x *PromoteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteResponse.ProtoReflect.Descriptor instead.
 func (*PromoteResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{30}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *PromoteResponse) GetRollout() *Rollout {
@@ -2342,7 +2576,7 @@ type AbortRequest struct {
 
 func (x *AbortRequest) Reset() {
 	*x = AbortRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[31]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2354,7 +2588,7 @@ func (x *AbortRequest) String() string {
 func (*AbortRequest) ProtoMessage() {}
 
 func (x *AbortRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[31]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2367,7 +2601,7 @@ func (x *AbortRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortRequest.ProtoReflect.Descriptor instead.
 func (*AbortRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{31}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *AbortRequest) GetName() string {
@@ -2405,7 +2639,7 @@ type Expect struct {
 
 func (x *Expect) Reset() {
 	*x = Expect{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[32]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2417,7 +2651,7 @@ func (x *Expect) String() string {
 func (*Expect) ProtoMessage() {}
 
 func (x *Expect) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[32]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2430,7 +2664,7 @@ func (x *Expect) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Expect.ProtoReflect.Descriptor instead.
 func (*Expect) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{32}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Expect) GetPhase() Phase {
@@ -2456,7 +2690,7 @@ type AbortResponse struct {
 
 func (x *AbortResponse) Reset() {
 	*x = AbortResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[33]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2468,7 +2702,7 @@ func (x *AbortResponse) String() string {
 func (*AbortResponse) ProtoMessage() {}
 
 func (x *AbortResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[33]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2481,7 +2715,7 @@ func (x *AbortResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortResponse.ProtoReflect.Descriptor instead.
 func (*AbortResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{33}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *AbortResponse) GetRollout() *Rollout {
@@ -2500,7 +2734,7 @@ type RetryRequest struct {
 
 func (x *RetryRequest) Reset() {
 	*x = RetryRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[34]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2512,7 +2746,7 @@ func (x *RetryRequest) String() string {
 func (*RetryRequest) ProtoMessage() {}
 
 func (x *RetryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[34]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2525,7 +2759,7 @@ func (x *RetryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryRequest.ProtoReflect.Descriptor instead.
 func (*RetryRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{34}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *RetryRequest) GetName() string {
@@ -2544,7 +2778,7 @@ type RetryResponse struct {
 
 func (x *RetryResponse) Reset() {
 	*x = RetryResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[35]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2556,7 +2790,7 @@ func (x *RetryResponse) String() string {
 func (*RetryResponse) ProtoMessage() {}
 
 func (x *RetryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[35]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2569,7 +2803,7 @@ func (x *RetryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryResponse.ProtoReflect.Descriptor instead.
 func (*RetryResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{35}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RetryResponse) GetRollout() *Rollout {
@@ -2593,7 +2827,7 @@ type DeleteRequest struct {
 
 func (x *DeleteRequest) Reset() {
 	*x = DeleteRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[36]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2605,7 +2839,7 @@ func (x *DeleteRequest) String() string {
 func (*DeleteRequest) ProtoMessage() {}
 
 func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[36]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2618,7 +2852,7 @@ func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{36}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *DeleteRequest) GetName() string {
@@ -2652,7 +2886,7 @@ type DeleteResponse struct {
 
 func (x *DeleteResponse) Reset() {
 	*x = DeleteResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[37]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2664,7 +2898,7 @@ func (x *DeleteResponse) String() string {
 func (*DeleteResponse) ProtoMessage() {}
 
 func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[37]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2677,7 +2911,7 @@ func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteResponse.ProtoReflect.Descriptor instead.
 func (*DeleteResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{37}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *DeleteResponse) GetEffect() string {
@@ -2698,7 +2932,7 @@ type HistoryRequest struct {
 
 func (x *HistoryRequest) Reset() {
 	*x = HistoryRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[38]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2710,7 +2944,7 @@ func (x *HistoryRequest) String() string {
 func (*HistoryRequest) ProtoMessage() {}
 
 func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[38]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2723,7 +2957,7 @@ func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryRequest.ProtoReflect.Descriptor instead.
 func (*HistoryRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{38}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *HistoryRequest) GetName() string {
@@ -2750,7 +2984,7 @@ type HistoryResponse struct {
 
 func (x *HistoryResponse) Reset() {
 	*x = HistoryResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[39]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2762,7 +2996,7 @@ func (x *HistoryResponse) String() string {
 func (*HistoryResponse) ProtoMessage() {}
 
 func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[39]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2775,7 +3009,7 @@ func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryResponse.ProtoReflect.Descriptor instead.
 func (*HistoryResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{39}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *HistoryResponse) GetEvents() []*Event {
@@ -2803,7 +3037,7 @@ type ReportSignalRequest struct {
 
 func (x *ReportSignalRequest) Reset() {
 	*x = ReportSignalRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[40]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2815,7 +3049,7 @@ func (x *ReportSignalRequest) String() string {
 func (*ReportSignalRequest) ProtoMessage() {}
 
 func (x *ReportSignalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[40]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2828,7 +3062,7 @@ func (x *ReportSignalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportSignalRequest.ProtoReflect.Descriptor instead.
 func (*ReportSignalRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{40}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ReportSignalRequest) GetRollout() string {
@@ -2876,7 +3110,7 @@ type ReportSignalResponse struct {
 
 func (x *ReportSignalResponse) Reset() {
 	*x = ReportSignalResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[41]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2888,7 +3122,7 @@ func (x *ReportSignalResponse) String() string {
 func (*ReportSignalResponse) ProtoMessage() {}
 
 func (x *ReportSignalResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[41]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2901,7 +3135,7 @@ func (x *ReportSignalResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportSignalResponse.ProtoReflect.Descriptor instead.
 func (*ReportSignalResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{41}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ReportSignalResponse) GetSignal() *Signal {
@@ -2933,20 +3167,39 @@ const file_shiftplane_v1_rollout_proto_rawDesc = "" +
 	"\adomains\x18\x02 \x03(\tR\adomains\x12\x1f\n" +
 	"\vpath_prefix\x18\x03 \x01(\tR\n" +
 	"pathPrefix\x12!\n" +
-	"\fgrpc_targets\x18\x04 \x03(\tR\vgrpcTargets\"A\n" +
+	"\fgrpc_targets\x18\x04 \x03(\tR\vgrpcTargets\"\xb8\x01\n" +
 	"\aBackend\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x1c\n" +
-	"\tendpoints\x18\x02 \x03(\tR\tendpoints\"\xed\x01\n" +
+	"\tendpoints\x18\x02 \x03(\tR\tendpoints\x12*\n" +
+	"\x05match\x18\x03 \x03(\v2\x14.shiftplane.v1.MatchR\x05match\x12I\n" +
+	"\x10session_affinity\x18\x04 \x01(\v2\x1e.shiftplane.v1.SessionAffinityR\x0fsessionAffinity\"\xc3\x01\n" +
+	"\x05Match\x12\x16\n" +
+	"\x06header\x18\x01 \x01(\tR\x06header\x12\x16\n" +
+	"\x06cookie\x18\x02 \x01(\tR\x06cookie\x12\x14\n" +
+	"\x05query\x18\x03 \x01(\tR\x05query\x12\x14\n" +
+	"\x05exact\x18\x04 \x01(\tR\x05exact\x12\x16\n" +
+	"\x06prefix\x18\x05 \x01(\tR\x06prefix\x12\x14\n" +
+	"\x05regex\x18\x06 \x01(\tR\x05regex\x12\x18\n" +
+	"\apresent\x18\a \x01(\bR\apresent\x12\x16\n" +
+	"\x06absent\x18\b \x01(\bR\x06absent\"f\n" +
+	"\x0fSessionAffinity\x12\x1f\n" +
+	"\vcookie_name\x18\x01 \x01(\tR\n" +
+	"cookieName\x122\n" +
+	"\amax_age\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06maxAge\"\xed\x01\n" +
 	"\x10OutlierDetection\x12'\n" +
 	"\x0fconsecutive_5xx\x18\x01 \x01(\rR\x0econsecutive5xx\x125\n" +
 	"\binterval\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\binterval\x12G\n" +
 	"\x12base_ejection_time\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x10baseEjectionTime\x120\n" +
-	"\x14max_ejection_percent\x18\x04 \x01(\rR\x12maxEjectionPercent\"\x85\x01\n" +
+	"\x14max_ejection_percent\x18\x04 \x01(\rR\x12maxEjectionPercent\"\xd6\x01\n" +
 	"\x04Step\x12\x18\n" +
 	"\x06weight\x18\x01 \x01(\x05H\x00R\x06weight\x12,\n" +
 	"\x05pause\x18\x02 \x01(\v2\x14.shiftplane.v1.PauseH\x00R\x05pause\x12-\n" +
-	"\x04hold\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x04holdB\x06\n" +
-	"\x04kind\"\a\n" +
+	"\x04hold\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x04hold\x12\x16\n" +
+	"\x06mirror\x18\x04 \x01(\x05R\x06mirror\x127\n" +
+	"\n" +
+	"match_only\x18\x05 \x01(\v2\x18.shiftplane.v1.MatchOnlyR\tmatchOnlyB\x06\n" +
+	"\x04kind\"\v\n" +
+	"\tMatchOnly\"\a\n" +
 	"\x05Pause\"M\n" +
 	"\x06Linear\x12\x12\n" +
 	"\x04step\x18\x01 \x01(\x05R\x04step\x12/\n" +
@@ -3147,7 +3400,7 @@ func file_shiftplane_v1_rollout_proto_rawDescGZIP() []byte {
 }
 
 var file_shiftplane_v1_rollout_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_shiftplane_v1_rollout_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
+var file_shiftplane_v1_rollout_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
 var file_shiftplane_v1_rollout_proto_goTypes = []any{
 	(Phase)(0),                    // 0: shiftplane.v1.Phase
 	(SignalState)(0),              // 1: shiftplane.v1.SignalState
@@ -3155,138 +3408,145 @@ var file_shiftplane_v1_rollout_proto_goTypes = []any{
 	(*Plan)(nil),                  // 3: shiftplane.v1.Plan
 	(*Listener)(nil),              // 4: shiftplane.v1.Listener
 	(*Backend)(nil),               // 5: shiftplane.v1.Backend
-	(*OutlierDetection)(nil),      // 6: shiftplane.v1.OutlierDetection
-	(*Step)(nil),                  // 7: shiftplane.v1.Step
-	(*Pause)(nil),                 // 8: shiftplane.v1.Pause
-	(*Linear)(nil),                // 9: shiftplane.v1.Linear
-	(*Exponential)(nil),           // 10: shiftplane.v1.Exponential
-	(*Analysis)(nil),              // 11: shiftplane.v1.Analysis
-	(*Hooks)(nil),                 // 12: shiftplane.v1.Hooks
-	(*Hook)(nil),                  // 13: shiftplane.v1.Hook
-	(*ExecHook)(nil),              // 14: shiftplane.v1.ExecHook
-	(*WebhookHook)(nil),           // 15: shiftplane.v1.WebhookHook
-	(*Signal)(nil),                // 16: shiftplane.v1.Signal
-	(*FleetStatus)(nil),           // 17: shiftplane.v1.FleetStatus
-	(*Rollout)(nil),               // 18: shiftplane.v1.Rollout
-	(*Event)(nil),                 // 19: shiftplane.v1.Event
-	(*ApplyRequest)(nil),          // 20: shiftplane.v1.ApplyRequest
-	(*ApplyResponse)(nil),         // 21: shiftplane.v1.ApplyResponse
-	(*GetRequest)(nil),            // 22: shiftplane.v1.GetRequest
-	(*GetResponse)(nil),           // 23: shiftplane.v1.GetResponse
-	(*ListRequest)(nil),           // 24: shiftplane.v1.ListRequest
-	(*ListResponse)(nil),          // 25: shiftplane.v1.ListResponse
-	(*WatchRequest)(nil),          // 26: shiftplane.v1.WatchRequest
-	(*WatchResponse)(nil),         // 27: shiftplane.v1.WatchResponse
-	(*PauseRequest)(nil),          // 28: shiftplane.v1.PauseRequest
-	(*PauseResponse)(nil),         // 29: shiftplane.v1.PauseResponse
-	(*ResumeRequest)(nil),         // 30: shiftplane.v1.ResumeRequest
-	(*ResumeResponse)(nil),        // 31: shiftplane.v1.ResumeResponse
-	(*PromoteRequest)(nil),        // 32: shiftplane.v1.PromoteRequest
-	(*PromoteResponse)(nil),       // 33: shiftplane.v1.PromoteResponse
-	(*AbortRequest)(nil),          // 34: shiftplane.v1.AbortRequest
-	(*Expect)(nil),                // 35: shiftplane.v1.Expect
-	(*AbortResponse)(nil),         // 36: shiftplane.v1.AbortResponse
-	(*RetryRequest)(nil),          // 37: shiftplane.v1.RetryRequest
-	(*RetryResponse)(nil),         // 38: shiftplane.v1.RetryResponse
-	(*DeleteRequest)(nil),         // 39: shiftplane.v1.DeleteRequest
-	(*DeleteResponse)(nil),        // 40: shiftplane.v1.DeleteResponse
-	(*HistoryRequest)(nil),        // 41: shiftplane.v1.HistoryRequest
-	(*HistoryResponse)(nil),       // 42: shiftplane.v1.HistoryResponse
-	(*ReportSignalRequest)(nil),   // 43: shiftplane.v1.ReportSignalRequest
-	(*ReportSignalResponse)(nil),  // 44: shiftplane.v1.ReportSignalResponse
-	(*durationpb.Duration)(nil),   // 45: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 46: google.protobuf.Timestamp
+	(*Match)(nil),                 // 6: shiftplane.v1.Match
+	(*SessionAffinity)(nil),       // 7: shiftplane.v1.SessionAffinity
+	(*OutlierDetection)(nil),      // 8: shiftplane.v1.OutlierDetection
+	(*Step)(nil),                  // 9: shiftplane.v1.Step
+	(*MatchOnly)(nil),             // 10: shiftplane.v1.MatchOnly
+	(*Pause)(nil),                 // 11: shiftplane.v1.Pause
+	(*Linear)(nil),                // 12: shiftplane.v1.Linear
+	(*Exponential)(nil),           // 13: shiftplane.v1.Exponential
+	(*Analysis)(nil),              // 14: shiftplane.v1.Analysis
+	(*Hooks)(nil),                 // 15: shiftplane.v1.Hooks
+	(*Hook)(nil),                  // 16: shiftplane.v1.Hook
+	(*ExecHook)(nil),              // 17: shiftplane.v1.ExecHook
+	(*WebhookHook)(nil),           // 18: shiftplane.v1.WebhookHook
+	(*Signal)(nil),                // 19: shiftplane.v1.Signal
+	(*FleetStatus)(nil),           // 20: shiftplane.v1.FleetStatus
+	(*Rollout)(nil),               // 21: shiftplane.v1.Rollout
+	(*Event)(nil),                 // 22: shiftplane.v1.Event
+	(*ApplyRequest)(nil),          // 23: shiftplane.v1.ApplyRequest
+	(*ApplyResponse)(nil),         // 24: shiftplane.v1.ApplyResponse
+	(*GetRequest)(nil),            // 25: shiftplane.v1.GetRequest
+	(*GetResponse)(nil),           // 26: shiftplane.v1.GetResponse
+	(*ListRequest)(nil),           // 27: shiftplane.v1.ListRequest
+	(*ListResponse)(nil),          // 28: shiftplane.v1.ListResponse
+	(*WatchRequest)(nil),          // 29: shiftplane.v1.WatchRequest
+	(*WatchResponse)(nil),         // 30: shiftplane.v1.WatchResponse
+	(*PauseRequest)(nil),          // 31: shiftplane.v1.PauseRequest
+	(*PauseResponse)(nil),         // 32: shiftplane.v1.PauseResponse
+	(*ResumeRequest)(nil),         // 33: shiftplane.v1.ResumeRequest
+	(*ResumeResponse)(nil),        // 34: shiftplane.v1.ResumeResponse
+	(*PromoteRequest)(nil),        // 35: shiftplane.v1.PromoteRequest
+	(*PromoteResponse)(nil),       // 36: shiftplane.v1.PromoteResponse
+	(*AbortRequest)(nil),          // 37: shiftplane.v1.AbortRequest
+	(*Expect)(nil),                // 38: shiftplane.v1.Expect
+	(*AbortResponse)(nil),         // 39: shiftplane.v1.AbortResponse
+	(*RetryRequest)(nil),          // 40: shiftplane.v1.RetryRequest
+	(*RetryResponse)(nil),         // 41: shiftplane.v1.RetryResponse
+	(*DeleteRequest)(nil),         // 42: shiftplane.v1.DeleteRequest
+	(*DeleteResponse)(nil),        // 43: shiftplane.v1.DeleteResponse
+	(*HistoryRequest)(nil),        // 44: shiftplane.v1.HistoryRequest
+	(*HistoryResponse)(nil),       // 45: shiftplane.v1.HistoryResponse
+	(*ReportSignalRequest)(nil),   // 46: shiftplane.v1.ReportSignalRequest
+	(*ReportSignalResponse)(nil),  // 47: shiftplane.v1.ReportSignalResponse
+	(*durationpb.Duration)(nil),   // 48: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 49: google.protobuf.Timestamp
 }
 var file_shiftplane_v1_rollout_proto_depIdxs = []int32{
 	4,  // 0: shiftplane.v1.Plan.listener:type_name -> shiftplane.v1.Listener
 	5,  // 1: shiftplane.v1.Plan.stable:type_name -> shiftplane.v1.Backend
 	5,  // 2: shiftplane.v1.Plan.canary:type_name -> shiftplane.v1.Backend
-	6,  // 3: shiftplane.v1.Plan.outlier_detection:type_name -> shiftplane.v1.OutlierDetection
-	7,  // 4: shiftplane.v1.Plan.steps:type_name -> shiftplane.v1.Step
-	9,  // 5: shiftplane.v1.Plan.linear:type_name -> shiftplane.v1.Linear
-	10, // 6: shiftplane.v1.Plan.exponential:type_name -> shiftplane.v1.Exponential
-	11, // 7: shiftplane.v1.Plan.analysis:type_name -> shiftplane.v1.Analysis
-	12, // 8: shiftplane.v1.Plan.hooks:type_name -> shiftplane.v1.Hooks
-	45, // 9: shiftplane.v1.OutlierDetection.interval:type_name -> google.protobuf.Duration
-	45, // 10: shiftplane.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
-	8,  // 11: shiftplane.v1.Step.pause:type_name -> shiftplane.v1.Pause
-	45, // 12: shiftplane.v1.Step.hold:type_name -> google.protobuf.Duration
-	45, // 13: shiftplane.v1.Linear.every:type_name -> google.protobuf.Duration
-	45, // 14: shiftplane.v1.Exponential.every:type_name -> google.protobuf.Duration
-	45, // 15: shiftplane.v1.Analysis.stable_for:type_name -> google.protobuf.Duration
-	45, // 16: shiftplane.v1.Analysis.stale_after:type_name -> google.protobuf.Duration
-	45, // 17: shiftplane.v1.Analysis.rollback_after:type_name -> google.protobuf.Duration
-	45, // 18: shiftplane.v1.Analysis.drain_timeout:type_name -> google.protobuf.Duration
-	13, // 19: shiftplane.v1.Hooks.before_shift:type_name -> shiftplane.v1.Hook
-	13, // 20: shiftplane.v1.Hooks.after_promote:type_name -> shiftplane.v1.Hook
-	14, // 21: shiftplane.v1.Hook.exec:type_name -> shiftplane.v1.ExecHook
-	15, // 22: shiftplane.v1.Hook.webhook:type_name -> shiftplane.v1.WebhookHook
-	45, // 23: shiftplane.v1.Hook.timeout:type_name -> google.protobuf.Duration
-	45, // 24: shiftplane.v1.Hook.retry_backoff:type_name -> google.protobuf.Duration
-	45, // 25: shiftplane.v1.WebhookHook.timeout:type_name -> google.protobuf.Duration
-	1,  // 26: shiftplane.v1.Signal.state:type_name -> shiftplane.v1.SignalState
-	46, // 27: shiftplane.v1.Signal.since:type_name -> google.protobuf.Timestamp
-	0,  // 28: shiftplane.v1.Rollout.phase:type_name -> shiftplane.v1.Phase
-	45, // 29: shiftplane.v1.Rollout.hold_remaining:type_name -> google.protobuf.Duration
-	45, // 30: shiftplane.v1.Rollout.hold_counted:type_name -> google.protobuf.Duration
-	16, // 31: shiftplane.v1.Rollout.signal:type_name -> shiftplane.v1.Signal
-	17, // 32: shiftplane.v1.Rollout.fleet:type_name -> shiftplane.v1.FleetStatus
-	3,  // 33: shiftplane.v1.Rollout.plan:type_name -> shiftplane.v1.Plan
-	46, // 34: shiftplane.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
-	46, // 35: shiftplane.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
-	46, // 36: shiftplane.v1.Event.time:type_name -> google.protobuf.Timestamp
-	0,  // 37: shiftplane.v1.Event.from_phase:type_name -> shiftplane.v1.Phase
-	0,  // 38: shiftplane.v1.Event.to_phase:type_name -> shiftplane.v1.Phase
-	3,  // 39: shiftplane.v1.ApplyRequest.plan:type_name -> shiftplane.v1.Plan
-	18, // 40: shiftplane.v1.ApplyResponse.rollout:type_name -> shiftplane.v1.Rollout
-	2,  // 41: shiftplane.v1.ApplyResponse.result:type_name -> shiftplane.v1.ApplyResult
-	18, // 42: shiftplane.v1.GetResponse.rollout:type_name -> shiftplane.v1.Rollout
-	18, // 43: shiftplane.v1.ListResponse.rollouts:type_name -> shiftplane.v1.Rollout
-	18, // 44: shiftplane.v1.WatchResponse.status:type_name -> shiftplane.v1.Rollout
-	19, // 45: shiftplane.v1.WatchResponse.event:type_name -> shiftplane.v1.Event
-	35, // 46: shiftplane.v1.PauseRequest.expect:type_name -> shiftplane.v1.Expect
-	18, // 47: shiftplane.v1.PauseResponse.rollout:type_name -> shiftplane.v1.Rollout
-	35, // 48: shiftplane.v1.ResumeRequest.expect:type_name -> shiftplane.v1.Expect
-	18, // 49: shiftplane.v1.ResumeResponse.rollout:type_name -> shiftplane.v1.Rollout
-	35, // 50: shiftplane.v1.PromoteRequest.expect:type_name -> shiftplane.v1.Expect
-	18, // 51: shiftplane.v1.PromoteResponse.rollout:type_name -> shiftplane.v1.Rollout
-	35, // 52: shiftplane.v1.AbortRequest.expect:type_name -> shiftplane.v1.Expect
-	0,  // 53: shiftplane.v1.Expect.phase:type_name -> shiftplane.v1.Phase
-	18, // 54: shiftplane.v1.AbortResponse.rollout:type_name -> shiftplane.v1.Rollout
-	18, // 55: shiftplane.v1.RetryResponse.rollout:type_name -> shiftplane.v1.Rollout
-	19, // 56: shiftplane.v1.HistoryResponse.events:type_name -> shiftplane.v1.Event
-	1,  // 57: shiftplane.v1.ReportSignalRequest.state:type_name -> shiftplane.v1.SignalState
-	45, // 58: shiftplane.v1.ReportSignalRequest.ttl:type_name -> google.protobuf.Duration
-	16, // 59: shiftplane.v1.ReportSignalResponse.signal:type_name -> shiftplane.v1.Signal
-	20, // 60: shiftplane.v1.RolloutService.Apply:input_type -> shiftplane.v1.ApplyRequest
-	22, // 61: shiftplane.v1.RolloutService.Get:input_type -> shiftplane.v1.GetRequest
-	24, // 62: shiftplane.v1.RolloutService.List:input_type -> shiftplane.v1.ListRequest
-	26, // 63: shiftplane.v1.RolloutService.Watch:input_type -> shiftplane.v1.WatchRequest
-	28, // 64: shiftplane.v1.RolloutService.Pause:input_type -> shiftplane.v1.PauseRequest
-	30, // 65: shiftplane.v1.RolloutService.Resume:input_type -> shiftplane.v1.ResumeRequest
-	32, // 66: shiftplane.v1.RolloutService.Promote:input_type -> shiftplane.v1.PromoteRequest
-	34, // 67: shiftplane.v1.RolloutService.Abort:input_type -> shiftplane.v1.AbortRequest
-	37, // 68: shiftplane.v1.RolloutService.Retry:input_type -> shiftplane.v1.RetryRequest
-	39, // 69: shiftplane.v1.RolloutService.Delete:input_type -> shiftplane.v1.DeleteRequest
-	41, // 70: shiftplane.v1.RolloutService.History:input_type -> shiftplane.v1.HistoryRequest
-	43, // 71: shiftplane.v1.RolloutService.ReportSignal:input_type -> shiftplane.v1.ReportSignalRequest
-	21, // 72: shiftplane.v1.RolloutService.Apply:output_type -> shiftplane.v1.ApplyResponse
-	23, // 73: shiftplane.v1.RolloutService.Get:output_type -> shiftplane.v1.GetResponse
-	25, // 74: shiftplane.v1.RolloutService.List:output_type -> shiftplane.v1.ListResponse
-	27, // 75: shiftplane.v1.RolloutService.Watch:output_type -> shiftplane.v1.WatchResponse
-	29, // 76: shiftplane.v1.RolloutService.Pause:output_type -> shiftplane.v1.PauseResponse
-	31, // 77: shiftplane.v1.RolloutService.Resume:output_type -> shiftplane.v1.ResumeResponse
-	33, // 78: shiftplane.v1.RolloutService.Promote:output_type -> shiftplane.v1.PromoteResponse
-	36, // 79: shiftplane.v1.RolloutService.Abort:output_type -> shiftplane.v1.AbortResponse
-	38, // 80: shiftplane.v1.RolloutService.Retry:output_type -> shiftplane.v1.RetryResponse
-	40, // 81: shiftplane.v1.RolloutService.Delete:output_type -> shiftplane.v1.DeleteResponse
-	42, // 82: shiftplane.v1.RolloutService.History:output_type -> shiftplane.v1.HistoryResponse
-	44, // 83: shiftplane.v1.RolloutService.ReportSignal:output_type -> shiftplane.v1.ReportSignalResponse
-	72, // [72:84] is the sub-list for method output_type
-	60, // [60:72] is the sub-list for method input_type
-	60, // [60:60] is the sub-list for extension type_name
-	60, // [60:60] is the sub-list for extension extendee
-	0,  // [0:60] is the sub-list for field type_name
+	8,  // 3: shiftplane.v1.Plan.outlier_detection:type_name -> shiftplane.v1.OutlierDetection
+	9,  // 4: shiftplane.v1.Plan.steps:type_name -> shiftplane.v1.Step
+	12, // 5: shiftplane.v1.Plan.linear:type_name -> shiftplane.v1.Linear
+	13, // 6: shiftplane.v1.Plan.exponential:type_name -> shiftplane.v1.Exponential
+	14, // 7: shiftplane.v1.Plan.analysis:type_name -> shiftplane.v1.Analysis
+	15, // 8: shiftplane.v1.Plan.hooks:type_name -> shiftplane.v1.Hooks
+	6,  // 9: shiftplane.v1.Backend.match:type_name -> shiftplane.v1.Match
+	7,  // 10: shiftplane.v1.Backend.session_affinity:type_name -> shiftplane.v1.SessionAffinity
+	48, // 11: shiftplane.v1.SessionAffinity.max_age:type_name -> google.protobuf.Duration
+	48, // 12: shiftplane.v1.OutlierDetection.interval:type_name -> google.protobuf.Duration
+	48, // 13: shiftplane.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	11, // 14: shiftplane.v1.Step.pause:type_name -> shiftplane.v1.Pause
+	48, // 15: shiftplane.v1.Step.hold:type_name -> google.protobuf.Duration
+	10, // 16: shiftplane.v1.Step.match_only:type_name -> shiftplane.v1.MatchOnly
+	48, // 17: shiftplane.v1.Linear.every:type_name -> google.protobuf.Duration
+	48, // 18: shiftplane.v1.Exponential.every:type_name -> google.protobuf.Duration
+	48, // 19: shiftplane.v1.Analysis.stable_for:type_name -> google.protobuf.Duration
+	48, // 20: shiftplane.v1.Analysis.stale_after:type_name -> google.protobuf.Duration
+	48, // 21: shiftplane.v1.Analysis.rollback_after:type_name -> google.protobuf.Duration
+	48, // 22: shiftplane.v1.Analysis.drain_timeout:type_name -> google.protobuf.Duration
+	16, // 23: shiftplane.v1.Hooks.before_shift:type_name -> shiftplane.v1.Hook
+	16, // 24: shiftplane.v1.Hooks.after_promote:type_name -> shiftplane.v1.Hook
+	17, // 25: shiftplane.v1.Hook.exec:type_name -> shiftplane.v1.ExecHook
+	18, // 26: shiftplane.v1.Hook.webhook:type_name -> shiftplane.v1.WebhookHook
+	48, // 27: shiftplane.v1.Hook.timeout:type_name -> google.protobuf.Duration
+	48, // 28: shiftplane.v1.Hook.retry_backoff:type_name -> google.protobuf.Duration
+	48, // 29: shiftplane.v1.WebhookHook.timeout:type_name -> google.protobuf.Duration
+	1,  // 30: shiftplane.v1.Signal.state:type_name -> shiftplane.v1.SignalState
+	49, // 31: shiftplane.v1.Signal.since:type_name -> google.protobuf.Timestamp
+	0,  // 32: shiftplane.v1.Rollout.phase:type_name -> shiftplane.v1.Phase
+	48, // 33: shiftplane.v1.Rollout.hold_remaining:type_name -> google.protobuf.Duration
+	48, // 34: shiftplane.v1.Rollout.hold_counted:type_name -> google.protobuf.Duration
+	19, // 35: shiftplane.v1.Rollout.signal:type_name -> shiftplane.v1.Signal
+	20, // 36: shiftplane.v1.Rollout.fleet:type_name -> shiftplane.v1.FleetStatus
+	3,  // 37: shiftplane.v1.Rollout.plan:type_name -> shiftplane.v1.Plan
+	49, // 38: shiftplane.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
+	49, // 39: shiftplane.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
+	49, // 40: shiftplane.v1.Event.time:type_name -> google.protobuf.Timestamp
+	0,  // 41: shiftplane.v1.Event.from_phase:type_name -> shiftplane.v1.Phase
+	0,  // 42: shiftplane.v1.Event.to_phase:type_name -> shiftplane.v1.Phase
+	3,  // 43: shiftplane.v1.ApplyRequest.plan:type_name -> shiftplane.v1.Plan
+	21, // 44: shiftplane.v1.ApplyResponse.rollout:type_name -> shiftplane.v1.Rollout
+	2,  // 45: shiftplane.v1.ApplyResponse.result:type_name -> shiftplane.v1.ApplyResult
+	21, // 46: shiftplane.v1.GetResponse.rollout:type_name -> shiftplane.v1.Rollout
+	21, // 47: shiftplane.v1.ListResponse.rollouts:type_name -> shiftplane.v1.Rollout
+	21, // 48: shiftplane.v1.WatchResponse.status:type_name -> shiftplane.v1.Rollout
+	22, // 49: shiftplane.v1.WatchResponse.event:type_name -> shiftplane.v1.Event
+	38, // 50: shiftplane.v1.PauseRequest.expect:type_name -> shiftplane.v1.Expect
+	21, // 51: shiftplane.v1.PauseResponse.rollout:type_name -> shiftplane.v1.Rollout
+	38, // 52: shiftplane.v1.ResumeRequest.expect:type_name -> shiftplane.v1.Expect
+	21, // 53: shiftplane.v1.ResumeResponse.rollout:type_name -> shiftplane.v1.Rollout
+	38, // 54: shiftplane.v1.PromoteRequest.expect:type_name -> shiftplane.v1.Expect
+	21, // 55: shiftplane.v1.PromoteResponse.rollout:type_name -> shiftplane.v1.Rollout
+	38, // 56: shiftplane.v1.AbortRequest.expect:type_name -> shiftplane.v1.Expect
+	0,  // 57: shiftplane.v1.Expect.phase:type_name -> shiftplane.v1.Phase
+	21, // 58: shiftplane.v1.AbortResponse.rollout:type_name -> shiftplane.v1.Rollout
+	21, // 59: shiftplane.v1.RetryResponse.rollout:type_name -> shiftplane.v1.Rollout
+	22, // 60: shiftplane.v1.HistoryResponse.events:type_name -> shiftplane.v1.Event
+	1,  // 61: shiftplane.v1.ReportSignalRequest.state:type_name -> shiftplane.v1.SignalState
+	48, // 62: shiftplane.v1.ReportSignalRequest.ttl:type_name -> google.protobuf.Duration
+	19, // 63: shiftplane.v1.ReportSignalResponse.signal:type_name -> shiftplane.v1.Signal
+	23, // 64: shiftplane.v1.RolloutService.Apply:input_type -> shiftplane.v1.ApplyRequest
+	25, // 65: shiftplane.v1.RolloutService.Get:input_type -> shiftplane.v1.GetRequest
+	27, // 66: shiftplane.v1.RolloutService.List:input_type -> shiftplane.v1.ListRequest
+	29, // 67: shiftplane.v1.RolloutService.Watch:input_type -> shiftplane.v1.WatchRequest
+	31, // 68: shiftplane.v1.RolloutService.Pause:input_type -> shiftplane.v1.PauseRequest
+	33, // 69: shiftplane.v1.RolloutService.Resume:input_type -> shiftplane.v1.ResumeRequest
+	35, // 70: shiftplane.v1.RolloutService.Promote:input_type -> shiftplane.v1.PromoteRequest
+	37, // 71: shiftplane.v1.RolloutService.Abort:input_type -> shiftplane.v1.AbortRequest
+	40, // 72: shiftplane.v1.RolloutService.Retry:input_type -> shiftplane.v1.RetryRequest
+	42, // 73: shiftplane.v1.RolloutService.Delete:input_type -> shiftplane.v1.DeleteRequest
+	44, // 74: shiftplane.v1.RolloutService.History:input_type -> shiftplane.v1.HistoryRequest
+	46, // 75: shiftplane.v1.RolloutService.ReportSignal:input_type -> shiftplane.v1.ReportSignalRequest
+	24, // 76: shiftplane.v1.RolloutService.Apply:output_type -> shiftplane.v1.ApplyResponse
+	26, // 77: shiftplane.v1.RolloutService.Get:output_type -> shiftplane.v1.GetResponse
+	28, // 78: shiftplane.v1.RolloutService.List:output_type -> shiftplane.v1.ListResponse
+	30, // 79: shiftplane.v1.RolloutService.Watch:output_type -> shiftplane.v1.WatchResponse
+	32, // 80: shiftplane.v1.RolloutService.Pause:output_type -> shiftplane.v1.PauseResponse
+	34, // 81: shiftplane.v1.RolloutService.Resume:output_type -> shiftplane.v1.ResumeResponse
+	36, // 82: shiftplane.v1.RolloutService.Promote:output_type -> shiftplane.v1.PromoteResponse
+	39, // 83: shiftplane.v1.RolloutService.Abort:output_type -> shiftplane.v1.AbortResponse
+	41, // 84: shiftplane.v1.RolloutService.Retry:output_type -> shiftplane.v1.RetryResponse
+	43, // 85: shiftplane.v1.RolloutService.Delete:output_type -> shiftplane.v1.DeleteResponse
+	45, // 86: shiftplane.v1.RolloutService.History:output_type -> shiftplane.v1.HistoryResponse
+	47, // 87: shiftplane.v1.RolloutService.ReportSignal:output_type -> shiftplane.v1.ReportSignalResponse
+	76, // [76:88] is the sub-list for method output_type
+	64, // [64:76] is the sub-list for method input_type
+	64, // [64:64] is the sub-list for extension type_name
+	64, // [64:64] is the sub-list for extension extendee
+	0,  // [0:64] is the sub-list for field type_name
 }
 
 func init() { file_shiftplane_v1_rollout_proto_init() }
@@ -3294,31 +3554,31 @@ func file_shiftplane_v1_rollout_proto_init() {
 	if File_shiftplane_v1_rollout_proto != nil {
 		return
 	}
-	file_shiftplane_v1_rollout_proto_msgTypes[4].OneofWrappers = []any{
+	file_shiftplane_v1_rollout_proto_msgTypes[6].OneofWrappers = []any{
 		(*Step_Weight)(nil),
 		(*Step_Pause)(nil),
 	}
-	file_shiftplane_v1_rollout_proto_msgTypes[8].OneofWrappers = []any{}
-	file_shiftplane_v1_rollout_proto_msgTypes[10].OneofWrappers = []any{
+	file_shiftplane_v1_rollout_proto_msgTypes[11].OneofWrappers = []any{}
+	file_shiftplane_v1_rollout_proto_msgTypes[13].OneofWrappers = []any{
 		(*Hook_Exec)(nil),
 		(*Hook_Webhook)(nil),
 	}
-	file_shiftplane_v1_rollout_proto_msgTypes[17].OneofWrappers = []any{
+	file_shiftplane_v1_rollout_proto_msgTypes[20].OneofWrappers = []any{
 		(*ApplyRequest_Plan)(nil),
 		(*ApplyRequest_PlanYaml)(nil),
 	}
-	file_shiftplane_v1_rollout_proto_msgTypes[24].OneofWrappers = []any{
+	file_shiftplane_v1_rollout_proto_msgTypes[27].OneofWrappers = []any{
 		(*WatchResponse_Status)(nil),
 		(*WatchResponse_Event)(nil),
 	}
-	file_shiftplane_v1_rollout_proto_msgTypes[32].OneofWrappers = []any{}
+	file_shiftplane_v1_rollout_proto_msgTypes[35].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_shiftplane_v1_rollout_proto_rawDesc), len(file_shiftplane_v1_rollout_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   42,
+			NumMessages:   45,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
