@@ -1,0 +1,257 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"net/http"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	shiftplanev1 "github.com/shiftplane/shiftplane/proto/shiftplane/v1"
+	"github.com/shiftplane/shiftplane/test/harness"
+)
+
+// The canary's traffic policy through a real Envoy (issue 13): testers
+// first (canary.match, matchOnly), shadow traffic (mirror steps) and
+// sticky users (canary.sessionAffinity).
+
+// vhostRoute is one route of a virtual host as Envoy holds it.
+type vhostRoute struct {
+	Name    string
+	Cluster string            // a route to one cluster
+	Weights map[string]uint32 // a weighted route
+	Mirror  []string          // request_mirror_policies clusters
+	Cookie  bool              // the canary's entry sets a cookie
+}
+
+// vhostRoutes reads the routes of virtual host vhost from Envoy's config dump.
+func vhostRoutes(ctx context.Context, e *harness.Envoy, vhost string) ([]vhostRoute, error) {
+	body, err := e.ConfigDump(ctx, "dynamic_route_configs")
+	if err != nil {
+		return nil, err
+	}
+	var dump struct {
+		Configs []struct {
+			RouteConfig struct {
+				VirtualHosts []struct {
+					Name   string `json:"name"`
+					Routes []struct {
+						Name  string `json:"name"`
+						Route struct {
+							Cluster          string `json:"cluster"`
+							WeightedClusters struct {
+								Clusters []struct {
+									Name                 string          `json:"name"`
+									Weight               uint32          `json:"weight"`
+									ResponseHeadersToAdd json.RawMessage `json:"response_headers_to_add"`
+								} `json:"clusters"`
+							} `json:"weighted_clusters"`
+							RequestMirrorPolicies []struct {
+								Cluster string `json:"cluster"`
+							} `json:"request_mirror_policies"`
+						} `json:"route"`
+					} `json:"routes"`
+				} `json:"virtual_hosts"`
+			} `json:"route_config"`
+		} `json:"configs"`
+	}
+	if err := json.Unmarshal(body, &dump); err != nil {
+		return nil, err
+	}
+	for _, c := range dump.Configs {
+		for _, vh := range c.RouteConfig.VirtualHosts {
+			if vh.Name != vhost {
+				continue
+			}
+			var out []vhostRoute
+			for _, r := range vh.Routes {
+				vr := vhostRoute{Name: r.Name, Cluster: r.Route.Cluster}
+				for _, wc := range r.Route.WeightedClusters.Clusters {
+					if vr.Weights == nil {
+						vr.Weights = map[string]uint32{}
+					}
+					vr.Weights[wc.Name] = wc.Weight
+					vr.Cookie = vr.Cookie || strings.Contains(string(wc.ResponseHeadersToAdd), "set-cookie")
+				}
+				for _, m := range r.Route.RequestMirrorPolicies {
+					vr.Mirror = append(vr.Mirror, m.Cluster)
+				}
+				out = append(out, vr)
+			}
+			return out, nil
+		}
+	}
+	return nil, fmt.Errorf("no virtual host %q", vhost)
+}
+
+// waitVhost waits until Envoy's routes for vhost satisfy ok.
+func waitVhost(t *testing.T, e *harness.Envoy, vhost, what string, ok func([]vhostRoute) bool) []vhostRoute {
+	t.Helper()
+	var got []vhostRoute
+	waitFor(t, harness.DefaultWait, what, func() (bool, string) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		rs, err := vhostRoutes(ctx, e, vhost)
+		if err != nil {
+			return false, err.Error()
+		}
+		got = rs
+		return ok(rs), fmt.Sprintf("%+v", rs)
+	})
+	return got
+}
+
+// routeNames lists the routes in Envoy's order.
+func routeNames(rs []vhostRoute) []string {
+	var out []string
+	for _, r := range rs {
+		out = append(out, r.Name)
+	}
+	return out
+}
+
+// weighted is the weighted route (named like the rollout), or nil.
+func weighted(rs []vhostRoute, name string) *vhostRoute {
+	for i := range rs {
+		if rs[i].Name == name {
+			return &rs[i]
+		}
+	}
+	return nil
+}
+
+// loadV2 sends n requests (8 at a time) with header h and returns the result
+// and the v2 share of the answers; every request must succeed.
+func loadV2(t *testing.T, listen string, n int, h http.Header) (harness.LoadResult, float64) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	res, err := harness.HTTPLoad(ctx, "http://"+listen+"/", harness.LoadOptions{Requests: n, Concurrency: 8, Header: h})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Failures != 0 || res.Total != n {
+		t.Fatalf("%d of %d requests answered, %d failed (first error %q): %v", res.Total, n, res.Failures, res.FirstError, res)
+	}
+	return res, Share(res, "v2")
+}
+
+func abort(t *testing.T, rc shiftplanev1.RolloutServiceClient, name string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := rc.Abort(ctx, &shiftplanev1.AbortRequest{Name: name, Reason: "e2e"}); err != nil {
+		t.Fatalf("abort %s: %v", name, err)
+	}
+}
+
+// Header and cookie matchers send testers to v2 at weight 0 (a matchOnly
+// step) and keep them there at the first weighted step, while everyone
+// else follows the weight; an abort takes the matched routes away.
+func TestMatchRoutesTestersFirst(t *testing.T) {
+	sp := StartShiftplane(t)
+	rc, _ := apiClients(t, sp)
+	v1, v2 := harness.StartBackend(t, "v1"), harness.StartBackend(t, "v2")
+	listen := fmt.Sprintf("127.0.0.1:%d", harness.FreePort(t))
+	plan := func(hold string) string {
+		return fmt.Sprintf(`name: ab
+listener: {address: %q}
+stable: {cluster: ab-v1, endpoints: [%q]}
+canary:
+  cluster: ab-v2
+  endpoints: [%q]
+  match:
+    - {header: x-canary, exact: "true"}
+    - {cookie: tester, exact: "1"}
+steps:
+  - {matchOnly: {}, hold: %s}
+  - {weight: 30, hold: 1h}
+  - {weight: 100}
+analysis: {stableFor: 1s, staleAfter: 5s}
+`, listen, v1.Addr, v2.Addr, hold)
+	}
+	sp.WritePlan("ab.yaml", plan("1h"))
+	envoy := harness.StartEnvoy(t, harness.EnvoyOptions{NodeID: "envoy-ab", Cluster: "e2e", XDSAddr: sp.XDSAddr})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := envoy.WaitListener(ctx, listen); err != nil {
+		t.Fatal(err)
+	}
+	rs := waitVhost(t, envoy, "ab", "the matchOnly step's routes", func(rs []vhostRoute) bool {
+		w := weighted(rs, "ab")
+		return len(rs) == 3 && w != nil && w.Weights["ab-v2"] == 0
+	})
+	t.Logf("matchOnly step: Envoy routes %v, weighted %v", routeNames(rs), weighted(rs, "ab").Weights)
+	if fmt.Sprint(routeNames(rs)) != "[ab-match-0 ab-match-1 ab]" || rs[0].Cluster != "ab-v2" || rs[1].Cluster != "ab-v2" {
+		t.Fatalf("routes %+v, want the two match routes to ab-v2 before the weighted one", rs)
+	}
+
+	header := http.Header{"X-Canary": {"true"}}
+	cookie := http.Header{"Cookie": {"session=abc; tester=1; theme=dark"}}
+	notQuite := http.Header{"X-Canary": {"yes"}, "Cookie": {"tester=10; xtester=1"}}
+	const n = 2000
+	_, hShare := loadV2(t, listen, n, header)
+	_, cShare := loadV2(t, listen, n, cookie)
+	_, uShare := loadV2(t, listen, n, nil)
+	_, nqShare := loadV2(t, listen, n, notQuite)
+	t.Logf("weight 0 (matchOnly): header-matched v2 %.2f%%, cookie-matched v2 %.2f%%, unmatched v2 %.2f%%, near-misses v2 %.2f%% (%d requests each)",
+		100*hShare, 100*cShare, 100*uShare, 100*nqShare, n)
+	if hShare != 1 || cShare != 1 || uShare != 0 || nqShare != 0 {
+		t.Fatalf("at weight 0: matched %.4f/%.4f, unmatched %.4f, near-misses %.4f; want 1, 1, 0, 0", hShare, cShare, uShare, nqShare)
+	}
+	// Testers keep sending (the step's evidence: no requests, no hold).
+	bgCtx, stopTesters := context.WithCancel(context.Background())
+	defer stopTesters()
+	testers := make(chan harness.LoadResult, 1)
+	go func() {
+		res, _ := harness.HTTPLoad(bgCtx, "http://"+listen+"/", harness.LoadOptions{Duration: 50 * time.Second, Rate: 50, Concurrency: 2, Header: header})
+		testers <- res
+	}()
+	sp.WaitSteady("ab", "PROGRESSING", 2*time.Second, 20*time.Second)
+	st := rolloutStatus(t, rc, "ab")
+	t.Logf("status during the matchOnly step: %s step %d weight %d: %s", st.GetPhase(), st.GetStepIndex()+1, st.GetCanaryWeight(), st.GetMessage())
+	if st.GetPhase() != shiftplanev1.Phase_PHASE_PROGRESSING || st.GetCanaryWeight() != 0 {
+		t.Fatalf("matched requests are the step's evidence: want PROGRESSING at 0, got %s at %d: %s", st.GetPhase(), st.GetCanaryWeight(), st.GetMessage())
+	}
+
+	// The step's hold is cut to 1s: the rollout moves to weight 30.
+	sp.WritePlan("ab.yaml", plan("1s"))
+	rs = waitVhost(t, envoy, "ab", "weight 30 with the match routes in front", func(rs []vhostRoute) bool {
+		w := weighted(rs, "ab")
+		return w != nil && w.Weights["ab-v2"] == 30
+	})
+	t.Logf("first weighted step: Envoy routes %v, weighted %v", routeNames(rs), weighted(rs, "ab").Weights)
+	if len(rs) != 3 {
+		t.Fatalf("at weight 30 the routes are %v, want the match routes kept", routeNames(rs))
+	}
+	_, hShare = loadV2(t, listen, n, header)
+	_, cShare = loadV2(t, listen, n, cookie)
+	_, uShare = loadV2(t, listen, 3000, nil)
+	t.Logf("weight 30: header-matched v2 %.2f%%, cookie-matched v2 %.2f%%, unmatched v2 %.2f%% (3000 requests; want 30 ± 3)", 100*hShare, 100*cShare, 100*uShare)
+	if hShare != 1 || cShare != 1 || math.Abs(uShare-0.30) > 0.03 {
+		t.Fatalf("at weight 30: matched %.4f/%.4f, unmatched %.4f; want 1, 1, 0.30 ± 0.03", hShare, cShare, uShare)
+	}
+
+	stopTesters()
+	tres := <-testers
+	t.Logf("testers in the background (x-canary: true) until the abort: %d requests, %d failed, v2 share %.2f%%", tres.Total, tres.Failures, 100*Share(tres, "v2"))
+	if tres.Failures != 0 || tres.Total == 0 || Share(tres, "v2") != 1 {
+		t.Fatalf("background testers: %v, want every answer from v2", tres)
+	}
+	abort(t, rc, "ab")
+	sp.WaitPhase("ab", "ABORTED", 30*time.Second)
+	rs = waitVhost(t, envoy, "ab", "the abort's routes", func(rs []vhostRoute) bool { return len(rs) == 1 })
+	_, hShare = loadV2(t, listen, 500, header)
+	_, cShare = loadV2(t, listen, 500, cookie)
+	t.Logf("after abort: Envoy routes %v weighted %v; header-matched v2 %.2f%%, cookie-matched v2 %.2f%%", routeNames(rs), rs[0].Weights, 100*hShare, 100*cShare)
+	if hShare != 0 || cShare != 0 || rs[0].Weights["ab-v2"] != 0 {
+		t.Fatalf("after abort: matched requests still reach v2 (%.4f, %.4f) or weight %d", hShare, cShare, rs[0].Weights["ab-v2"])
+	}
+}
+
+// keep imports used while the other tests are being written.
+var _ = sort.Strings
