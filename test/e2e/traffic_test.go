@@ -253,5 +253,158 @@ analysis: {stableFor: 1s, staleAfter: 5s}
 	}
 }
 
+// mirrorRig is a mirror-plan rollout behind one Envoy.
+type mirrorRig struct {
+	sp     *Shiftplane
+	rc     shiftplanev1.RolloutServiceClient
+	envoy  *harness.Envoy
+	v1, v2 *harness.Backend
+	listen string
+}
+
+func startMirrorRig(t *testing.T, name string, failing bool, steps, analysis string) *mirrorRig {
+	t.Helper()
+	r := &mirrorRig{sp: StartShiftplane(t), v1: harness.StartBackend(t, "v1"), v2: harness.StartBackend(t, "v2")}
+	r.rc, _ = apiClients(t, r.sp)
+	if failing {
+		r.v2.SetFailing(503)
+	}
+	r.listen = fmt.Sprintf("127.0.0.1:%d", harness.FreePort(t))
+	r.sp.WritePlan(name+".yaml", fmt.Sprintf(`name: %s
+listener: {address: %q}
+stable: {cluster: %s-v1, endpoints: [%q]}
+canary: {cluster: %s-v2, endpoints: [%q]}
+steps: %s
+analysis: %s
+`, name, r.listen, name, r.v1.Addr, name, r.v2.Addr, steps, analysis))
+	r.envoy = harness.StartEnvoy(t, harness.EnvoyOptions{NodeID: "envoy-" + name, Cluster: "e2e", XDSAddr: r.sp.XDSAddr})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := r.envoy.WaitListener(ctx, r.listen); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// settled waits until b has received no request for 300 ms (shadow
+// copies are sent asynchronously) and returns its count.
+func settled(b *harness.Backend) int64 {
+	last := b.Requests()
+	for i := 0; i < 50; i++ {
+		time.Sleep(300 * time.Millisecond)
+		n := b.Requests()
+		if n == last {
+			return n
+		}
+		last = n
+	}
+	return last
+}
+
+// A mirror step at 50%: clients are answered only by v1, v2 receives half
+// of the requests as shadow copies, and those copies are the step's
+// evidence (the rollout progresses at weight 0, then moves on).
+func TestMirrorStepShadowsHalf(t *testing.T) {
+	r := startMirrorRig(t, "mir", false, "[{mirror: 50, hold: 1h}, {weight: 100}]", "{stableFor: 1s, staleAfter: 5s}")
+	rs := waitVhost(t, r.envoy, "mir", "the mirror step's route", func(rs []vhostRoute) bool {
+		return len(rs) == 1 && len(rs[0].Mirror) == 1
+	})
+	t.Logf("mirror step: Envoy route %s weights %v mirror to %v", rs[0].Name, rs[0].Weights, rs[0].Mirror)
+	if rs[0].Weights["mir-v2"] != 0 || rs[0].Mirror[0] != "mir-v2" {
+		t.Fatalf("route %+v, want weight 0 and a mirror to mir-v2", rs[0])
+	}
+	const n = 4000
+	before := settled(r.v2)
+	done := make(chan harness.LoadResult, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+		defer cancel()
+		res, _ := harness.HTTPLoad(ctx, "http://"+r.listen+"/", harness.LoadOptions{Requests: n, Rate: 500, Concurrency: 8})
+		done <- res
+	}()
+	// The shadow copies are evidence: the hold counts at weight 0.
+	r.sp.WaitSteady("mir", "PROGRESSING", 2*time.Second, 20*time.Second)
+	res := <-done
+	shadows := settled(r.v2) - before
+	share := float64(shadows) / float64(res.Total)
+	t.Logf("mirror 50%%: client %d requests, %d failed, answers by version %v; v2 backend received %d shadow copies = %.2f%% (want 50 ± 5)",
+		res.Total, res.Failures, res.ByVersion, shadows, 100*share)
+	if res.Total != n || res.Failures != 0 || res.ByVersion["v2"] != 0 || res.ByVersion["v1"] != n {
+		t.Fatalf("the client must see only v1: %v", res)
+	}
+	if math.Abs(share-0.5) > 0.05 {
+		t.Fatalf("v2 received %.4f of the requests as shadow copies, want 0.50 ± 0.05", share)
+	}
+	st := rolloutStatus(t, r.rc, "mir")
+	t.Logf("status: %s step %d weight %d: %s", st.GetPhase(), st.GetStepIndex()+1, st.GetCanaryWeight(), st.GetMessage())
+}
+
+// A mirrored canary that answers 503: the rollout holds at weight 0 (no
+// user answer ever comes from v2), and rolls back after rollbackAfter,
+// which ends the mirror.
+func TestFailingMirroredCanaryHolds(t *testing.T) {
+	const rollbackAfter = 10 * time.Second
+	r := startMirrorRig(t, "shadow", true, "[{mirror: 50, hold: 2s}, {weight: 50, hold: 1h}, {weight: 100}]",
+		fmt.Sprintf("{stableFor: 1s, staleAfter: 5s, rollbackAfter: %s}", rollbackAfter))
+	waitVhost(t, r.envoy, "shadow", "the mirror step's route", func(rs []vhostRoute) bool { return len(rs) == 1 && len(rs[0].Mirror) == 1 })
+
+	// Watch Envoy's canary weight the whole time.
+	monCtx, stopMon := context.WithCancel(context.Background())
+	maxWeight := make(chan uint32, 1)
+	go func() {
+		var hi uint32
+		for monCtx.Err() == nil {
+			ctx, cancel := context.WithTimeout(monCtx, 2*time.Second)
+			if rs, err := vhostRoutes(ctx, r.envoy, "shadow"); err == nil && len(rs) > 0 {
+				hi = max(hi, rs[len(rs)-1].Weights["shadow-v2"])
+			}
+			cancel()
+			time.Sleep(50 * time.Millisecond)
+		}
+		maxWeight <- hi
+	}()
+	loadCtx, stopLoad := context.WithCancel(context.Background())
+	defer stopLoad()
+	done := make(chan harness.LoadResult, 1)
+	go func() {
+		res, _ := harness.HTTPLoad(loadCtx, "http://"+r.listen+"/", harness.LoadOptions{Duration: 50 * time.Second, Rate: 200, Concurrency: 8})
+		done <- res
+	}()
+	var st *shiftplanev1.Rollout
+	held := waitFor(t, 20*time.Second, "HOLDING on the shadow copies' failures", func() (bool, string) {
+		st = rolloutStatus(t, r.rc, "shadow")
+		return st.GetPhase() == shiftplanev1.Phase_PHASE_HOLDING && strings.Contains(st.GetMessage(), "signal firing"), st.GetPhase().String() + ": " + st.GetMessage()
+	})
+	t.Logf("HOLDING at step %d weight %d: %s", st.GetStepIndex()+1, st.GetCanaryWeight(), st.GetMessage())
+	if st.GetStepIndex() != 0 || st.GetCanaryWeight() != 0 || !strings.Contains(st.GetMessage(), "shadow-v2") {
+		t.Fatalf("want HOLDING at the mirror step, weight 0, firing on shadow-v2's own stats; got step %d weight %d: %s", st.GetStepIndex()+1, st.GetCanaryWeight(), st.GetMessage())
+	}
+	rolled := r.sp.WaitPhase("shadow", "ROLLING_BACK", rollbackAfter+20*time.Second)
+	r.sp.WaitPhase("shadow", "ROLLED_BACK", 20*time.Second)
+	rs := waitVhost(t, r.envoy, "shadow", "the rollback's route without a mirror", func(rs []vhostRoute) bool { return len(rs) == 1 && len(rs[0].Mirror) == 0 })
+	// After the rollback the mirror is gone: v2 receives nothing more.
+	after := settled(r.v2)
+	time.Sleep(2 * time.Second)
+	late := r.v2.Requests() - after
+	stopLoad()
+	res := <-done
+	stopMon()
+	hi := <-maxWeight
+	t.Logf("HOLDING → ROLLING_BACK after %s (rollbackAfter %s); highest canary weight Envoy held: %d; client: %d requests, %d failed, by version %v; v2 answered %d shadow copies with 503, %d after the rollback; final route %v mirror %v",
+		rolled.Sub(held).Round(100*time.Millisecond), rollbackAfter, hi, res.Total, res.Failures, res.ByVersion, r.v2.Failures(), late, rs[0].Weights, rs[0].Mirror)
+	if hi != 0 || res.ByVersion["v2"] != 0 || res.Failures != 0 {
+		t.Fatalf("user traffic moved to the failing canary: weight up to %d, v2 answers %d, failures %d", hi, res.ByVersion["v2"], res.Failures)
+	}
+	if d := rolled.Sub(held); d < rollbackAfter-2*time.Second || d > rollbackAfter+5*time.Second {
+		t.Fatalf("rolled back %s after the hold began, want about rollbackAfter (%s)", d, rollbackAfter)
+	}
+	if r.v2.Failures() == 0 {
+		t.Fatal("the canary never saw a shadow copy")
+	}
+	if late != 0 {
+		t.Fatalf("v2 received %d requests after the rollback removed the mirror", late)
+	}
+}
+
 // keep imports used while the other tests are being written.
 var _ = sort.Strings
