@@ -4,10 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math"
 	"net/http"
-	"sort"
+	"net/http/cookiejar"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -406,5 +409,256 @@ func TestFailingMirroredCanaryHolds(t *testing.T) {
 	}
 }
 
-// keep imports used while the other tests are being written.
-var _ = sort.Strings
+// stickyUsers are simulated users, each with its own cookie jar, sharing
+// one connection pool.
+type stickyUsers struct {
+	clients []*http.Client
+	url     string
+	// history[u] is every version user u was answered by, in order.
+	history [][]string
+}
+
+func newStickyUsers(t *testing.T, n int, listen string) *stickyUsers {
+	t.Helper()
+	tr := &http.Transport{MaxIdleConnsPerHost: 64, MaxConnsPerHost: 64}
+	t.Cleanup(tr.CloseIdleConnections)
+	u := &stickyUsers{url: "http://" + listen + "/", history: make([][]string, n)}
+	for i := 0; i < n; i++ {
+		jar, err := cookiejar.New(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		u.clients = append(u.clients, &http.Client{Transport: tr, Jar: jar, Timeout: 10 * time.Second})
+	}
+	return u
+}
+
+// round sends one request per user (48 at a time) and returns the version
+// each was answered by; every request must succeed.
+func (u *stickyUsers) round(t *testing.T) []string {
+	t.Helper()
+	got := make([]string, len(u.clients))
+	errs := make([]error, len(u.clients))
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for w := 0; w < 48; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				resp, err := u.clients[i].Get(u.url)
+				if err != nil {
+					errs[i] = err
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					errs[i] = fmt.Errorf("status %d", resp.StatusCode)
+				}
+				got[i] = resp.Header.Get("X-Version")
+			}
+		}()
+	}
+	for i := range u.clients {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("user %d: %v", i, err)
+		}
+		u.history[i] = append(u.history[i], got[i])
+	}
+	return got
+}
+
+// onV2 counts users whose latest answer came from v2.
+func onV2(got []string) int {
+	n := 0
+	for _, v := range got {
+		if v == "v2" {
+			n++
+		}
+	}
+	return n
+}
+
+// Session affinity: 600 users, each with its own cookie jar, through a
+// rollout at 10% then 40%: nobody who got v2 gets v1 again, users without the
+// cookie reach v2 at the weight, and after an abort every user's next
+// request is answered by v1.
+func TestSessionAffinityKeepsUsersOnV2(t *testing.T) {
+	sp := StartShiftplane(t)
+	rc, _ := apiClients(t, sp)
+	v1, v2 := harness.StartBackend(t, "v1"), harness.StartBackend(t, "v2")
+	listen := fmt.Sprintf("127.0.0.1:%d", harness.FreePort(t))
+	sp.WritePlan("sticky.yaml", fmt.Sprintf(`name: sticky
+listener: {address: %q}
+stable: {cluster: sticky-v1, endpoints: [%q]}
+canary:
+  cluster: sticky-v2
+  endpoints: [%q]
+  sessionAffinity: {cookieName: sp-sticky, maxAge: 1h}
+steps: [{weight: 10, hold: 0s}, {pause: {}}, {weight: 40, hold: 0s}, {pause: {}}, {weight: 100}]
+analysis: {stableFor: 1s, staleAfter: 5s}
+`, listen, v1.Addr, v2.Addr))
+	envoy := harness.StartEnvoy(t, harness.EnvoyOptions{NodeID: "envoy-sticky", Cluster: "e2e", XDSAddr: sp.XDSAddr})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := envoy.WaitListener(ctx, listen); err != nil {
+		t.Fatal(err)
+	}
+	const users = 600
+	u := newStickyUsers(t, users, listen)
+	canaryWeight := func() (uint32, int) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		rs, err := vhostRoutes(ctx, envoy, "sticky")
+		if err != nil || len(rs) == 0 {
+			return 0, 0
+		}
+		return rs[len(rs)-1].Weights["sticky-v2"], len(rs)
+	}
+	// rounds at a steady weight: fresh is the answers to users who had
+	// never got v2 before the round.
+	type window struct {
+		weight        uint32
+		fresh, fresh2 int
+		rounds        int
+		usersOnV2     int
+	}
+	windows := map[uint32]*window{}
+	roundsUntil := func(what string, done func() bool) {
+		for i := 0; !done(); i++ {
+			if i > 200 {
+				t.Fatalf("%s: not reached after 200 rounds", what)
+			}
+			onBefore := make([]bool, users)
+			for j, h := range u.history {
+				onBefore[j] = slices.Contains(h, "v2")
+			}
+			// Paced, so users make a few requests per step rather than
+			// hundreds (each request of a cookie-less user is a new draw).
+			start := time.Now()
+			wb, _ := canaryWeight()
+			got := u.round(t)
+			wa, _ := canaryWeight()
+			time.Sleep(time.Until(start.Add(500 * time.Millisecond)))
+			if wb != wa || wb == 0 {
+				continue
+			}
+			w := windows[wb]
+			if w == nil {
+				w = &window{weight: wb}
+				windows[wb] = w
+			}
+			w.rounds++
+			w.usersOnV2 = onV2(got)
+			for j, v := range got {
+				if !onBefore[j] {
+					w.fresh++
+					if v == "v2" {
+						w.fresh2++
+					}
+				}
+			}
+		}
+	}
+	status := func() *shiftplanev1.Rollout { return rolloutStatus(t, rc, "sticky") }
+	pausedAt := func(step int32) func() bool {
+		return func() bool {
+			st := status()
+			return st.GetPhase() == shiftplanev1.Phase_PHASE_PAUSED && st.GetStepIndex() == step
+		}
+	}
+	extra := func(n int) func() bool { k := 0; return func() bool { k++; return k > n } }
+	resume := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if _, err := rc.Resume(ctx, &shiftplanev1.ResumeRequest{Name: "sticky"}); err != nil {
+			t.Fatalf("resume: %v", err)
+		}
+	}
+
+	roundsUntil("the gate after weight 10", pausedAt(1))
+	roundsUntil("3 rounds at the gate", extra(3))
+	resume()
+	roundsUntil("the gate after weight 40", pausedAt(3))
+	roundsUntil("3 rounds at the gate", extra(3))
+	beforeAbort := len(u.history[0])
+	abort(t, rc, "sticky")
+	// Rounds until Envoy has the rollback's routes (no cookie route,
+	// weight 0), then two more: those must be all v1.
+	var firstClean int
+	for i := 0; ; i++ {
+		if w, n := canaryWeight(); w == 0 && n == 1 {
+			firstClean = len(u.history[0])
+			break
+		}
+		if i > 100 {
+			t.Fatal("Envoy never got the rollback's routes")
+		}
+		u.round(t)
+	}
+	for i := 0; i < 2; i++ {
+		u.round(t)
+	}
+
+	// No user got v1 after v2 before the abort.
+	violations, everV2 := 0, 0
+	for _, h := range u.history {
+		seen := false
+		for _, v := range h[:beforeAbort] {
+			if v == "v2" {
+				seen = true
+			} else if seen {
+				violations++
+			}
+		}
+		if seen {
+			everV2++
+		}
+	}
+	afterV2 := 0
+	for _, h := range u.history {
+		for _, v := range h[firstClean:] {
+			if v == "v2" {
+				afterV2++
+			}
+		}
+	}
+	ws := make([]uint32, 0, len(windows))
+	for w := range windows {
+		ws = append(ws, w)
+	}
+	slices.Sort(ws)
+	keep := 1.0 // share of users a sticky split leaves on v1 after the rounds so far
+	for _, wv := range ws {
+		w := windows[wv]
+		p := float64(w.weight) / 100
+		share := float64(w.fresh2) / float64(max(w.fresh, 1))
+		sd := math.Sqrt(p * (1 - p) / float64(max(w.fresh, 1)))
+		keep *= math.Pow(1-p, float64(w.rounds))
+		t.Logf("weight %d: %d steady rounds; users without the cookie reached v2 in %d of %d requests = %.2f%% (want %d ± %.1f); users on v2 after the last round: %d of %d = %.1f%% (the weights predict about %.1f%%)",
+			w.weight, w.rounds, w.fresh2, w.fresh, 100*share, w.weight, 100*math.Max(0.05, 4*sd), w.usersOnV2, users, 100*float64(w.usersOnV2)/users, 100*(1-keep))
+		if math.Abs(share-p) > math.Max(0.05, 4*sd) {
+			t.Errorf("weight %d: cookie-less users reached v2 at %.4f, want %.2f", w.weight, share, p)
+		}
+	}
+	t.Logf("%d users, %d rounds before the abort, %d users ever on v2; v1 after v2 (before the abort): %d; after Envoy had the rollback's routes: %d v2 answers in %d requests",
+		users, beforeAbort, everV2, violations, afterV2, users*(len(u.history[0])-firstClean))
+	if len(windows) != 2 || windows[10] == nil || windows[40] == nil {
+		t.Fatalf("steady windows at weights %v, want 10 and 40", ws)
+	}
+	if violations != 0 {
+		t.Fatalf("%d answers from v1 to users who had got v2", violations)
+	}
+	if afterV2 != 0 {
+		t.Fatalf("%d answers from v2 after the rollback reached Envoy", afterV2)
+	}
+	if windows[40].usersOnV2 < windows[10].usersOnV2 {
+		t.Fatalf("users on v2 fell from %d to %d while the weight rose", windows[10].usersOnV2, windows[40].usersOnV2)
+	}
+}
