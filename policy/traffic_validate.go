@@ -26,7 +26,9 @@ func (c *checker) traffic(p Plan) {
 		c.match(fmt.Sprintf("canary.match[%d]", i), m)
 	}
 	if a := p.Canary.SessionAffinity; a != nil {
-		if err := model.CheckCookieName(a.CookieName); err != nil {
+		// The value names the attempt (AffinityValue): the canary cluster
+		// and up to 8 base-36 digits.
+		if err := model.CheckAffinity(a.CookieName, p.Canary.Cluster+"-zzzzzzzz"); err != nil {
 			c.add("canary.sessionAffinity.cookieName", "%v", err)
 		}
 		if d := a.MaxAge.D(); d < 1e9 || d > model.MaxAffinityAge || d%1e9 != 0 {
@@ -43,15 +45,9 @@ func (c *checker) traffic(p Plan) {
 
 func (c *checker) match(f string, m Match) {
 	kinds := 0
-	var kind model.MatchKind
-	var name string
-	for _, k := range []struct {
-		kind model.MatchKind
-		name string
-	}{{model.MatchHeader, m.Header}, {model.MatchCookie, m.Cookie}, {model.MatchQuery, m.Query}} {
-		if k.name != "" {
+	for _, name := range []string{m.Header, m.Cookie, m.Query} {
+		if name != "" {
 			kinds++
-			kind, name = k.kind, k.name
 		}
 	}
 	if kinds != 1 {
@@ -59,27 +55,23 @@ func (c *checker) match(f string, m Match) {
 		return
 	}
 	ops := 0
-	op, value := model.OpPresent, ""
-	for _, o := range []struct {
-		op  model.MatchOp
-		set bool
-		v   string
-	}{{model.OpExact, m.Exact != "", m.Exact}, {model.OpPrefix, m.Prefix != "", m.Prefix}, {model.OpRegex, m.Regex != "", m.Regex},
-		{model.OpPresent, m.Present, ""}, {model.OpAbsent, m.Absent, ""}} {
-		if o.set {
+	for _, set := range []bool{m.Exact != "", m.Prefix != "", m.Regex != "", m.Present, m.Absent} {
+		if set {
 			ops++
-			op, value = o.op, o.v
 		}
 	}
 	if ops != 1 {
 		c.add(f, "give exactly one of exact, prefix, regex, present: true and absent: true, got %d", ops)
 		return
 	}
-	if err := model.CheckMatchName(kind, name); err != nil {
-		c.add(f+"."+string(kind), "%v", err)
-	}
-	if err := model.CheckMatchValue(kind, op, value); err != nil {
-		c.add(f+"."+string(op), "%v", err)
+	mm := modelMatch(m)
+	part, err := model.CheckMatch(mm)
+	switch {
+	case err == nil:
+	case part == "name":
+		c.add(f+"."+string(mm.Kind), "%v", err)
+	default:
+		c.add(f+"."+string(mm.Op), "%v", err)
 	}
 }
 

@@ -29,17 +29,17 @@ func trafficRoutes(s model.Service) []*routev3.Route {
 		to(fmt.Sprintf("%s-match-%d", s.Name, i), routeMatch(m))
 	}
 	if a := s.Affinity; a != nil {
-		to(s.Name+"-affinity", &routev3.RouteMatch{Headers: []*routev3.HeaderMatcher{
-			cookieMatcher(a.Cookie, regexp.QuoteMeta(a.Value), false),
-		}})
+		to(s.Name+"-affinity", &routev3.RouteMatch{Headers: []*routev3.HeaderMatcher{{
+			Name:                 "cookie",
+			HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: regexMatch(model.CookieRegex(a.Cookie, regexp.QuoteMeta(a.Value)))},
+		}}})
 	}
 	return out
 }
 
 // routeMatch translates one matcher. Envoy matches headers and query
-// parameters itself; a cookie is a regex over the Cookie header, and an
-// absent query parameter an inverted regex over :path (Envoy's query
-// matcher cannot say "absent").
+// parameters itself; a cookie and an absent query parameter are regexes
+// (model.Match.Regex).
 func routeMatch(m model.Match) *routev3.RouteMatch {
 	rm := &routev3.RouteMatch{}
 	switch m.Kind {
@@ -54,25 +54,17 @@ func routeMatch(m model.Match) *routev3.RouteMatch {
 		}
 		rm.Headers = []*routev3.HeaderMatcher{h}
 	case model.MatchCookie:
-		var value string
-		switch m.Op {
-		case model.OpExact:
-			value = regexp.QuoteMeta(m.Value)
-		case model.OpPrefix:
-			value = regexp.QuoteMeta(m.Value) + `[^;]*`
-		case model.OpRegex:
-			value = "(?:" + m.Value + ")"
-		default: // present, absent
-			value = `[^;]*`
+		h := &routev3.HeaderMatcher{Name: "cookie", HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: regexMatch(m.Regex())}}
+		if m.Op == model.OpAbsent {
+			h.InvertMatch, h.TreatMissingHeaderAsEmpty = true, true
 		}
-		rm.Headers = []*routev3.HeaderMatcher{cookieMatcher(m.Name, value, m.Op == model.OpAbsent)}
+		rm.Headers = []*routev3.HeaderMatcher{h}
 	case model.MatchQuery:
 		if m.Op == model.OpAbsent {
 			rm.Headers = []*routev3.HeaderMatcher{{
-				Name: ":path",
-				HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: regexMatch(
-					`[^?]*\?(.*&)?` + regexp.QuoteMeta(m.Name) + `(=[^&]*)?(&.*)?`)},
-				InvertMatch: true,
+				Name:                 ":path",
+				HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: regexMatch(m.Regex())},
+				InvertMatch:          true,
 			}}
 			break
 		}
@@ -85,19 +77,6 @@ func routeMatch(m model.Match) *routev3.RouteMatch {
 		rm.QueryParameters = []*routev3.QueryParameterMatcher{q}
 	}
 	return rm
-}
-
-// cookieMatcher matches a Cookie header that carries name=<valueRE>
-// (valueRE is a regex); invert matches requests without such a cookie,
-// including those with no Cookie header at all.
-func cookieMatcher(name, valueRE string, invert bool) *routev3.HeaderMatcher {
-	return &routev3.HeaderMatcher{
-		Name: "cookie",
-		HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: regexMatch(
-			`(.*;)?\s*` + regexp.QuoteMeta(name) + `=` + valueRE + `\s*(;.*)?`)},
-		InvertMatch:               invert,
-		TreatMissingHeaderAsEmpty: invert,
-	}
 }
 
 func stringMatch(op model.MatchOp, value string) *matcherv3.StringMatcher {
