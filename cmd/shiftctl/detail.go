@@ -71,6 +71,12 @@ func writeDetail(w io.Writer, r *shiftplanev1.Rollout, events []*shiftplanev1.Ev
 		what := "pause (manual gate: resume or promote)"
 		if s.Weight != nil {
 			what = fmt.Sprintf("weight %d%%", *s.Weight)
+			if s.Mirror > 0 {
+				what += fmt.Sprintf(", mirror %d%%", s.Mirror)
+			}
+			if s.MatchOnly != nil {
+				what += ", matched requests only"
+			}
 			if s.Hold > 0 {
 				what += fmt.Sprintf("\thold %s", s.Hold)
 			}

@@ -58,7 +58,14 @@ func printSchedules(w io.Writer, plans []policy.SourcedPlan) {
 				fmt.Fprintf(w, "  steps[%d]: pause (manual gate)\n", i)
 				continue
 			}
-			fmt.Fprintf(w, "  steps[%d]: weight %d, hold %s\n", i, *s.Weight, s.Hold)
+			extra := ""
+			if s.Mirror > 0 {
+				extra += fmt.Sprintf(", mirror %d%%", s.Mirror)
+			}
+			if s.MatchOnly != nil {
+				extra += ", matched requests only"
+			}
+			fmt.Fprintf(w, "  steps[%d]: weight %d%s, hold %s\n", i, *s.Weight, extra, s.Hold)
 		}
 	}
 }
