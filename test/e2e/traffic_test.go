@@ -131,9 +131,14 @@ func weighted(rs []vhostRoute, name string) *vhostRoute {
 // and the v2 share of the answers; every request must succeed.
 func loadV2(t *testing.T, listen string, n int, h http.Header) (harness.LoadResult, float64) {
 	t.Helper()
+	return loadV2Path(t, listen, "/", n, h)
+}
+
+func loadV2Path(t *testing.T, listen, path string, n int, h http.Header) (harness.LoadResult, float64) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 	defer cancel()
-	res, err := harness.HTTPLoad(ctx, "http://"+listen+"/", harness.LoadOptions{Requests: n, Concurrency: 8, Header: h})
+	res, err := harness.HTTPLoad(ctx, "http://"+listen+path, harness.LoadOptions{Requests: n, Concurrency: 8, Header: h})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,7 +157,7 @@ func abort(t *testing.T, rc shiftplanev1.RolloutServiceClient, name string) {
 	}
 }
 
-// Header and cookie matchers send testers to v2 at weight 0 (a matchOnly
+// Header, cookie and query matchers send testers to v2 at weight 0 (a matchOnly
 // step) and keep them there at the first weighted step, while everyone
 // else follows the weight; an abort takes the matched routes away.
 func TestMatchRoutesTestersFirst(t *testing.T) {
@@ -170,6 +175,7 @@ canary:
   match:
     - {header: x-canary, exact: "true"}
     - {cookie: tester, exact: "1"}
+    - {query: preview, present: true}
 steps:
   - {matchOnly: {}, hold: %s}
   - {weight: 30, hold: 1h}
@@ -186,11 +192,11 @@ analysis: {stableFor: 1s, staleAfter: 5s}
 	}
 	rs := waitVhost(t, envoy, "ab", "the matchOnly step's routes", func(rs []vhostRoute) bool {
 		w := weighted(rs, "ab")
-		return len(rs) == 3 && w != nil && w.Weights["ab-v2"] == 0
+		return len(rs) == 4 && w != nil && w.Weights["ab-v2"] == 0
 	})
 	t.Logf("matchOnly step: Envoy routes %v, weighted %v", routeNames(rs), weighted(rs, "ab").Weights)
-	if fmt.Sprint(routeNames(rs)) != "[ab-match-0 ab-match-1 ab]" || rs[0].Cluster != "ab-v2" || rs[1].Cluster != "ab-v2" {
-		t.Fatalf("routes %+v, want the two match routes to ab-v2 before the weighted one", rs)
+	if fmt.Sprint(routeNames(rs)) != "[ab-match-0 ab-match-1 ab-match-2 ab]" || rs[0].Cluster != "ab-v2" || rs[1].Cluster != "ab-v2" || rs[2].Cluster != "ab-v2" {
+		t.Fatalf("routes %+v, want the three match routes to ab-v2 before the weighted one", rs)
 	}
 
 	header := http.Header{"X-Canary": {"true"}}
@@ -200,11 +206,12 @@ analysis: {stableFor: 1s, staleAfter: 5s}
 	_, hShare := loadV2(t, listen, n, header)
 	_, cShare := loadV2(t, listen, n, cookie)
 	_, uShare := loadV2(t, listen, n, nil)
-	_, nqShare := loadV2(t, listen, n, notQuite)
-	t.Logf("weight 0 (matchOnly): header-matched v2 %.2f%%, cookie-matched v2 %.2f%%, unmatched v2 %.2f%%, near-misses v2 %.2f%% (%d requests each)",
-		100*hShare, 100*cShare, 100*uShare, 100*nqShare, n)
-	if hShare != 1 || cShare != 1 || uShare != 0 || nqShare != 0 {
-		t.Fatalf("at weight 0: matched %.4f/%.4f, unmatched %.4f, near-misses %.4f; want 1, 1, 0, 0", hShare, cShare, uShare, nqShare)
+	_, nqShare := loadV2Path(t, listen, "/?previews=1&x=preview", n, notQuite)
+	_, qShare := loadV2Path(t, listen, "/search?q=x&preview", 500, nil)
+	t.Logf("weight 0 (matchOnly): header-matched v2 %.2f%%, cookie-matched v2 %.2f%%, query-matched v2 %.2f%% (500), unmatched v2 %.2f%%, near-misses v2 %.2f%% (%d requests each)",
+		100*hShare, 100*cShare, 100*qShare, 100*uShare, 100*nqShare, n)
+	if hShare != 1 || cShare != 1 || qShare != 1 || uShare != 0 || nqShare != 0 {
+		t.Fatalf("at weight 0: matched %.4f/%.4f/%.4f, unmatched %.4f, near-misses %.4f; want 1, 1, 1, 0, 0", hShare, cShare, qShare, uShare, nqShare)
 	}
 	// Testers keep sending (the step's evidence: no requests, no hold).
 	bgCtx, stopTesters := context.WithCancel(context.Background())
@@ -228,7 +235,7 @@ analysis: {stableFor: 1s, staleAfter: 5s}
 		return w != nil && w.Weights["ab-v2"] == 30
 	})
 	t.Logf("first weighted step: Envoy routes %v, weighted %v", routeNames(rs), weighted(rs, "ab").Weights)
-	if len(rs) != 3 {
+	if len(rs) != 4 {
 		t.Fatalf("at weight 30 the routes are %v, want the match routes kept", routeNames(rs))
 	}
 	_, hShare = loadV2(t, listen, n, header)
