@@ -1019,3 +1019,46 @@ func TestToStatusInternal(t *testing.T) {
 		t.Errorf("toStatus = %v", err)
 	}
 }
+
+// TestTrafficPlanRoundTrip: canary.match, canary.sessionAffinity, mirror
+// and matchOnly steps survive policy → proto → policy.
+func TestTrafficPlanRoundTrip(t *testing.T) {
+	base := `name: search
+listener: {address: 127.0.0.1:10002}
+stable: {cluster: search-v1, endpoints: ["127.0.0.1:9181"]}
+canary:
+  cluster: search-v2
+  endpoints: ["127.0.0.1:9182"]
+`
+	for name, doc := range map[string]string{
+		"match, matchOnly and mirror": base + `  match:
+    - {header: x-canary, exact: "true"}
+    - {header: x-tenant, prefix: beta-}
+    - {cookie: build, regex: "v2\\.[0-9]+"}
+    - {query: preview, present: true}
+    - {header: x-legacy, absent: true}
+steps:
+  - {matchOnly: {}, hold: 10m}
+  - {mirror: 50, hold: 5m}
+  - {weight: 10, hold: 5m}
+  - {weight: 100}
+`,
+		"session affinity": base + `  sessionAffinity: {cookieName: shiftplane-search, maxAge: 24h}
+steps: [{weight: 10, hold: 1m}, {weight: 100}]
+`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			plans, ps := policy.ParseAndValidate([]byte(doc), "", policy.ValidateOptions{})
+			if len(ps) > 0 || len(plans) != 1 {
+				t.Fatalf("fixture: %v", ps)
+			}
+			got, ps := PlanFromProto(PlanToProto(plans[0]), policy.ValidateOptions{})
+			if len(ps) > 0 {
+				t.Fatalf("PlanFromProto(PlanToProto(plan)): %v", ps)
+			}
+			if !reflect.DeepEqual(got, plans[0]) {
+				t.Errorf("round trip changed the plan:\n got %+v\nwant %+v", got, plans[0])
+			}
+		})
+	}
+}
