@@ -10,7 +10,8 @@ type DesiredState = model.State
 type ServiceState = model.Service
 
 // ServiceStateFor returns plan p's service at weight w with both clusters
-// published. p must be valid: its endpoints are IP:port.
+// published, without the canary's traffic policy (TrafficFor(...).Apply
+// adds it for a rollout's state). p must be valid: its endpoints are IP:port.
 func ServiceStateFor(p Plan, w int) ServiceState {
 	p = p.WithDefaults()
 	od := *p.OutlierDetection

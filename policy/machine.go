@@ -37,6 +37,9 @@ import (
 //	             hooks run → SUCCEEDED (a hook failure is recorded, traffic
 //	             stays on the canary).
 //	ROLLING_BACK weight 0; once ACKed → ROLLED_BACK, or ABORTED after abort.
+//	             (canary.match routes, a mirror and the affinity cookie route
+//	             exist only in PROGRESSING, HOLDING and PAUSED: traffic.go;
+//	             any change of them republishes, at any weight.)
 //	terminal     SUCCEEDED, ROLLED_BACK, ABORTED, FAILED: only retry (from
 //	             ROLLED_BACK, ABORTED, FAILED) → PENDING at step 1.
 //
