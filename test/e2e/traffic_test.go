@@ -423,6 +423,9 @@ type stickyUsers struct {
 	url     string
 	// history[u] is every version user u was answered by, in order.
 	history [][]string
+	// v2Fails allows v2's answers to be errors (a failing canary).
+	v2Fails bool
+	failed  int // errors v2 answered while v2Fails
 }
 
 func newStickyUsers(t *testing.T, n int, listen string) *stickyUsers {
@@ -460,10 +463,10 @@ func (u *stickyUsers) round(t *testing.T) []string {
 				}
 				_, _ = io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
-				if resp.StatusCode != http.StatusOK {
-					errs[i] = fmt.Errorf("status %d", resp.StatusCode)
-				}
 				got[i] = resp.Header.Get("X-Version")
+				if resp.StatusCode != http.StatusOK && !(u.v2Fails && got[i] == "v2") {
+					errs[i] = fmt.Errorf("status %d from %q", resp.StatusCode, got[i])
+				}
 			}
 		}()
 	}
@@ -472,6 +475,9 @@ func (u *stickyUsers) round(t *testing.T) []string {
 	}
 	close(next)
 	wg.Wait()
+	if u.v2Fails {
+		u.failed += onV2(got)
+	}
 	for i, err := range errs {
 		if err != nil {
 			t.Fatalf("user %d: %v", i, err)
@@ -494,8 +500,8 @@ func onV2(got []string) int {
 
 // Session affinity: 600 users, each with its own cookie jar, through a
 // rollout at 10% then 40%: nobody who got v2 gets v1 again, users without the
-// cookie reach v2 at the weight, and after an abort every user's next
-// request is answered by v1.
+// cookie reach v2 at the weight; then v2 fails, the rollout rolls back, and
+// once Envoy has the rollback every user's next request is answered by v1.
 func TestSessionAffinityKeepsUsersOnV2(t *testing.T) {
 	sp := StartShiftplane(t)
 	rc, _ := apiClients(t, sp)
@@ -509,7 +515,7 @@ canary:
   endpoints: [%q]
   sessionAffinity: {cookieName: sp-sticky, maxAge: 1h}
 steps: [{weight: 10, hold: 0s}, {pause: {}}, {weight: 40, hold: 0s}, {pause: {}}, {weight: 100}]
-analysis: {stableFor: 1s, staleAfter: 5s}
+analysis: {stableFor: 1s, staleAfter: 5s, rollbackAfter: 4s}
 `, listen, v1.Addr, v2.Addr))
 	envoy := harness.StartEnvoy(t, harness.EnvoyOptions{NodeID: "envoy-sticky", Cluster: "e2e", XDSAddr: sp.XDSAddr})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -594,8 +600,10 @@ analysis: {stableFor: 1s, staleAfter: 5s}
 	resume()
 	roundsUntil("the gate after weight 40", pausedAt(3))
 	roundsUntil("3 rounds at the gate", extra(3))
+	// v2 starts failing: sticky users see its 503s until the rollback.
 	beforeAbort := len(u.history[0])
-	abort(t, rc, "sticky")
+	v2.SetFailing(503)
+	u.v2Fails = true
 	// Rounds until Envoy has the rollback's routes (no cookie route,
 	// weight 0), then two more: those must be all v1.
 	var firstClean int
@@ -607,17 +615,27 @@ analysis: {stableFor: 1s, staleAfter: 5s}
 		if i > 100 {
 			t.Fatal("Envoy never got the rollback's routes")
 		}
+		// Paced like the rounds before: rollbackAfter is 4s.
+		time.Sleep(300 * time.Millisecond)
 		u.round(t)
 	}
 	for i := 0; i < 2; i++ {
 		u.round(t)
 	}
+	rolled := status()
+	t.Logf("after v2 failed: %s: %s; sticky users got %d 503s from v2 before the rollback reached Envoy (%d rounds)",
+		rolled.GetPhase(), rolled.GetMessage(), u.failed, firstClean-beforeAbort)
+	if rolled.GetPhase() != shiftplanev1.Phase_PHASE_ROLLED_BACK && rolled.GetPhase() != shiftplanev1.Phase_PHASE_ROLLING_BACK {
+		t.Fatalf("phase %s, want a rollback", rolled.GetPhase())
+	}
 
-	// No user got v1 after v2 before the abort.
+	// No user got v1 after v2 before the rollback: in every round that
+	// ended before Envoy had the rollback's routes (the round during which
+	// they arrived may mix), failing canary or not.
 	violations, everV2 := 0, 0
 	for _, h := range u.history {
 		seen := false
-		for _, v := range h[:beforeAbort] {
+		for _, v := range h[:firstClean-1] {
 			if v == "v2" {
 				seen = true
 			} else if seen {
@@ -654,8 +672,8 @@ analysis: {stableFor: 1s, staleAfter: 5s}
 			t.Errorf("weight %d: cookie-less users reached v2 at %.4f, want %.2f", w.weight, share, p)
 		}
 	}
-	t.Logf("%d users, %d rounds before the abort, %d users ever on v2; v1 after v2 (before the abort): %d; after Envoy had the rollback's routes: %d v2 answers in %d requests",
-		users, beforeAbort, everV2, violations, afterV2, users*(len(u.history[0])-firstClean))
+	t.Logf("%d users, %d rounds before v2 failed, %d rounds before the rollback reached Envoy; %d users ever on v2; v1 after v2 in those rounds: %d; after Envoy had the rollback's routes: %d v2 answers in %d requests",
+		users, beforeAbort, firstClean-1, everV2, violations, afterV2, users*(len(u.history[0])-firstClean))
 	if len(windows) != 2 || windows[10] == nil || windows[40] == nil {
 		t.Fatalf("steady windows at weights %v, want 10 and 40", ws)
 	}
