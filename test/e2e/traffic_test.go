@@ -8,11 +8,15 @@ import (
 	"math"
 	"net/http"
 	"net/http/cookiejar"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 
 	shiftplanev1 "github.com/shiftplane/shiftplane/proto/shiftplane/v1"
 	"github.com/shiftplane/shiftplane/test/harness"
@@ -685,5 +689,57 @@ analysis: {stableFor: 1s, staleAfter: 5s, rollbackAfter: 4s}
 	}
 	if windows[40].usersOnV2 < windows[10].usersOnV2 {
 		t.Fatalf("users on v2 fell from %d to %d while the weight rose", windows[10].usersOnV2, windows[40].usersOnV2)
+	}
+}
+
+// Envoy itself accepts every traffic-policy golden route configuration
+// (every matcher kind, the cookie and :path regexes, the mirror and the
+// affinity cookie): each is put in a static bootstrap and run through
+// `envoy --mode validate`.
+func TestTrafficGoldenRoutesEnvoyValidates(t *testing.T) {
+	root := harness.RepoRoot(t)
+	for _, name := range []string{"match-routes", "match-weighted", "mirror", "affinity"} {
+		t.Run(name, func(t *testing.T) {
+			data, err := os.ReadFile(filepath.Join(root, "xds", "testdata", "out", name+".route.yaml"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var rcs []map[string]any
+			if err := yaml.Unmarshal(data, &rcs); err != nil || len(rcs) != 1 {
+				t.Fatalf("%s: %v (%d route configurations)", name, err, len(rcs))
+			}
+			rc := rcs[0]
+			delete(rc, "name")
+			clusters := []any{}
+			for _, c := range []string{"checkout-v1", "checkout-v2"} {
+				clusters = append(clusters, map[string]any{"name": c, "type": "STATIC", "loadAssignment": map[string]any{
+					"clusterName": c, "endpoints": []any{map[string]any{"lbEndpoints": []any{map[string]any{"endpoint": map[string]any{
+						"address": map[string]any{"socketAddress": map[string]any{"address": "127.0.0.1", "portValue": 9}}}}}}}}})
+			}
+			boot := map[string]any{"staticResources": map[string]any{
+				"clusters": clusters,
+				"listeners": []any{map[string]any{"name": "golden", "address": map[string]any{"socketAddress": map[string]any{"address": "127.0.0.1", "portValue": 9}},
+					"filterChains": []any{map[string]any{"filters": []any{map[string]any{"name": "envoy.filters.network.http_connection_manager",
+						"typedConfig": map[string]any{
+							"@type":       "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+							"statPrefix":  "golden",
+							"routeConfig": rc,
+							"httpFilters": []any{map[string]any{"name": "envoy.filters.http.router",
+								"typedConfig": map[string]any{"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}},
+						}}}}}}},
+			}}
+			js, err := json.Marshal(boot)
+			if err != nil {
+				t.Fatal(err)
+			}
+			path := filepath.Join(t.TempDir(), name+".json")
+			if err := os.WriteFile(path, js, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := harness.ValidateBootstrap(t, path); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("%s: Envoy accepts the route configuration", name)
+		})
 	}
 }
