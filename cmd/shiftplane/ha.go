@@ -245,7 +245,7 @@ func (r *haReplica) lead(ctx context.Context, term leader.Term) {
 		return
 	}
 	engine, err := policy.New(ctx, policy.Options{
-		Store: fenced, Publisher: r.pub, Fleet: r.view, Gate: r.deps.gate,
+		Store: fenced, Publisher: r.pub, Fleet: r.view, Gate: r.deps.gate, Stats: r.deps.gate,
 		Hooks:        policy.CommandHooks{AllowExec: r.cfg.Hooks.AllowExec, AllowHosts: r.cfg.Hooks.AllowHosts},
 		Clock:        policy.SystemClock{},
 		Log:          r.log,

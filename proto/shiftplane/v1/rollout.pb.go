@@ -1319,9 +1319,20 @@ type Rollout struct {
 	// Where the plan came from: "api" or "file:<path>".
 	Source string `protobuf:"bytes,17,opt,name=source,proto3" json:"source,omitempty"`
 	// The last hook failure, if any.
-	HookError     string `protobuf:"bytes,18,opt,name=hook_error,json=hookError,proto3" json:"hook_error,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	HookError string `protobuf:"bytes,18,opt,name=hook_error,json=hookError,proto3" json:"hook_error,omitempty"`
+	// The split the fleet reported for the current step (requests each
+	// version completed, from the stats Envoy streams); unset once the
+	// rollout is finished.
+	Observed *StepTraffic `protobuf:"bytes,19,opt,name=observed,proto3" json:"observed,omitempty"`
+	// The observed split of every step since this shiftplane process started,
+	// oldest first; while the rollout runs the last is the current step.
+	ObservedSteps []*StepTraffic `protobuf:"bytes,20,rep,name=observed_steps,json=observedSteps,proto3" json:"observed_steps,omitempty"`
+	// Requests each version completed over observed_steps (and older steps
+	// of this process), as in shiftplane_rollout_requests_total.
+	ObservedStableRequests uint64 `protobuf:"varint,21,opt,name=observed_stable_requests,json=observedStableRequests,proto3" json:"observed_stable_requests,omitempty"`
+	ObservedCanaryRequests uint64 `protobuf:"varint,22,opt,name=observed_canary_requests,json=observedCanaryRequests,proto3" json:"observed_canary_requests,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *Rollout) Reset() {
@@ -1480,6 +1491,238 @@ func (x *Rollout) GetHookError() string {
 	return ""
 }
 
+func (x *Rollout) GetObserved() *StepTraffic {
+	if x != nil {
+		return x.Observed
+	}
+	return nil
+}
+
+func (x *Rollout) GetObservedSteps() []*StepTraffic {
+	if x != nil {
+		return x.ObservedSteps
+	}
+	return nil
+}
+
+func (x *Rollout) GetObservedStableRequests() uint64 {
+	if x != nil {
+		return x.ObservedStableRequests
+	}
+	return 0
+}
+
+func (x *Rollout) GetObservedCanaryRequests() uint64 {
+	if x != nil {
+		return x.ObservedCanaryRequests
+	}
+	return 0
+}
+
+// StepTraffic is what the fleet reported one step served: the data plane's
+// proof that the configured weight became the split.
+type StepTraffic struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	StepIndex int32                  `protobuf:"varint,1,opt,name=step_index,json=stepIndex,proto3" json:"step_index,omitempty"`
+	// The canary weight (0..100) configured during the step.
+	Weight int32 `protobuf:"varint,2,opt,name=weight,proto3" json:"weight,omitempty"`
+	// The phase the step began in.
+	Phase Phase `protobuf:"varint,3,opt,name=phase,proto3,enum=shiftplane.v1.Phase" json:"phase,omitempty"`
+	// Requests the stable and the canary cluster completed, over every node.
+	StableRequests uint64 `protobuf:"varint,4,opt,name=stable_requests,json=stableRequests,proto3" json:"stable_requests,omitempty"`
+	CanaryRequests uint64 `protobuf:"varint,5,opt,name=canary_requests,json=canaryRequests,proto3" json:"canary_requests,omitempty"`
+	// The canary's percentage of those requests; unset while none was
+	// counted (no data is not 0%).
+	CanaryShare *float64 `protobuf:"fixed64,6,opt,name=canary_share,json=canaryShare,proto3,oneof" json:"canary_share,omitempty"`
+	// Nodes whose reports were counted.
+	Nodes int32 `protobuf:"varint,7,opt,name=nodes,proto3" json:"nodes,omitempty"`
+	// The counted reports span (from, to]: the earliest baseline a node's
+	// counters rose from, and the newest report counted.
+	From *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=from,proto3" json:"from,omitempty"`
+	To   *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=to,proto3" json:"to,omitempty"`
+	// The split per node (at most 32); events leave it out.
+	NodeTraffic   []*NodeTraffic `protobuf:"bytes,10,rep,name=node_traffic,json=nodeTraffic,proto3" json:"node_traffic,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StepTraffic) Reset() {
+	*x = StepTraffic{}
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StepTraffic) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StepTraffic) ProtoMessage() {}
+
+func (x *StepTraffic) ProtoReflect() protoreflect.Message {
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StepTraffic.ProtoReflect.Descriptor instead.
+func (*StepTraffic) Descriptor() ([]byte, []int) {
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *StepTraffic) GetStepIndex() int32 {
+	if x != nil {
+		return x.StepIndex
+	}
+	return 0
+}
+
+func (x *StepTraffic) GetWeight() int32 {
+	if x != nil {
+		return x.Weight
+	}
+	return 0
+}
+
+func (x *StepTraffic) GetPhase() Phase {
+	if x != nil {
+		return x.Phase
+	}
+	return Phase_PHASE_UNSPECIFIED
+}
+
+func (x *StepTraffic) GetStableRequests() uint64 {
+	if x != nil {
+		return x.StableRequests
+	}
+	return 0
+}
+
+func (x *StepTraffic) GetCanaryRequests() uint64 {
+	if x != nil {
+		return x.CanaryRequests
+	}
+	return 0
+}
+
+func (x *StepTraffic) GetCanaryShare() float64 {
+	if x != nil && x.CanaryShare != nil {
+		return *x.CanaryShare
+	}
+	return 0
+}
+
+func (x *StepTraffic) GetNodes() int32 {
+	if x != nil {
+		return x.Nodes
+	}
+	return 0
+}
+
+func (x *StepTraffic) GetFrom() *timestamppb.Timestamp {
+	if x != nil {
+		return x.From
+	}
+	return nil
+}
+
+func (x *StepTraffic) GetTo() *timestamppb.Timestamp {
+	if x != nil {
+		return x.To
+	}
+	return nil
+}
+
+func (x *StepTraffic) GetNodeTraffic() []*NodeTraffic {
+	if x != nil {
+		return x.NodeTraffic
+	}
+	return nil
+}
+
+// NodeTraffic is one node's part of a step, over its reports (from, to].
+type NodeTraffic struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Node           string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	StableRequests uint64                 `protobuf:"varint,2,opt,name=stable_requests,json=stableRequests,proto3" json:"stable_requests,omitempty"`
+	CanaryRequests uint64                 `protobuf:"varint,3,opt,name=canary_requests,json=canaryRequests,proto3" json:"canary_requests,omitempty"`
+	From           *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=from,proto3" json:"from,omitempty"`
+	To             *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=to,proto3" json:"to,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *NodeTraffic) Reset() {
+	*x = NodeTraffic{}
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeTraffic) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeTraffic) ProtoMessage() {}
+
+func (x *NodeTraffic) ProtoReflect() protoreflect.Message {
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeTraffic.ProtoReflect.Descriptor instead.
+func (*NodeTraffic) Descriptor() ([]byte, []int) {
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *NodeTraffic) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *NodeTraffic) GetStableRequests() uint64 {
+	if x != nil {
+		return x.StableRequests
+	}
+	return 0
+}
+
+func (x *NodeTraffic) GetCanaryRequests() uint64 {
+	if x != nil {
+		return x.CanaryRequests
+	}
+	return 0
+}
+
+func (x *NodeTraffic) GetFrom() *timestamppb.Timestamp {
+	if x != nil {
+		return x.From
+	}
+	return nil
+}
+
+func (x *NodeTraffic) GetTo() *timestamppb.Timestamp {
+	if x != nil {
+		return x.To
+	}
+	return nil
+}
+
 // Event is one recorded transition or notable fact of a rollout.
 type Event struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1495,14 +1738,16 @@ type Event struct {
 	// Output of a hook, when the event is about one.
 	Output string `protobuf:"bytes,8,opt,name=output,proto3" json:"output,omitempty"`
 	// Position in the rollout's history, increasing.
-	Seq           uint64 `protobuf:"varint,9,opt,name=seq,proto3" json:"seq,omitempty"`
+	Seq uint64 `protobuf:"varint,9,opt,name=seq,proto3" json:"seq,omitempty"`
+	// What the fleet reported the step this event ends served.
+	Observed      *StepTraffic `protobuf:"bytes,10,opt,name=observed,proto3" json:"observed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[16]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1514,7 +1759,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[16]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1527,7 +1772,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{16}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Event) GetTime() *timestamppb.Timestamp {
@@ -1593,6 +1838,13 @@ func (x *Event) GetSeq() uint64 {
 	return 0
 }
 
+func (x *Event) GetObserved() *StepTraffic {
+	if x != nil {
+		return x.Observed
+	}
+	return nil
+}
+
 type ApplyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Source:
@@ -1606,7 +1858,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[17]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1618,7 +1870,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[17]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1631,7 +1883,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{17}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ApplyRequest) GetSource() isApplyRequest_Source {
@@ -1689,7 +1941,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[18]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1701,7 +1953,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[18]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1714,7 +1966,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{18}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ApplyResponse) GetRollout() *Rollout {
@@ -1747,7 +1999,7 @@ type GetRequest struct {
 
 func (x *GetRequest) Reset() {
 	*x = GetRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[19]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1759,7 +2011,7 @@ func (x *GetRequest) String() string {
 func (*GetRequest) ProtoMessage() {}
 
 func (x *GetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[19]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1772,7 +2024,7 @@ func (x *GetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequest.ProtoReflect.Descriptor instead.
 func (*GetRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{19}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetRequest) GetName() string {
@@ -1791,7 +2043,7 @@ type GetResponse struct {
 
 func (x *GetResponse) Reset() {
 	*x = GetResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[20]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1803,7 +2055,7 @@ func (x *GetResponse) String() string {
 func (*GetResponse) ProtoMessage() {}
 
 func (x *GetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[20]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1816,7 +2068,7 @@ func (x *GetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResponse.ProtoReflect.Descriptor instead.
 func (*GetResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{20}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetResponse) GetRollout() *Rollout {
@@ -1834,7 +2086,7 @@ type ListRequest struct {
 
 func (x *ListRequest) Reset() {
 	*x = ListRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[21]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1846,7 +2098,7 @@ func (x *ListRequest) String() string {
 func (*ListRequest) ProtoMessage() {}
 
 func (x *ListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[21]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1859,7 +2111,7 @@ func (x *ListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequest.ProtoReflect.Descriptor instead.
 func (*ListRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{21}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{23}
 }
 
 type ListResponse struct {
@@ -1871,7 +2123,7 @@ type ListResponse struct {
 
 func (x *ListResponse) Reset() {
 	*x = ListResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[22]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1883,7 +2135,7 @@ func (x *ListResponse) String() string {
 func (*ListResponse) ProtoMessage() {}
 
 func (x *ListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[22]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1896,7 +2148,7 @@ func (x *ListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse.ProtoReflect.Descriptor instead.
 func (*ListResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{22}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListResponse) GetRollouts() []*Rollout {
@@ -1915,7 +2167,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[23]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1927,7 +2179,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[23]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1940,7 +2192,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{23}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *WatchRequest) GetName() string {
@@ -1964,7 +2216,7 @@ type WatchResponse struct {
 
 func (x *WatchResponse) Reset() {
 	*x = WatchResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[24]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1976,7 +2228,7 @@ func (x *WatchResponse) String() string {
 func (*WatchResponse) ProtoMessage() {}
 
 func (x *WatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[24]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1989,7 +2241,7 @@ func (x *WatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchResponse.ProtoReflect.Descriptor instead.
 func (*WatchResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{24}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *WatchResponse) GetKind() isWatchResponse_Kind {
@@ -2047,7 +2299,7 @@ type PauseRequest struct {
 
 func (x *PauseRequest) Reset() {
 	*x = PauseRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[25]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2059,7 +2311,7 @@ func (x *PauseRequest) String() string {
 func (*PauseRequest) ProtoMessage() {}
 
 func (x *PauseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[25]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2072,7 +2324,7 @@ func (x *PauseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseRequest.ProtoReflect.Descriptor instead.
 func (*PauseRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{25}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *PauseRequest) GetName() string {
@@ -2098,7 +2350,7 @@ type PauseResponse struct {
 
 func (x *PauseResponse) Reset() {
 	*x = PauseResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[26]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2110,7 +2362,7 @@ func (x *PauseResponse) String() string {
 func (*PauseResponse) ProtoMessage() {}
 
 func (x *PauseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[26]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2123,7 +2375,7 @@ func (x *PauseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseResponse.ProtoReflect.Descriptor instead.
 func (*PauseResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{26}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *PauseResponse) GetRollout() *Rollout {
@@ -2145,7 +2397,7 @@ type ResumeRequest struct {
 
 func (x *ResumeRequest) Reset() {
 	*x = ResumeRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[27]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2157,7 +2409,7 @@ func (x *ResumeRequest) String() string {
 func (*ResumeRequest) ProtoMessage() {}
 
 func (x *ResumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[27]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2170,7 +2422,7 @@ func (x *ResumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeRequest.ProtoReflect.Descriptor instead.
 func (*ResumeRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{27}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ResumeRequest) GetName() string {
@@ -2196,7 +2448,7 @@ type ResumeResponse struct {
 
 func (x *ResumeResponse) Reset() {
 	*x = ResumeResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[28]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2208,7 +2460,7 @@ func (x *ResumeResponse) String() string {
 func (*ResumeResponse) ProtoMessage() {}
 
 func (x *ResumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[28]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2221,7 +2473,7 @@ func (x *ResumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeResponse.ProtoReflect.Descriptor instead.
 func (*ResumeResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{28}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ResumeResponse) GetRollout() *Rollout {
@@ -2243,7 +2495,7 @@ type PromoteRequest struct {
 
 func (x *PromoteRequest) Reset() {
 	*x = PromoteRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[29]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2255,7 +2507,7 @@ func (x *PromoteRequest) String() string {
 func (*PromoteRequest) ProtoMessage() {}
 
 func (x *PromoteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[29]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2268,7 +2520,7 @@ func (x *PromoteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteRequest.ProtoReflect.Descriptor instead.
 func (*PromoteRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{29}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *PromoteRequest) GetName() string {
@@ -2294,7 +2546,7 @@ type PromoteResponse struct {
 
 func (x *PromoteResponse) Reset() {
 	*x = PromoteResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[30]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2306,7 +2558,7 @@ func (x *PromoteResponse) String() string {
 func (*PromoteResponse) ProtoMessage() {}
 
 func (x *PromoteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[30]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2319,7 +2571,7 @@ func (x *PromoteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteResponse.ProtoReflect.Descriptor instead.
 func (*PromoteResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{30}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *PromoteResponse) GetRollout() *Rollout {
@@ -2342,7 +2594,7 @@ type AbortRequest struct {
 
 func (x *AbortRequest) Reset() {
 	*x = AbortRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[31]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2354,7 +2606,7 @@ func (x *AbortRequest) String() string {
 func (*AbortRequest) ProtoMessage() {}
 
 func (x *AbortRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[31]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2367,7 +2619,7 @@ func (x *AbortRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortRequest.ProtoReflect.Descriptor instead.
 func (*AbortRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{31}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *AbortRequest) GetName() string {
@@ -2405,7 +2657,7 @@ type Expect struct {
 
 func (x *Expect) Reset() {
 	*x = Expect{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[32]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2417,7 +2669,7 @@ func (x *Expect) String() string {
 func (*Expect) ProtoMessage() {}
 
 func (x *Expect) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[32]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2430,7 +2682,7 @@ func (x *Expect) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Expect.ProtoReflect.Descriptor instead.
 func (*Expect) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{32}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Expect) GetPhase() Phase {
@@ -2456,7 +2708,7 @@ type AbortResponse struct {
 
 func (x *AbortResponse) Reset() {
 	*x = AbortResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[33]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2468,7 +2720,7 @@ func (x *AbortResponse) String() string {
 func (*AbortResponse) ProtoMessage() {}
 
 func (x *AbortResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[33]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2481,7 +2733,7 @@ func (x *AbortResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortResponse.ProtoReflect.Descriptor instead.
 func (*AbortResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{33}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *AbortResponse) GetRollout() *Rollout {
@@ -2500,7 +2752,7 @@ type RetryRequest struct {
 
 func (x *RetryRequest) Reset() {
 	*x = RetryRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[34]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2512,7 +2764,7 @@ func (x *RetryRequest) String() string {
 func (*RetryRequest) ProtoMessage() {}
 
 func (x *RetryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[34]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2525,7 +2777,7 @@ func (x *RetryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryRequest.ProtoReflect.Descriptor instead.
 func (*RetryRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{34}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *RetryRequest) GetName() string {
@@ -2544,7 +2796,7 @@ type RetryResponse struct {
 
 func (x *RetryResponse) Reset() {
 	*x = RetryResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[35]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2556,7 +2808,7 @@ func (x *RetryResponse) String() string {
 func (*RetryResponse) ProtoMessage() {}
 
 func (x *RetryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[35]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2569,7 +2821,7 @@ func (x *RetryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryResponse.ProtoReflect.Descriptor instead.
 func (*RetryResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{35}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *RetryResponse) GetRollout() *Rollout {
@@ -2593,7 +2845,7 @@ type DeleteRequest struct {
 
 func (x *DeleteRequest) Reset() {
 	*x = DeleteRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[36]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2605,7 +2857,7 @@ func (x *DeleteRequest) String() string {
 func (*DeleteRequest) ProtoMessage() {}
 
 func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[36]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2618,7 +2870,7 @@ func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{36}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *DeleteRequest) GetName() string {
@@ -2652,7 +2904,7 @@ type DeleteResponse struct {
 
 func (x *DeleteResponse) Reset() {
 	*x = DeleteResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[37]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2664,7 +2916,7 @@ func (x *DeleteResponse) String() string {
 func (*DeleteResponse) ProtoMessage() {}
 
 func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[37]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2677,7 +2929,7 @@ func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteResponse.ProtoReflect.Descriptor instead.
 func (*DeleteResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{37}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *DeleteResponse) GetEffect() string {
@@ -2698,7 +2950,7 @@ type HistoryRequest struct {
 
 func (x *HistoryRequest) Reset() {
 	*x = HistoryRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[38]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2710,7 +2962,7 @@ func (x *HistoryRequest) String() string {
 func (*HistoryRequest) ProtoMessage() {}
 
 func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[38]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2723,7 +2975,7 @@ func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryRequest.ProtoReflect.Descriptor instead.
 func (*HistoryRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{38}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *HistoryRequest) GetName() string {
@@ -2750,7 +3002,7 @@ type HistoryResponse struct {
 
 func (x *HistoryResponse) Reset() {
 	*x = HistoryResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[39]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2762,7 +3014,7 @@ func (x *HistoryResponse) String() string {
 func (*HistoryResponse) ProtoMessage() {}
 
 func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[39]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2775,7 +3027,7 @@ func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryResponse.ProtoReflect.Descriptor instead.
 func (*HistoryResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{39}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *HistoryResponse) GetEvents() []*Event {
@@ -2803,7 +3055,7 @@ type ReportSignalRequest struct {
 
 func (x *ReportSignalRequest) Reset() {
 	*x = ReportSignalRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[40]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2815,7 +3067,7 @@ func (x *ReportSignalRequest) String() string {
 func (*ReportSignalRequest) ProtoMessage() {}
 
 func (x *ReportSignalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[40]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2828,7 +3080,7 @@ func (x *ReportSignalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportSignalRequest.ProtoReflect.Descriptor instead.
 func (*ReportSignalRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{40}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ReportSignalRequest) GetRollout() string {
@@ -2876,7 +3128,7 @@ type ReportSignalResponse struct {
 
 func (x *ReportSignalResponse) Reset() {
 	*x = ReportSignalResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[41]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2888,7 +3140,7 @@ func (x *ReportSignalResponse) String() string {
 func (*ReportSignalResponse) ProtoMessage() {}
 
 func (x *ReportSignalResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[41]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2901,7 +3153,7 @@ func (x *ReportSignalResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportSignalResponse.ProtoReflect.Descriptor instead.
 func (*ReportSignalResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{41}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ReportSignalResponse) GetSignal() *Signal {
@@ -2988,7 +3240,7 @@ const file_shiftplane_v1_rollout_proto_rawDesc = "" +
 	"\vFleetStatus\x12\x14\n" +
 	"\x05nodes\x18\x01 \x01(\x05R\x05nodes\x12\x1c\n" +
 	"\tconverged\x18\x02 \x01(\bR\tconverged\x12#\n" +
-	"\rroute_version\x18\x03 \x01(\tR\frouteVersion\"\xe3\x05\n" +
+	"\rroute_version\x18\x03 \x01(\tR\frouteVersion\"\xd2\a\n" +
 	"\aRollout\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12*\n" +
 	"\x05phase\x18\x02 \x01(\x0e2\x14.shiftplane.v1.PhaseR\x05phase\x12#\n" +
@@ -3013,7 +3265,31 @@ const file_shiftplane_v1_rollout_proto_rawDesc = "" +
 	"\x0ecanary_cluster\x18\x10 \x01(\tR\rcanaryCluster\x12\x16\n" +
 	"\x06source\x18\x11 \x01(\tR\x06source\x12\x1d\n" +
 	"\n" +
-	"hook_error\x18\x12 \x01(\tR\thookError\"\xb0\x02\n" +
+	"hook_error\x18\x12 \x01(\tR\thookError\x126\n" +
+	"\bobserved\x18\x13 \x01(\v2\x1a.shiftplane.v1.StepTrafficR\bobserved\x12A\n" +
+	"\x0eobserved_steps\x18\x14 \x03(\v2\x1a.shiftplane.v1.StepTrafficR\robservedSteps\x128\n" +
+	"\x18observed_stable_requests\x18\x15 \x01(\x04R\x16observedStableRequests\x128\n" +
+	"\x18observed_canary_requests\x18\x16 \x01(\x04R\x16observedCanaryRequests\"\xac\x03\n" +
+	"\vStepTraffic\x12\x1d\n" +
+	"\n" +
+	"step_index\x18\x01 \x01(\x05R\tstepIndex\x12\x16\n" +
+	"\x06weight\x18\x02 \x01(\x05R\x06weight\x12*\n" +
+	"\x05phase\x18\x03 \x01(\x0e2\x14.shiftplane.v1.PhaseR\x05phase\x12'\n" +
+	"\x0fstable_requests\x18\x04 \x01(\x04R\x0estableRequests\x12'\n" +
+	"\x0fcanary_requests\x18\x05 \x01(\x04R\x0ecanaryRequests\x12&\n" +
+	"\fcanary_share\x18\x06 \x01(\x01H\x00R\vcanaryShare\x88\x01\x01\x12\x14\n" +
+	"\x05nodes\x18\a \x01(\x05R\x05nodes\x12.\n" +
+	"\x04from\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\x04from\x12*\n" +
+	"\x02to\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x02to\x12=\n" +
+	"\fnode_traffic\x18\n" +
+	" \x03(\v2\x1a.shiftplane.v1.NodeTrafficR\vnodeTrafficB\x0f\n" +
+	"\r_canary_share\"\xcf\x01\n" +
+	"\vNodeTraffic\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12'\n" +
+	"\x0fstable_requests\x18\x02 \x01(\x04R\x0estableRequests\x12'\n" +
+	"\x0fcanary_requests\x18\x03 \x01(\x04R\x0ecanaryRequests\x12.\n" +
+	"\x04from\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04from\x12*\n" +
+	"\x02to\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x02to\"\xe8\x02\n" +
 	"\x05Event\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x18\n" +
 	"\arollout\x18\x02 \x01(\tR\arollout\x123\n" +
@@ -3025,7 +3301,9 @@ const file_shiftplane_v1_rollout_proto_rawDesc = "" +
 	"\n" +
 	"step_index\x18\a \x01(\x05R\tstepIndex\x12\x16\n" +
 	"\x06output\x18\b \x01(\tR\x06output\x12\x10\n" +
-	"\x03seq\x18\t \x01(\x04R\x03seq\"b\n" +
+	"\x03seq\x18\t \x01(\x04R\x03seq\x126\n" +
+	"\bobserved\x18\n" +
+	" \x01(\v2\x1a.shiftplane.v1.StepTrafficR\bobserved\"b\n" +
 	"\fApplyRequest\x12)\n" +
 	"\x04plan\x18\x01 \x01(\v2\x13.shiftplane.v1.PlanH\x00R\x04plan\x12\x1d\n" +
 	"\tplan_yaml\x18\x02 \x01(\tH\x00R\bplanYamlB\b\n" +
@@ -3147,7 +3425,7 @@ func file_shiftplane_v1_rollout_proto_rawDescGZIP() []byte {
 }
 
 var file_shiftplane_v1_rollout_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_shiftplane_v1_rollout_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
+var file_shiftplane_v1_rollout_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_shiftplane_v1_rollout_proto_goTypes = []any{
 	(Phase)(0),                    // 0: shiftplane.v1.Phase
 	(SignalState)(0),              // 1: shiftplane.v1.SignalState
@@ -3168,34 +3446,36 @@ var file_shiftplane_v1_rollout_proto_goTypes = []any{
 	(*Signal)(nil),                // 16: shiftplane.v1.Signal
 	(*FleetStatus)(nil),           // 17: shiftplane.v1.FleetStatus
 	(*Rollout)(nil),               // 18: shiftplane.v1.Rollout
-	(*Event)(nil),                 // 19: shiftplane.v1.Event
-	(*ApplyRequest)(nil),          // 20: shiftplane.v1.ApplyRequest
-	(*ApplyResponse)(nil),         // 21: shiftplane.v1.ApplyResponse
-	(*GetRequest)(nil),            // 22: shiftplane.v1.GetRequest
-	(*GetResponse)(nil),           // 23: shiftplane.v1.GetResponse
-	(*ListRequest)(nil),           // 24: shiftplane.v1.ListRequest
-	(*ListResponse)(nil),          // 25: shiftplane.v1.ListResponse
-	(*WatchRequest)(nil),          // 26: shiftplane.v1.WatchRequest
-	(*WatchResponse)(nil),         // 27: shiftplane.v1.WatchResponse
-	(*PauseRequest)(nil),          // 28: shiftplane.v1.PauseRequest
-	(*PauseResponse)(nil),         // 29: shiftplane.v1.PauseResponse
-	(*ResumeRequest)(nil),         // 30: shiftplane.v1.ResumeRequest
-	(*ResumeResponse)(nil),        // 31: shiftplane.v1.ResumeResponse
-	(*PromoteRequest)(nil),        // 32: shiftplane.v1.PromoteRequest
-	(*PromoteResponse)(nil),       // 33: shiftplane.v1.PromoteResponse
-	(*AbortRequest)(nil),          // 34: shiftplane.v1.AbortRequest
-	(*Expect)(nil),                // 35: shiftplane.v1.Expect
-	(*AbortResponse)(nil),         // 36: shiftplane.v1.AbortResponse
-	(*RetryRequest)(nil),          // 37: shiftplane.v1.RetryRequest
-	(*RetryResponse)(nil),         // 38: shiftplane.v1.RetryResponse
-	(*DeleteRequest)(nil),         // 39: shiftplane.v1.DeleteRequest
-	(*DeleteResponse)(nil),        // 40: shiftplane.v1.DeleteResponse
-	(*HistoryRequest)(nil),        // 41: shiftplane.v1.HistoryRequest
-	(*HistoryResponse)(nil),       // 42: shiftplane.v1.HistoryResponse
-	(*ReportSignalRequest)(nil),   // 43: shiftplane.v1.ReportSignalRequest
-	(*ReportSignalResponse)(nil),  // 44: shiftplane.v1.ReportSignalResponse
-	(*durationpb.Duration)(nil),   // 45: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 46: google.protobuf.Timestamp
+	(*StepTraffic)(nil),           // 19: shiftplane.v1.StepTraffic
+	(*NodeTraffic)(nil),           // 20: shiftplane.v1.NodeTraffic
+	(*Event)(nil),                 // 21: shiftplane.v1.Event
+	(*ApplyRequest)(nil),          // 22: shiftplane.v1.ApplyRequest
+	(*ApplyResponse)(nil),         // 23: shiftplane.v1.ApplyResponse
+	(*GetRequest)(nil),            // 24: shiftplane.v1.GetRequest
+	(*GetResponse)(nil),           // 25: shiftplane.v1.GetResponse
+	(*ListRequest)(nil),           // 26: shiftplane.v1.ListRequest
+	(*ListResponse)(nil),          // 27: shiftplane.v1.ListResponse
+	(*WatchRequest)(nil),          // 28: shiftplane.v1.WatchRequest
+	(*WatchResponse)(nil),         // 29: shiftplane.v1.WatchResponse
+	(*PauseRequest)(nil),          // 30: shiftplane.v1.PauseRequest
+	(*PauseResponse)(nil),         // 31: shiftplane.v1.PauseResponse
+	(*ResumeRequest)(nil),         // 32: shiftplane.v1.ResumeRequest
+	(*ResumeResponse)(nil),        // 33: shiftplane.v1.ResumeResponse
+	(*PromoteRequest)(nil),        // 34: shiftplane.v1.PromoteRequest
+	(*PromoteResponse)(nil),       // 35: shiftplane.v1.PromoteResponse
+	(*AbortRequest)(nil),          // 36: shiftplane.v1.AbortRequest
+	(*Expect)(nil),                // 37: shiftplane.v1.Expect
+	(*AbortResponse)(nil),         // 38: shiftplane.v1.AbortResponse
+	(*RetryRequest)(nil),          // 39: shiftplane.v1.RetryRequest
+	(*RetryResponse)(nil),         // 40: shiftplane.v1.RetryResponse
+	(*DeleteRequest)(nil),         // 41: shiftplane.v1.DeleteRequest
+	(*DeleteResponse)(nil),        // 42: shiftplane.v1.DeleteResponse
+	(*HistoryRequest)(nil),        // 43: shiftplane.v1.HistoryRequest
+	(*HistoryResponse)(nil),       // 44: shiftplane.v1.HistoryResponse
+	(*ReportSignalRequest)(nil),   // 45: shiftplane.v1.ReportSignalRequest
+	(*ReportSignalResponse)(nil),  // 46: shiftplane.v1.ReportSignalResponse
+	(*durationpb.Duration)(nil),   // 47: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 48: google.protobuf.Timestamp
 }
 var file_shiftplane_v1_rollout_proto_depIdxs = []int32{
 	4,  // 0: shiftplane.v1.Plan.listener:type_name -> shiftplane.v1.Listener
@@ -3207,86 +3487,95 @@ var file_shiftplane_v1_rollout_proto_depIdxs = []int32{
 	10, // 6: shiftplane.v1.Plan.exponential:type_name -> shiftplane.v1.Exponential
 	11, // 7: shiftplane.v1.Plan.analysis:type_name -> shiftplane.v1.Analysis
 	12, // 8: shiftplane.v1.Plan.hooks:type_name -> shiftplane.v1.Hooks
-	45, // 9: shiftplane.v1.OutlierDetection.interval:type_name -> google.protobuf.Duration
-	45, // 10: shiftplane.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	47, // 9: shiftplane.v1.OutlierDetection.interval:type_name -> google.protobuf.Duration
+	47, // 10: shiftplane.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
 	8,  // 11: shiftplane.v1.Step.pause:type_name -> shiftplane.v1.Pause
-	45, // 12: shiftplane.v1.Step.hold:type_name -> google.protobuf.Duration
-	45, // 13: shiftplane.v1.Linear.every:type_name -> google.protobuf.Duration
-	45, // 14: shiftplane.v1.Exponential.every:type_name -> google.protobuf.Duration
-	45, // 15: shiftplane.v1.Analysis.stable_for:type_name -> google.protobuf.Duration
-	45, // 16: shiftplane.v1.Analysis.stale_after:type_name -> google.protobuf.Duration
-	45, // 17: shiftplane.v1.Analysis.rollback_after:type_name -> google.protobuf.Duration
-	45, // 18: shiftplane.v1.Analysis.drain_timeout:type_name -> google.protobuf.Duration
+	47, // 12: shiftplane.v1.Step.hold:type_name -> google.protobuf.Duration
+	47, // 13: shiftplane.v1.Linear.every:type_name -> google.protobuf.Duration
+	47, // 14: shiftplane.v1.Exponential.every:type_name -> google.protobuf.Duration
+	47, // 15: shiftplane.v1.Analysis.stable_for:type_name -> google.protobuf.Duration
+	47, // 16: shiftplane.v1.Analysis.stale_after:type_name -> google.protobuf.Duration
+	47, // 17: shiftplane.v1.Analysis.rollback_after:type_name -> google.protobuf.Duration
+	47, // 18: shiftplane.v1.Analysis.drain_timeout:type_name -> google.protobuf.Duration
 	13, // 19: shiftplane.v1.Hooks.before_shift:type_name -> shiftplane.v1.Hook
 	13, // 20: shiftplane.v1.Hooks.after_promote:type_name -> shiftplane.v1.Hook
 	14, // 21: shiftplane.v1.Hook.exec:type_name -> shiftplane.v1.ExecHook
 	15, // 22: shiftplane.v1.Hook.webhook:type_name -> shiftplane.v1.WebhookHook
-	45, // 23: shiftplane.v1.Hook.timeout:type_name -> google.protobuf.Duration
-	45, // 24: shiftplane.v1.Hook.retry_backoff:type_name -> google.protobuf.Duration
-	45, // 25: shiftplane.v1.WebhookHook.timeout:type_name -> google.protobuf.Duration
+	47, // 23: shiftplane.v1.Hook.timeout:type_name -> google.protobuf.Duration
+	47, // 24: shiftplane.v1.Hook.retry_backoff:type_name -> google.protobuf.Duration
+	47, // 25: shiftplane.v1.WebhookHook.timeout:type_name -> google.protobuf.Duration
 	1,  // 26: shiftplane.v1.Signal.state:type_name -> shiftplane.v1.SignalState
-	46, // 27: shiftplane.v1.Signal.since:type_name -> google.protobuf.Timestamp
+	48, // 27: shiftplane.v1.Signal.since:type_name -> google.protobuf.Timestamp
 	0,  // 28: shiftplane.v1.Rollout.phase:type_name -> shiftplane.v1.Phase
-	45, // 29: shiftplane.v1.Rollout.hold_remaining:type_name -> google.protobuf.Duration
-	45, // 30: shiftplane.v1.Rollout.hold_counted:type_name -> google.protobuf.Duration
+	47, // 29: shiftplane.v1.Rollout.hold_remaining:type_name -> google.protobuf.Duration
+	47, // 30: shiftplane.v1.Rollout.hold_counted:type_name -> google.protobuf.Duration
 	16, // 31: shiftplane.v1.Rollout.signal:type_name -> shiftplane.v1.Signal
 	17, // 32: shiftplane.v1.Rollout.fleet:type_name -> shiftplane.v1.FleetStatus
 	3,  // 33: shiftplane.v1.Rollout.plan:type_name -> shiftplane.v1.Plan
-	46, // 34: shiftplane.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
-	46, // 35: shiftplane.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
-	46, // 36: shiftplane.v1.Event.time:type_name -> google.protobuf.Timestamp
-	0,  // 37: shiftplane.v1.Event.from_phase:type_name -> shiftplane.v1.Phase
-	0,  // 38: shiftplane.v1.Event.to_phase:type_name -> shiftplane.v1.Phase
-	3,  // 39: shiftplane.v1.ApplyRequest.plan:type_name -> shiftplane.v1.Plan
-	18, // 40: shiftplane.v1.ApplyResponse.rollout:type_name -> shiftplane.v1.Rollout
-	2,  // 41: shiftplane.v1.ApplyResponse.result:type_name -> shiftplane.v1.ApplyResult
-	18, // 42: shiftplane.v1.GetResponse.rollout:type_name -> shiftplane.v1.Rollout
-	18, // 43: shiftplane.v1.ListResponse.rollouts:type_name -> shiftplane.v1.Rollout
-	18, // 44: shiftplane.v1.WatchResponse.status:type_name -> shiftplane.v1.Rollout
-	19, // 45: shiftplane.v1.WatchResponse.event:type_name -> shiftplane.v1.Event
-	35, // 46: shiftplane.v1.PauseRequest.expect:type_name -> shiftplane.v1.Expect
-	18, // 47: shiftplane.v1.PauseResponse.rollout:type_name -> shiftplane.v1.Rollout
-	35, // 48: shiftplane.v1.ResumeRequest.expect:type_name -> shiftplane.v1.Expect
-	18, // 49: shiftplane.v1.ResumeResponse.rollout:type_name -> shiftplane.v1.Rollout
-	35, // 50: shiftplane.v1.PromoteRequest.expect:type_name -> shiftplane.v1.Expect
-	18, // 51: shiftplane.v1.PromoteResponse.rollout:type_name -> shiftplane.v1.Rollout
-	35, // 52: shiftplane.v1.AbortRequest.expect:type_name -> shiftplane.v1.Expect
-	0,  // 53: shiftplane.v1.Expect.phase:type_name -> shiftplane.v1.Phase
-	18, // 54: shiftplane.v1.AbortResponse.rollout:type_name -> shiftplane.v1.Rollout
-	18, // 55: shiftplane.v1.RetryResponse.rollout:type_name -> shiftplane.v1.Rollout
-	19, // 56: shiftplane.v1.HistoryResponse.events:type_name -> shiftplane.v1.Event
-	1,  // 57: shiftplane.v1.ReportSignalRequest.state:type_name -> shiftplane.v1.SignalState
-	45, // 58: shiftplane.v1.ReportSignalRequest.ttl:type_name -> google.protobuf.Duration
-	16, // 59: shiftplane.v1.ReportSignalResponse.signal:type_name -> shiftplane.v1.Signal
-	20, // 60: shiftplane.v1.RolloutService.Apply:input_type -> shiftplane.v1.ApplyRequest
-	22, // 61: shiftplane.v1.RolloutService.Get:input_type -> shiftplane.v1.GetRequest
-	24, // 62: shiftplane.v1.RolloutService.List:input_type -> shiftplane.v1.ListRequest
-	26, // 63: shiftplane.v1.RolloutService.Watch:input_type -> shiftplane.v1.WatchRequest
-	28, // 64: shiftplane.v1.RolloutService.Pause:input_type -> shiftplane.v1.PauseRequest
-	30, // 65: shiftplane.v1.RolloutService.Resume:input_type -> shiftplane.v1.ResumeRequest
-	32, // 66: shiftplane.v1.RolloutService.Promote:input_type -> shiftplane.v1.PromoteRequest
-	34, // 67: shiftplane.v1.RolloutService.Abort:input_type -> shiftplane.v1.AbortRequest
-	37, // 68: shiftplane.v1.RolloutService.Retry:input_type -> shiftplane.v1.RetryRequest
-	39, // 69: shiftplane.v1.RolloutService.Delete:input_type -> shiftplane.v1.DeleteRequest
-	41, // 70: shiftplane.v1.RolloutService.History:input_type -> shiftplane.v1.HistoryRequest
-	43, // 71: shiftplane.v1.RolloutService.ReportSignal:input_type -> shiftplane.v1.ReportSignalRequest
-	21, // 72: shiftplane.v1.RolloutService.Apply:output_type -> shiftplane.v1.ApplyResponse
-	23, // 73: shiftplane.v1.RolloutService.Get:output_type -> shiftplane.v1.GetResponse
-	25, // 74: shiftplane.v1.RolloutService.List:output_type -> shiftplane.v1.ListResponse
-	27, // 75: shiftplane.v1.RolloutService.Watch:output_type -> shiftplane.v1.WatchResponse
-	29, // 76: shiftplane.v1.RolloutService.Pause:output_type -> shiftplane.v1.PauseResponse
-	31, // 77: shiftplane.v1.RolloutService.Resume:output_type -> shiftplane.v1.ResumeResponse
-	33, // 78: shiftplane.v1.RolloutService.Promote:output_type -> shiftplane.v1.PromoteResponse
-	36, // 79: shiftplane.v1.RolloutService.Abort:output_type -> shiftplane.v1.AbortResponse
-	38, // 80: shiftplane.v1.RolloutService.Retry:output_type -> shiftplane.v1.RetryResponse
-	40, // 81: shiftplane.v1.RolloutService.Delete:output_type -> shiftplane.v1.DeleteResponse
-	42, // 82: shiftplane.v1.RolloutService.History:output_type -> shiftplane.v1.HistoryResponse
-	44, // 83: shiftplane.v1.RolloutService.ReportSignal:output_type -> shiftplane.v1.ReportSignalResponse
-	72, // [72:84] is the sub-list for method output_type
-	60, // [60:72] is the sub-list for method input_type
-	60, // [60:60] is the sub-list for extension type_name
-	60, // [60:60] is the sub-list for extension extendee
-	0,  // [0:60] is the sub-list for field type_name
+	48, // 34: shiftplane.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
+	48, // 35: shiftplane.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
+	19, // 36: shiftplane.v1.Rollout.observed:type_name -> shiftplane.v1.StepTraffic
+	19, // 37: shiftplane.v1.Rollout.observed_steps:type_name -> shiftplane.v1.StepTraffic
+	0,  // 38: shiftplane.v1.StepTraffic.phase:type_name -> shiftplane.v1.Phase
+	48, // 39: shiftplane.v1.StepTraffic.from:type_name -> google.protobuf.Timestamp
+	48, // 40: shiftplane.v1.StepTraffic.to:type_name -> google.protobuf.Timestamp
+	20, // 41: shiftplane.v1.StepTraffic.node_traffic:type_name -> shiftplane.v1.NodeTraffic
+	48, // 42: shiftplane.v1.NodeTraffic.from:type_name -> google.protobuf.Timestamp
+	48, // 43: shiftplane.v1.NodeTraffic.to:type_name -> google.protobuf.Timestamp
+	48, // 44: shiftplane.v1.Event.time:type_name -> google.protobuf.Timestamp
+	0,  // 45: shiftplane.v1.Event.from_phase:type_name -> shiftplane.v1.Phase
+	0,  // 46: shiftplane.v1.Event.to_phase:type_name -> shiftplane.v1.Phase
+	19, // 47: shiftplane.v1.Event.observed:type_name -> shiftplane.v1.StepTraffic
+	3,  // 48: shiftplane.v1.ApplyRequest.plan:type_name -> shiftplane.v1.Plan
+	18, // 49: shiftplane.v1.ApplyResponse.rollout:type_name -> shiftplane.v1.Rollout
+	2,  // 50: shiftplane.v1.ApplyResponse.result:type_name -> shiftplane.v1.ApplyResult
+	18, // 51: shiftplane.v1.GetResponse.rollout:type_name -> shiftplane.v1.Rollout
+	18, // 52: shiftplane.v1.ListResponse.rollouts:type_name -> shiftplane.v1.Rollout
+	18, // 53: shiftplane.v1.WatchResponse.status:type_name -> shiftplane.v1.Rollout
+	21, // 54: shiftplane.v1.WatchResponse.event:type_name -> shiftplane.v1.Event
+	37, // 55: shiftplane.v1.PauseRequest.expect:type_name -> shiftplane.v1.Expect
+	18, // 56: shiftplane.v1.PauseResponse.rollout:type_name -> shiftplane.v1.Rollout
+	37, // 57: shiftplane.v1.ResumeRequest.expect:type_name -> shiftplane.v1.Expect
+	18, // 58: shiftplane.v1.ResumeResponse.rollout:type_name -> shiftplane.v1.Rollout
+	37, // 59: shiftplane.v1.PromoteRequest.expect:type_name -> shiftplane.v1.Expect
+	18, // 60: shiftplane.v1.PromoteResponse.rollout:type_name -> shiftplane.v1.Rollout
+	37, // 61: shiftplane.v1.AbortRequest.expect:type_name -> shiftplane.v1.Expect
+	0,  // 62: shiftplane.v1.Expect.phase:type_name -> shiftplane.v1.Phase
+	18, // 63: shiftplane.v1.AbortResponse.rollout:type_name -> shiftplane.v1.Rollout
+	18, // 64: shiftplane.v1.RetryResponse.rollout:type_name -> shiftplane.v1.Rollout
+	21, // 65: shiftplane.v1.HistoryResponse.events:type_name -> shiftplane.v1.Event
+	1,  // 66: shiftplane.v1.ReportSignalRequest.state:type_name -> shiftplane.v1.SignalState
+	47, // 67: shiftplane.v1.ReportSignalRequest.ttl:type_name -> google.protobuf.Duration
+	16, // 68: shiftplane.v1.ReportSignalResponse.signal:type_name -> shiftplane.v1.Signal
+	22, // 69: shiftplane.v1.RolloutService.Apply:input_type -> shiftplane.v1.ApplyRequest
+	24, // 70: shiftplane.v1.RolloutService.Get:input_type -> shiftplane.v1.GetRequest
+	26, // 71: shiftplane.v1.RolloutService.List:input_type -> shiftplane.v1.ListRequest
+	28, // 72: shiftplane.v1.RolloutService.Watch:input_type -> shiftplane.v1.WatchRequest
+	30, // 73: shiftplane.v1.RolloutService.Pause:input_type -> shiftplane.v1.PauseRequest
+	32, // 74: shiftplane.v1.RolloutService.Resume:input_type -> shiftplane.v1.ResumeRequest
+	34, // 75: shiftplane.v1.RolloutService.Promote:input_type -> shiftplane.v1.PromoteRequest
+	36, // 76: shiftplane.v1.RolloutService.Abort:input_type -> shiftplane.v1.AbortRequest
+	39, // 77: shiftplane.v1.RolloutService.Retry:input_type -> shiftplane.v1.RetryRequest
+	41, // 78: shiftplane.v1.RolloutService.Delete:input_type -> shiftplane.v1.DeleteRequest
+	43, // 79: shiftplane.v1.RolloutService.History:input_type -> shiftplane.v1.HistoryRequest
+	45, // 80: shiftplane.v1.RolloutService.ReportSignal:input_type -> shiftplane.v1.ReportSignalRequest
+	23, // 81: shiftplane.v1.RolloutService.Apply:output_type -> shiftplane.v1.ApplyResponse
+	25, // 82: shiftplane.v1.RolloutService.Get:output_type -> shiftplane.v1.GetResponse
+	27, // 83: shiftplane.v1.RolloutService.List:output_type -> shiftplane.v1.ListResponse
+	29, // 84: shiftplane.v1.RolloutService.Watch:output_type -> shiftplane.v1.WatchResponse
+	31, // 85: shiftplane.v1.RolloutService.Pause:output_type -> shiftplane.v1.PauseResponse
+	33, // 86: shiftplane.v1.RolloutService.Resume:output_type -> shiftplane.v1.ResumeResponse
+	35, // 87: shiftplane.v1.RolloutService.Promote:output_type -> shiftplane.v1.PromoteResponse
+	38, // 88: shiftplane.v1.RolloutService.Abort:output_type -> shiftplane.v1.AbortResponse
+	40, // 89: shiftplane.v1.RolloutService.Retry:output_type -> shiftplane.v1.RetryResponse
+	42, // 90: shiftplane.v1.RolloutService.Delete:output_type -> shiftplane.v1.DeleteResponse
+	44, // 91: shiftplane.v1.RolloutService.History:output_type -> shiftplane.v1.HistoryResponse
+	46, // 92: shiftplane.v1.RolloutService.ReportSignal:output_type -> shiftplane.v1.ReportSignalResponse
+	81, // [81:93] is the sub-list for method output_type
+	69, // [69:81] is the sub-list for method input_type
+	69, // [69:69] is the sub-list for extension type_name
+	69, // [69:69] is the sub-list for extension extendee
+	0,  // [0:69] is the sub-list for field type_name
 }
 
 func init() { file_shiftplane_v1_rollout_proto_init() }
@@ -3303,22 +3592,23 @@ func file_shiftplane_v1_rollout_proto_init() {
 		(*Hook_Exec)(nil),
 		(*Hook_Webhook)(nil),
 	}
-	file_shiftplane_v1_rollout_proto_msgTypes[17].OneofWrappers = []any{
+	file_shiftplane_v1_rollout_proto_msgTypes[16].OneofWrappers = []any{}
+	file_shiftplane_v1_rollout_proto_msgTypes[19].OneofWrappers = []any{
 		(*ApplyRequest_Plan)(nil),
 		(*ApplyRequest_PlanYaml)(nil),
 	}
-	file_shiftplane_v1_rollout_proto_msgTypes[24].OneofWrappers = []any{
+	file_shiftplane_v1_rollout_proto_msgTypes[26].OneofWrappers = []any{
 		(*WatchResponse_Status)(nil),
 		(*WatchResponse_Event)(nil),
 	}
-	file_shiftplane_v1_rollout_proto_msgTypes[32].OneofWrappers = []any{}
+	file_shiftplane_v1_rollout_proto_msgTypes[34].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_shiftplane_v1_rollout_proto_rawDesc), len(file_shiftplane_v1_rollout_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   42,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
