@@ -28,7 +28,11 @@ import (
 //   - a cluster missing from a report counted nothing (Envoy sends only
 //     used stats; a withdrawn cluster's stats are dropped);
 //   - a node that stops reporting adds nothing; when it comes back its
-//     counters continue from what was counted last.
+//     counters continue from what was counted last;
+//   - a report interval that began before the fleet had ACKed the step's
+//     configuration (every connected node, as the engine's convergence
+//     says) was served partly at the previous weight: its requests are
+//     counted as the step's transition, not in its share.
 //
 // No data is not a 0% share: a step with no request counted has no share
 // (StepTraffic.Share reports false) and is shown as "no traffic yet".
@@ -51,13 +55,21 @@ type StepTraffic struct {
 	Weight    int   `json:"weight"` // the canary weight configured during the step
 	Phase     Phase `json:"phase"`  // the phase the step began in
 	// Stable and Canary are the requests each version completed, summed
-	// over the nodes.
+	// over the nodes, in report intervals that began after the fleet had
+	// ACKed the step (SettledAt): the share is theirs.
 	Stable float64 `json:"stable"`
 	Canary float64 `json:"canary"`
+	// TransitionStable and TransitionCanary are the requests of intervals
+	// that began before: served partly at the previous weight.
+	TransitionStable float64 `json:"transitionStable,omitempty"`
+	TransitionCanary float64 `json:"transitionCanary,omitempty"`
+	// SettledAt is when the engine saw the fleet ACK the step's
+	// configuration; zero until then.
+	SettledAt time.Time `json:"settledAt,omitzero"`
 	// Nodes is how many nodes sent a report that was counted in the step.
 	Nodes int `json:"nodes"`
-	// From and To span the counted reports: From is the earliest baseline a
-	// node's counts rose from, To the newest report counted.
+	// From and To span the settled reports: From is the earliest baseline a
+	// node's settled counts rose from, To the newest report counted.
 	From time.Time `json:"from,omitzero"`
 	To   time.Time `json:"to,omitzero"`
 	// PerNode is the split per node, sorted by node (at most
@@ -65,8 +77,8 @@ type StepTraffic struct {
 	PerNode []NodeTraffic `json:"perNode,omitempty"`
 }
 
-// NodeTraffic is one node's part of a step: the requests it counted over
-// the reports (From, To].
+// NodeTraffic is one node's part of a step: the settled requests it
+// counted over the reports (From, To].
 type NodeTraffic struct {
 	Node     string    `json:"node"`
 	Stable   float64   `json:"stable"`
@@ -74,11 +86,14 @@ type NodeTraffic struct {
 	From, To time.Time `json:"-"`
 }
 
-// Total is the requests both versions served.
+// Total is the settled requests both versions served.
 func (s StepTraffic) Total() float64 { return s.Stable + s.Canary }
 
-// Share is the canary's fraction (0..1) of the step's requests, and false
-// when no request was counted: no data is not 0%.
+// Transition is the requests counted before the step settled.
+func (s StepTraffic) Transition() float64 { return s.TransitionStable + s.TransitionCanary }
+
+// Share is the canary's fraction (0..1) of the step's settled requests,
+// and false when none was counted: no data is not 0%.
 func (s StepTraffic) Share() (float64, bool) {
 	if t := s.Total(); t > 0 {
 		return s.Canary / t, true
@@ -132,6 +147,7 @@ type observer struct {
 	running        bool
 	key            trafficKey
 	steps          []StepTraffic
+	settled        time.Time               // the current step's SettledAt
 	perNode        map[string]*NodeTraffic // the current step's
 	nodes          map[string]nodeSeen
 	total          struct{ stable, canary float64 }
@@ -153,6 +169,7 @@ func (o *observer) follow(st State, stable, canary string) {
 	o.closeStep()
 	o.running = true
 	o.key = keyOf(st)
+	o.settled = time.Time{}
 	o.perNode = map[string]*NodeTraffic{}
 	o.steps = append(o.steps, StepTraffic{StepIndex: st.StepIndex, Weight: st.Weight, Phase: st.Phase})
 	if len(o.steps) > MaxObservedSteps {
@@ -183,6 +200,15 @@ func (o *observer) perNodeList() []NodeTraffic {
 	return out
 }
 
+// settle records that the fleet ACKed the current step's configuration
+// at now; reports whose interval begins after it count in the share.
+func (o *observer) settle(now time.Time) {
+	if o.running && o.settled.IsZero() {
+		o.settled = now
+		o.steps[len(o.steps)-1].SettledAt = now
+	}
+}
+
 // consume counts the reports not counted before into the current step.
 func (o *observer) consume(reports []model.NodeReport, now time.Time) {
 	if !o.running {
@@ -211,11 +237,21 @@ func (o *observer) consume(reports []model.NodeReport, now time.Time) {
 			// source that sends only these): a restart all the same.
 			ds, dc = rise(nil, r.Latest, o.stable, true), rise(nil, r.Latest, o.canary, true)
 		}
+		o.total.stable += ds
+		o.total.canary += dc
 		n := o.perNode[r.Node]
 		if n == nil {
-			n = &NodeTraffic{Node: r.Node, From: last.at}
+			n = &NodeTraffic{Node: r.Node}
 			o.perNode[r.Node] = n
 			cur.Nodes++
+		}
+		if o.settled.IsZero() || last.at.Before(o.settled) {
+			cur.TransitionStable += ds
+			cur.TransitionCanary += dc
+			continue
+		}
+		if n.From.IsZero() {
+			n.From = last.at
 			if cur.From.IsZero() || last.at.Before(cur.From) {
 				cur.From = last.at
 			}
@@ -228,8 +264,6 @@ func (o *observer) consume(reports []model.NodeReport, now time.Time) {
 		}
 		cur.Stable += ds
 		cur.Canary += dc
-		o.total.stable += ds
-		o.total.canary += dc
 	}
 	for node, seen := range o.nodes {
 		if !listed[node] && now.Sub(seen.at) > nodeForget {
@@ -286,6 +320,9 @@ func (e *Engine) observeLocked(r *entry, res *Result, now time.Time) {
 		return
 	}
 	r.obs.follow(r.State, r.plan.Stable.Cluster, r.plan.Canary.Cluster)
+	if r.obs.running && r.obs.settled.IsZero() && e.convergence(r.State).Converged {
+		r.obs.settle(now)
+	}
 	r.obs.consume(e.statsLocked(now), now)
 	if s, ok := r.obs.pending(res.State); ok && len(res.Events) > 0 {
 		res.Events[len(res.Events)-1].Observed = &s

@@ -178,6 +178,7 @@ func TestObserverCounting(t *testing.T) {
 			var o observer
 			for _, p := range tc.phases {
 				o.follow(p.state, "app-v1", "app-v2")
+				o.settle(obsEpoch)
 				for _, rs := range p.reports {
 					o.consume(rs, obsEpoch)
 				}
@@ -202,9 +203,11 @@ func TestObserverCounting(t *testing.T) {
 func TestObserverNodeWindows(t *testing.T) {
 	var o observer
 	o.follow(obsState(PhaseProgressing, 0, 10), "app-v1", "app-v2")
+	o.settle(obsEpoch)
 	o.consume([]model.NodeReport{obsReport("a", 1*time.Second, 0, 0), obsReport("b", 1500*time.Millisecond, 0, 0)}, obsEpoch)
 	o.consume([]model.NodeReport{obsReport("a", 2*time.Second, 9, 1), obsReport("b", 2500*time.Millisecond, 18, 2)}, obsEpoch)
 	o.follow(obsState(PhaseProgressing, 1, 50), "app-v1", "app-v2")
+	o.settle(obsEpoch.Add(2 * time.Second))
 	o.consume([]model.NodeReport{obsReport("a", 3*time.Second, 14, 6), obsReport("b", 3500*time.Millisecond, 18, 2)}, obsEpoch)
 	v := o.view()
 	if len(v.Steps) != 2 {
@@ -218,8 +221,9 @@ func TestObserverNodeWindows(t *testing.T) {
 		!first.PerNode[1].From.Equal(obsEpoch.Add(1500*time.Millisecond)) || !first.PerNode[1].To.Equal(obsEpoch.Add(2500*time.Millisecond)) {
 		t.Errorf("step 1 per node: %+v", first.PerNode)
 	}
-	// b reported but served nothing in step 2: it is a node of the step
-	// with zero requests, a's window starts where step 1 ended.
+	// b reported but served nothing in step 2, and its interval began
+	// before the step settled: a node of the step with no settled
+	// requests. a's window starts where step 1 ended.
 	second := v.Steps[1]
 	checkStep(t, "step 2", second, obsCheck{5, 5, 2, 0.5})
 	if a := second.PerNode[0]; !a.From.Equal(obsEpoch.Add(2*time.Second)) || !a.To.Equal(obsEpoch.Add(3*time.Second)) {
@@ -230,5 +234,37 @@ func TestObserverNodeWindows(t *testing.T) {
 	}
 	if p, ok := o.pending(obsState(PhaseProgressing, 2, 80)); !ok || p.Stable != 5 || p.PerNode != nil {
 		t.Errorf("pending for the next step: %+v %v", p, ok)
+	}
+}
+
+// TestObserverTransition: the report intervals that began before the fleet
+// ACKed the step were served partly at the old weight; they are counted
+// as the step's transition, outside its share.
+func TestObserverTransition(t *testing.T) {
+	var o observer
+	o.follow(obsState(PhaseProgressing, 0, 10), "app-v1", "app-v2")
+	o.consume([]model.NodeReport{obsReport("a", 1*time.Second, 0, 0)}, obsEpoch)
+	o.consume([]model.NodeReport{obsReport("a", 2*time.Second, 100, 0)}, obsEpoch) // (1s, 2s]: not settled
+	o.settle(obsEpoch.Add(2500 * time.Millisecond))
+	o.consume([]model.NodeReport{obsReport("a", 3*time.Second, 160, 40)}, obsEpoch) // (2s, 3s]: the ACK is in it
+	if cur, _ := o.view().Current(); cur.Total() != 0 {
+		t.Fatalf("settled requests before an interval began after the ACK: %+v", cur)
+	} else if _, ok := cur.Share(); ok {
+		t.Errorf("a share from transition requests: %+v", cur)
+	}
+	o.consume([]model.NodeReport{obsReport("a", 4*time.Second, 250, 50)}, obsEpoch) // (3s, 4s]: settled
+	cur, ok := o.view().Current()
+	if !ok {
+		t.Fatal("no current step")
+	}
+	checkStep(t, "step 1", cur, obsCheck{90, 10, 1, 0.1})
+	if cur.TransitionStable != 160 || cur.TransitionCanary != 40 || !cur.SettledAt.Equal(obsEpoch.Add(2500*time.Millisecond)) {
+		t.Errorf("transition %g/%g settled at %s", cur.TransitionStable, cur.TransitionCanary, cur.SettledAt)
+	}
+	if !cur.From.Equal(obsEpoch.Add(3*time.Second)) || !cur.To.Equal(obsEpoch.Add(4*time.Second)) {
+		t.Errorf("settled span %s..%s, want 3s..4s", cur.From.Sub(obsEpoch), cur.To.Sub(obsEpoch))
+	}
+	if v := o.view(); v.Stable != 250 || v.Canary != 50 {
+		t.Errorf("totals %g/%g, want every counted request: 250/50", v.Stable, v.Canary)
 	}
 }

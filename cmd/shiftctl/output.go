@@ -180,9 +180,10 @@ func fleetText(f *shiftplanev1.FleetStatus) string {
 }
 
 // observedText is the canary's share of the requests the fleet reported
-// in the current step, next to the configured weight: "9.8%", "no traffic
-// yet" (nodes report, no request counted yet), "no stats yet" (no node
-// reported), "-" for a finished rollout. No data is never shown as 0%.
+// in the current step, next to the configured weight: "9.8%", "settling"
+// (the requests so far came partly before the fleet ACKed the step), "no
+// traffic yet" (nodes report, no request counted yet), "no stats yet" (no
+// node reported), "-" for a finished rollout. No data is never shown as 0%.
 func observedText(r *shiftplanev1.Rollout) string {
 	if phaseTerminal(r.GetPhase()) {
 		return "-"
@@ -204,6 +205,8 @@ func shareText(o *shiftplanev1.StepTraffic) string {
 	switch {
 	case o == nil || o.GetNodes() == 0:
 		return "no stats yet"
+	case o.CanaryShare == nil && o.GetTransitionStableRequests()+o.GetTransitionCanaryRequests() > 0:
+		return "settling" // requests so far were served partly at the previous weight
 	case o.CanaryShare == nil:
 		return "no traffic yet"
 	}

@@ -127,12 +127,14 @@ func serveHA(ctx context.Context, cfg Config, planPaths []string, log *slog.Logg
 		},
 	}
 	registerHAMetrics(reg, r, reporter)
-	registerSignalMetrics(reg, func() []policy.Status {
+	leaderList := func() []policy.Status {
 		if e := r.currentEngine(); e != nil {
 			return e.List()
 		}
 		return nil
-	})
+	}
+	registerSignalMetrics(reg, leaderList)
+	registerObservedMetrics(reg, leaderList)
 	registerBuildInfo(reg)
 
 	// Listeners first, so a bad address fails the start.

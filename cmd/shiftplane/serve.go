@@ -106,6 +106,7 @@ func serve(ctx context.Context, cfg Config, planPaths []string, log *slog.Logger
 	}
 	registerRolloutMetrics(reg, engine)
 	registerSignalMetrics(reg, engine.List)
+	registerObservedMetrics(reg, engine.List)
 	registerBuildInfo(reg)
 
 	if err := files.ApplyInitial(engine); err != nil {

@@ -338,6 +338,10 @@ func StepTrafficToProto(s policy.StepTraffic) *shiftplanev1.StepTraffic {
 		Nodes:          int32(s.Nodes),
 		From:           timestampProto(s.From),
 		To:             timestampProto(s.To),
+
+		TransitionStableRequests: uint64(s.TransitionStable),
+		TransitionCanaryRequests: uint64(s.TransitionCanary),
+		SettledAt:                timestampProto(s.SettledAt),
 	}
 	if share, ok := s.Share(); ok {
 		pct := 100 * share

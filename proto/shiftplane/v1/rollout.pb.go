@@ -1528,7 +1528,9 @@ type StepTraffic struct {
 	Weight int32 `protobuf:"varint,2,opt,name=weight,proto3" json:"weight,omitempty"`
 	// The phase the step began in.
 	Phase Phase `protobuf:"varint,3,opt,name=phase,proto3,enum=shiftplane.v1.Phase" json:"phase,omitempty"`
-	// Requests the stable and the canary cluster completed, over every node.
+	// Requests the stable and the canary cluster completed, over every node,
+	// in report intervals that began after the fleet had ACKed the step
+	// (settled_at).
 	StableRequests uint64 `protobuf:"varint,4,opt,name=stable_requests,json=stableRequests,proto3" json:"stable_requests,omitempty"`
 	CanaryRequests uint64 `protobuf:"varint,5,opt,name=canary_requests,json=canaryRequests,proto3" json:"canary_requests,omitempty"`
 	// The canary's percentage of those requests; unset while none was
@@ -1541,7 +1543,13 @@ type StepTraffic struct {
 	From *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=from,proto3" json:"from,omitempty"`
 	To   *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=to,proto3" json:"to,omitempty"`
 	// The split per node (at most 32); events leave it out.
-	NodeTraffic   []*NodeTraffic `protobuf:"bytes,10,rep,name=node_traffic,json=nodeTraffic,proto3" json:"node_traffic,omitempty"`
+	NodeTraffic []*NodeTraffic `protobuf:"bytes,10,rep,name=node_traffic,json=nodeTraffic,proto3" json:"node_traffic,omitempty"`
+	// Requests of report intervals that began before the fleet had ACKed the
+	// step: served partly at the previous weight, so not in canary_share.
+	TransitionStableRequests uint64 `protobuf:"varint,11,opt,name=transition_stable_requests,json=transitionStableRequests,proto3" json:"transition_stable_requests,omitempty"`
+	TransitionCanaryRequests uint64 `protobuf:"varint,12,opt,name=transition_canary_requests,json=transitionCanaryRequests,proto3" json:"transition_canary_requests,omitempty"`
+	// When shiftplane saw every connected node ACK the step's configuration.
+	SettledAt     *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=settled_at,json=settledAt,proto3" json:"settled_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1646,7 +1654,29 @@ func (x *StepTraffic) GetNodeTraffic() []*NodeTraffic {
 	return nil
 }
 
-// NodeTraffic is one node's part of a step, over its reports (from, to].
+func (x *StepTraffic) GetTransitionStableRequests() uint64 {
+	if x != nil {
+		return x.TransitionStableRequests
+	}
+	return 0
+}
+
+func (x *StepTraffic) GetTransitionCanaryRequests() uint64 {
+	if x != nil {
+		return x.TransitionCanaryRequests
+	}
+	return 0
+}
+
+func (x *StepTraffic) GetSettledAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SettledAt
+	}
+	return nil
+}
+
+// NodeTraffic is one node's settled part of a step, over its reports
+// (from, to].
 type NodeTraffic struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	Node           string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
@@ -3269,7 +3299,7 @@ const file_shiftplane_v1_rollout_proto_rawDesc = "" +
 	"\bobserved\x18\x13 \x01(\v2\x1a.shiftplane.v1.StepTrafficR\bobserved\x12A\n" +
 	"\x0eobserved_steps\x18\x14 \x03(\v2\x1a.shiftplane.v1.StepTrafficR\robservedSteps\x128\n" +
 	"\x18observed_stable_requests\x18\x15 \x01(\x04R\x16observedStableRequests\x128\n" +
-	"\x18observed_canary_requests\x18\x16 \x01(\x04R\x16observedCanaryRequests\"\xac\x03\n" +
+	"\x18observed_canary_requests\x18\x16 \x01(\x04R\x16observedCanaryRequests\"\xe3\x04\n" +
 	"\vStepTraffic\x12\x1d\n" +
 	"\n" +
 	"step_index\x18\x01 \x01(\x05R\tstepIndex\x12\x16\n" +
@@ -3282,7 +3312,11 @@ const file_shiftplane_v1_rollout_proto_rawDesc = "" +
 	"\x04from\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\x04from\x12*\n" +
 	"\x02to\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x02to\x12=\n" +
 	"\fnode_traffic\x18\n" +
-	" \x03(\v2\x1a.shiftplane.v1.NodeTrafficR\vnodeTrafficB\x0f\n" +
+	" \x03(\v2\x1a.shiftplane.v1.NodeTrafficR\vnodeTraffic\x12<\n" +
+	"\x1atransition_stable_requests\x18\v \x01(\x04R\x18transitionStableRequests\x12<\n" +
+	"\x1atransition_canary_requests\x18\f \x01(\x04R\x18transitionCanaryRequests\x129\n" +
+	"\n" +
+	"settled_at\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\tsettledAtB\x0f\n" +
 	"\r_canary_share\"\xcf\x01\n" +
 	"\vNodeTraffic\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12'\n" +
@@ -3520,62 +3554,63 @@ var file_shiftplane_v1_rollout_proto_depIdxs = []int32{
 	48, // 39: shiftplane.v1.StepTraffic.from:type_name -> google.protobuf.Timestamp
 	48, // 40: shiftplane.v1.StepTraffic.to:type_name -> google.protobuf.Timestamp
 	20, // 41: shiftplane.v1.StepTraffic.node_traffic:type_name -> shiftplane.v1.NodeTraffic
-	48, // 42: shiftplane.v1.NodeTraffic.from:type_name -> google.protobuf.Timestamp
-	48, // 43: shiftplane.v1.NodeTraffic.to:type_name -> google.protobuf.Timestamp
-	48, // 44: shiftplane.v1.Event.time:type_name -> google.protobuf.Timestamp
-	0,  // 45: shiftplane.v1.Event.from_phase:type_name -> shiftplane.v1.Phase
-	0,  // 46: shiftplane.v1.Event.to_phase:type_name -> shiftplane.v1.Phase
-	19, // 47: shiftplane.v1.Event.observed:type_name -> shiftplane.v1.StepTraffic
-	3,  // 48: shiftplane.v1.ApplyRequest.plan:type_name -> shiftplane.v1.Plan
-	18, // 49: shiftplane.v1.ApplyResponse.rollout:type_name -> shiftplane.v1.Rollout
-	2,  // 50: shiftplane.v1.ApplyResponse.result:type_name -> shiftplane.v1.ApplyResult
-	18, // 51: shiftplane.v1.GetResponse.rollout:type_name -> shiftplane.v1.Rollout
-	18, // 52: shiftplane.v1.ListResponse.rollouts:type_name -> shiftplane.v1.Rollout
-	18, // 53: shiftplane.v1.WatchResponse.status:type_name -> shiftplane.v1.Rollout
-	21, // 54: shiftplane.v1.WatchResponse.event:type_name -> shiftplane.v1.Event
-	37, // 55: shiftplane.v1.PauseRequest.expect:type_name -> shiftplane.v1.Expect
-	18, // 56: shiftplane.v1.PauseResponse.rollout:type_name -> shiftplane.v1.Rollout
-	37, // 57: shiftplane.v1.ResumeRequest.expect:type_name -> shiftplane.v1.Expect
-	18, // 58: shiftplane.v1.ResumeResponse.rollout:type_name -> shiftplane.v1.Rollout
-	37, // 59: shiftplane.v1.PromoteRequest.expect:type_name -> shiftplane.v1.Expect
-	18, // 60: shiftplane.v1.PromoteResponse.rollout:type_name -> shiftplane.v1.Rollout
-	37, // 61: shiftplane.v1.AbortRequest.expect:type_name -> shiftplane.v1.Expect
-	0,  // 62: shiftplane.v1.Expect.phase:type_name -> shiftplane.v1.Phase
-	18, // 63: shiftplane.v1.AbortResponse.rollout:type_name -> shiftplane.v1.Rollout
-	18, // 64: shiftplane.v1.RetryResponse.rollout:type_name -> shiftplane.v1.Rollout
-	21, // 65: shiftplane.v1.HistoryResponse.events:type_name -> shiftplane.v1.Event
-	1,  // 66: shiftplane.v1.ReportSignalRequest.state:type_name -> shiftplane.v1.SignalState
-	47, // 67: shiftplane.v1.ReportSignalRequest.ttl:type_name -> google.protobuf.Duration
-	16, // 68: shiftplane.v1.ReportSignalResponse.signal:type_name -> shiftplane.v1.Signal
-	22, // 69: shiftplane.v1.RolloutService.Apply:input_type -> shiftplane.v1.ApplyRequest
-	24, // 70: shiftplane.v1.RolloutService.Get:input_type -> shiftplane.v1.GetRequest
-	26, // 71: shiftplane.v1.RolloutService.List:input_type -> shiftplane.v1.ListRequest
-	28, // 72: shiftplane.v1.RolloutService.Watch:input_type -> shiftplane.v1.WatchRequest
-	30, // 73: shiftplane.v1.RolloutService.Pause:input_type -> shiftplane.v1.PauseRequest
-	32, // 74: shiftplane.v1.RolloutService.Resume:input_type -> shiftplane.v1.ResumeRequest
-	34, // 75: shiftplane.v1.RolloutService.Promote:input_type -> shiftplane.v1.PromoteRequest
-	36, // 76: shiftplane.v1.RolloutService.Abort:input_type -> shiftplane.v1.AbortRequest
-	39, // 77: shiftplane.v1.RolloutService.Retry:input_type -> shiftplane.v1.RetryRequest
-	41, // 78: shiftplane.v1.RolloutService.Delete:input_type -> shiftplane.v1.DeleteRequest
-	43, // 79: shiftplane.v1.RolloutService.History:input_type -> shiftplane.v1.HistoryRequest
-	45, // 80: shiftplane.v1.RolloutService.ReportSignal:input_type -> shiftplane.v1.ReportSignalRequest
-	23, // 81: shiftplane.v1.RolloutService.Apply:output_type -> shiftplane.v1.ApplyResponse
-	25, // 82: shiftplane.v1.RolloutService.Get:output_type -> shiftplane.v1.GetResponse
-	27, // 83: shiftplane.v1.RolloutService.List:output_type -> shiftplane.v1.ListResponse
-	29, // 84: shiftplane.v1.RolloutService.Watch:output_type -> shiftplane.v1.WatchResponse
-	31, // 85: shiftplane.v1.RolloutService.Pause:output_type -> shiftplane.v1.PauseResponse
-	33, // 86: shiftplane.v1.RolloutService.Resume:output_type -> shiftplane.v1.ResumeResponse
-	35, // 87: shiftplane.v1.RolloutService.Promote:output_type -> shiftplane.v1.PromoteResponse
-	38, // 88: shiftplane.v1.RolloutService.Abort:output_type -> shiftplane.v1.AbortResponse
-	40, // 89: shiftplane.v1.RolloutService.Retry:output_type -> shiftplane.v1.RetryResponse
-	42, // 90: shiftplane.v1.RolloutService.Delete:output_type -> shiftplane.v1.DeleteResponse
-	44, // 91: shiftplane.v1.RolloutService.History:output_type -> shiftplane.v1.HistoryResponse
-	46, // 92: shiftplane.v1.RolloutService.ReportSignal:output_type -> shiftplane.v1.ReportSignalResponse
-	81, // [81:93] is the sub-list for method output_type
-	69, // [69:81] is the sub-list for method input_type
-	69, // [69:69] is the sub-list for extension type_name
-	69, // [69:69] is the sub-list for extension extendee
-	0,  // [0:69] is the sub-list for field type_name
+	48, // 42: shiftplane.v1.StepTraffic.settled_at:type_name -> google.protobuf.Timestamp
+	48, // 43: shiftplane.v1.NodeTraffic.from:type_name -> google.protobuf.Timestamp
+	48, // 44: shiftplane.v1.NodeTraffic.to:type_name -> google.protobuf.Timestamp
+	48, // 45: shiftplane.v1.Event.time:type_name -> google.protobuf.Timestamp
+	0,  // 46: shiftplane.v1.Event.from_phase:type_name -> shiftplane.v1.Phase
+	0,  // 47: shiftplane.v1.Event.to_phase:type_name -> shiftplane.v1.Phase
+	19, // 48: shiftplane.v1.Event.observed:type_name -> shiftplane.v1.StepTraffic
+	3,  // 49: shiftplane.v1.ApplyRequest.plan:type_name -> shiftplane.v1.Plan
+	18, // 50: shiftplane.v1.ApplyResponse.rollout:type_name -> shiftplane.v1.Rollout
+	2,  // 51: shiftplane.v1.ApplyResponse.result:type_name -> shiftplane.v1.ApplyResult
+	18, // 52: shiftplane.v1.GetResponse.rollout:type_name -> shiftplane.v1.Rollout
+	18, // 53: shiftplane.v1.ListResponse.rollouts:type_name -> shiftplane.v1.Rollout
+	18, // 54: shiftplane.v1.WatchResponse.status:type_name -> shiftplane.v1.Rollout
+	21, // 55: shiftplane.v1.WatchResponse.event:type_name -> shiftplane.v1.Event
+	37, // 56: shiftplane.v1.PauseRequest.expect:type_name -> shiftplane.v1.Expect
+	18, // 57: shiftplane.v1.PauseResponse.rollout:type_name -> shiftplane.v1.Rollout
+	37, // 58: shiftplane.v1.ResumeRequest.expect:type_name -> shiftplane.v1.Expect
+	18, // 59: shiftplane.v1.ResumeResponse.rollout:type_name -> shiftplane.v1.Rollout
+	37, // 60: shiftplane.v1.PromoteRequest.expect:type_name -> shiftplane.v1.Expect
+	18, // 61: shiftplane.v1.PromoteResponse.rollout:type_name -> shiftplane.v1.Rollout
+	37, // 62: shiftplane.v1.AbortRequest.expect:type_name -> shiftplane.v1.Expect
+	0,  // 63: shiftplane.v1.Expect.phase:type_name -> shiftplane.v1.Phase
+	18, // 64: shiftplane.v1.AbortResponse.rollout:type_name -> shiftplane.v1.Rollout
+	18, // 65: shiftplane.v1.RetryResponse.rollout:type_name -> shiftplane.v1.Rollout
+	21, // 66: shiftplane.v1.HistoryResponse.events:type_name -> shiftplane.v1.Event
+	1,  // 67: shiftplane.v1.ReportSignalRequest.state:type_name -> shiftplane.v1.SignalState
+	47, // 68: shiftplane.v1.ReportSignalRequest.ttl:type_name -> google.protobuf.Duration
+	16, // 69: shiftplane.v1.ReportSignalResponse.signal:type_name -> shiftplane.v1.Signal
+	22, // 70: shiftplane.v1.RolloutService.Apply:input_type -> shiftplane.v1.ApplyRequest
+	24, // 71: shiftplane.v1.RolloutService.Get:input_type -> shiftplane.v1.GetRequest
+	26, // 72: shiftplane.v1.RolloutService.List:input_type -> shiftplane.v1.ListRequest
+	28, // 73: shiftplane.v1.RolloutService.Watch:input_type -> shiftplane.v1.WatchRequest
+	30, // 74: shiftplane.v1.RolloutService.Pause:input_type -> shiftplane.v1.PauseRequest
+	32, // 75: shiftplane.v1.RolloutService.Resume:input_type -> shiftplane.v1.ResumeRequest
+	34, // 76: shiftplane.v1.RolloutService.Promote:input_type -> shiftplane.v1.PromoteRequest
+	36, // 77: shiftplane.v1.RolloutService.Abort:input_type -> shiftplane.v1.AbortRequest
+	39, // 78: shiftplane.v1.RolloutService.Retry:input_type -> shiftplane.v1.RetryRequest
+	41, // 79: shiftplane.v1.RolloutService.Delete:input_type -> shiftplane.v1.DeleteRequest
+	43, // 80: shiftplane.v1.RolloutService.History:input_type -> shiftplane.v1.HistoryRequest
+	45, // 81: shiftplane.v1.RolloutService.ReportSignal:input_type -> shiftplane.v1.ReportSignalRequest
+	23, // 82: shiftplane.v1.RolloutService.Apply:output_type -> shiftplane.v1.ApplyResponse
+	25, // 83: shiftplane.v1.RolloutService.Get:output_type -> shiftplane.v1.GetResponse
+	27, // 84: shiftplane.v1.RolloutService.List:output_type -> shiftplane.v1.ListResponse
+	29, // 85: shiftplane.v1.RolloutService.Watch:output_type -> shiftplane.v1.WatchResponse
+	31, // 86: shiftplane.v1.RolloutService.Pause:output_type -> shiftplane.v1.PauseResponse
+	33, // 87: shiftplane.v1.RolloutService.Resume:output_type -> shiftplane.v1.ResumeResponse
+	35, // 88: shiftplane.v1.RolloutService.Promote:output_type -> shiftplane.v1.PromoteResponse
+	38, // 89: shiftplane.v1.RolloutService.Abort:output_type -> shiftplane.v1.AbortResponse
+	40, // 90: shiftplane.v1.RolloutService.Retry:output_type -> shiftplane.v1.RetryResponse
+	42, // 91: shiftplane.v1.RolloutService.Delete:output_type -> shiftplane.v1.DeleteResponse
+	44, // 92: shiftplane.v1.RolloutService.History:output_type -> shiftplane.v1.HistoryResponse
+	46, // 93: shiftplane.v1.RolloutService.ReportSignal:output_type -> shiftplane.v1.ReportSignalResponse
+	82, // [82:94] is the sub-list for method output_type
+	70, // [70:82] is the sub-list for method input_type
+	70, // [70:70] is the sub-list for extension type_name
+	70, // [70:70] is the sub-list for extension extendee
+	0,  // [0:70] is the sub-list for field type_name
 }
 
 func init() { file_shiftplane_v1_rollout_proto_init() }
