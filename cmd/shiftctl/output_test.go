@@ -321,7 +321,7 @@ func TestFleetTableNotReady(t *testing.T) {
 // step.
 func TestObservedOutput(t *testing.T) {
 	share := 9.8125
-	step := &shiftplanev1.StepTraffic{StepIndex: 0, Weight: 10, Nodes: 2, StableRequests: 1443, CanaryRequests: 157, CanaryShare: &share}
+	step := &shiftplanev1.StepTraffic{StepIndex: 0, Weight: 10, Phase: shiftplanev1.Phase_PHASE_PROGRESSING, Nodes: 2, StableRequests: 1443, CanaryRequests: 157, CanaryShare: &share}
 	ev := &shiftplanev1.Event{Time: timestamppb.New(now), FromPhase: shiftplanev1.Phase_PHASE_PROGRESSING, ToPhase: shiftplanev1.Phase_PHASE_PROGRESSING,
 		Weight: 40, StepIndex: 1, Reason: "step 2", Observed: step}
 	const served = "step 1 at 10% served v2 9.8% of 1600 requests (v1 1443, v2 157)"
@@ -339,6 +339,20 @@ func TestObservedOutput(t *testing.T) {
 	}
 	if !strings.Contains(b.String(), "observed  "+served) {
 		t.Errorf("event without the step's observed split: %q", b.String())
+	}
+
+	b.Reset()
+	r.ObservedSteps = []*shiftplanev1.StepTraffic{step, {StepIndex: 1, Weight: 40, Phase: shiftplanev1.Phase_PHASE_PROGRESSING, Nodes: 2, TransitionStableRequests: 30, TransitionCanaryRequests: 12}}
+	r.Observed = r.ObservedSteps[1]
+	if err := writeDetail(&b, r, nil, now); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"Observed:  settling; 42 request(s) while the fleet took the weight (not in the share), from 2 node(s)",
+		"STEP  PHASE        WEIGHT  OBSERVED  V1    V2   SETTLING  NODES", "1     PROGRESSING  10%     9.8%      1443  157  0         2",
+		"2     PROGRESSING  40%     settling  0     0    42        2"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("get NAME lacks %q:\n%s", want, b.String())
+		}
 	}
 
 	b.Reset()
