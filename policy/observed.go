@@ -80,10 +80,11 @@ type StepTraffic struct {
 // NodeTraffic is one node's part of a step: the settled requests it
 // counted over the reports (From, To].
 type NodeTraffic struct {
-	Node     string    `json:"node"`
-	Stable   float64   `json:"stable"`
-	Canary   float64   `json:"canary"`
-	From, To time.Time `json:"-"`
+	Node   string    `json:"node"`
+	Stable float64   `json:"stable"`
+	Canary float64   `json:"canary"`
+	From   time.Time `json:"from,omitzero"`
+	To     time.Time `json:"to,omitzero"`
 }
 
 // Total is the settled requests both versions served.
