@@ -1,9 +1,11 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"math"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -25,27 +27,79 @@ const observedRate = 150
 // by node, within ±1 pp; and the requests it counted per version match the
 // backends' answers and the Prometheus counters.
 func TestObservedSplit(t *testing.T) {
+	steps := []planStep{{10, 4 * time.Second}, {40, 4 * time.Second}, {70, 4 * time.Second}, {100, 0}}
+	runObserved(t, steps, nil)
+}
+
+// TestObservedSplitEnvoyRestart: one Envoy restarts inside the step at
+// 40 %; its counters begin again at 0, and what it served before and
+// after is still counted exactly once.
+func TestObservedSplitEnvoyRestart(t *testing.T) {
+	steps := []planStep{{10, 3 * time.Second}, {40, 9 * time.Second}, {70, 3 * time.Second}, {100, 0}}
+	runObserved(t, steps, func(f *fleet, load *fleetLoad) {
+		waitEngine(t, f.sp, time.Minute, "PROGRESSING", 40)
+		f.waitFleetWeight(t, 10*time.Second, 40)
+		time.Sleep(1500 * time.Millisecond) // some settled traffic at 40 first
+		load.stopOne(1)
+		// Envoy flushes stats every second; wait for a flush of its last
+		// requests before stopping it.
+		time.Sleep(1500 * time.Millisecond)
+		before, _ := statValue(t.Context(), f.envoys[1], "cluster.web-v1.upstream_rq_completed")
+		if err := f.envoys[1].Restart(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.envoys[1].WaitListener(t.Context(), f.listen); err != nil {
+			t.Fatal(err)
+		}
+		load.start(t, 1, "http://"+f.listen+"/")
+		time.Sleep(1500 * time.Millisecond)
+		after, _ := statValue(t.Context(), f.envoys[1], "cluster.web-v1.upstream_rq_completed")
+		t.Logf("envoy 1 restarted in the 40%% step: its web-v1 upstream_rq_completed was %g before, %g after", before, after)
+		if after >= before {
+			t.Errorf("the restart did not reset the counter (%g before, %g after): the test does not test a reset", before, after)
+		}
+	})
+}
+
+// runObserved runs steps on two Envoys under load, calls during (if not
+// nil) while the rollout runs, and compares shiftplane's observed split
+// with the backends' answers.
+func runObserved(t *testing.T, steps []planStep, during func(*fleet, *fleetLoad)) {
 	f := startFleet(t, 2)
 	rc, _ := apiClients(t, f.sp)
-	steps := []planStep{{10, 4 * time.Second}, {40, 4 * time.Second}, {70, 4 * time.Second}, {100, 0}}
 	f.sp.WritePlan("web.yaml", f.plan(planSpec{Steps: steps}))
 	f.waitListeners(t)
 	load := f.startLoad(t, observedRate)
 
 	// While the rollout runs, the API shows the current step's split.
-	var live []string
-	waitFor(t, 50*time.Second, "rollout SUCCEEDED", func() (bool, string) {
-		ro, err := getRollout(t.Context(), rc)
-		if err != nil {
-			return false, err.Error()
-		}
-		if o := ro.GetObserved(); o != nil && o.CanaryShare != nil {
-			if s := fmt.Sprintf("%d%%→%.1f%%", o.GetWeight(), o.GetCanaryShare()); len(live) == 0 || live[len(live)-1] != s {
-				live = append(live, s)
+	var (
+		mu   sync.Mutex
+		live []string
+	)
+	pollCtx, stopPoll := context.WithCancel(t.Context())
+	polled := make(chan struct{})
+	go func() {
+		defer close(polled)
+		for pollCtx.Err() == nil {
+			ro, err := getRollout(pollCtx, rc)
+			if o := ro.GetObserved(); err == nil && o != nil && o.CanaryShare != nil {
+				s := fmt.Sprintf("%d%%→%.1f%%", o.GetWeight(), o.GetCanaryShare())
+				mu.Lock()
+				if len(live) == 0 || live[len(live)-1] != s {
+					live = append(live, s)
+				}
+				mu.Unlock()
 			}
+			time.Sleep(50 * time.Millisecond)
 		}
-		return ro.GetPhase() == shiftplanev1.Phase_PHASE_SUCCEEDED, ro.GetPhase().String()
-	})
+	}()
+	if during != nil {
+		during(f, load)
+	}
+
+	waitEngine(t, f.sp, 50*time.Second, "SUCCEEDED", 100)
+	stopPoll()
+	<-polled
 	recs := load.Stop()
 	requireNoFailures(t, "observed split", recs)
 	ro, err := getRollout(t.Context(), rc)
