@@ -18,20 +18,26 @@ import (
 const observedTolerance = 1.0 // percentage points
 
 // observedRate is the load through each Envoy, in requests per second.
-const observedRate = 150
+const observedRate = 300
 
-// TestObservedSplit: two Envoys under load carry a rollout through 10, 40
+// TestObservedSplit: an Envoy under load carries a rollout through 10, 40
 // and 70 % to promotion. Per step, the split shiftplane reports through
-// the policy API (requests per version, from the stats the Envoys stream)
-// matches what the backends answered over the same report intervals, node
-// by node, within ±1 pp; and the requests it counted per version match the
+// the policy API (requests per version, from the stats the Envoy streams)
+// matches what the backends answered over the same report intervals
+// within ±1 pp; and the requests it counted per version match the
 // backends' answers and the Prometheus counters.
+//
+// One Envoy, because the rig's Envoys share the listener port
+// (SO_REUSEPORT): the kernel, not the test, picks the Envoy that serves a
+// connection, so a request cannot be matched to a node's report intervals.
+// Several nodes (joining, leaving, restarting) are covered by the unit
+// tests of policy/observed.go.
 func TestObservedSplit(t *testing.T) {
-	steps := []planStep{{10, 4 * time.Second}, {40, 4 * time.Second}, {70, 4 * time.Second}, {100, 0}}
+	steps := []planStep{{10, 5 * time.Second}, {40, 5 * time.Second}, {70, 5 * time.Second}, {100, 0}}
 	runObserved(t, steps, nil)
 }
 
-// TestObservedSplitEnvoyRestart: one Envoy restarts inside the step at
+// TestObservedSplitEnvoyRestart: the Envoy restarts inside the step at
 // 40 %; its counters begin again at 0, and what it served before and
 // after is still counted exactly once.
 func TestObservedSplitEnvoyRestart(t *testing.T) {
@@ -40,21 +46,21 @@ func TestObservedSplitEnvoyRestart(t *testing.T) {
 		waitEngine(t, f.sp, time.Minute, "PROGRESSING", 40)
 		f.waitFleetWeight(t, 10*time.Second, 40)
 		time.Sleep(1500 * time.Millisecond) // some settled traffic at 40 first
-		load.stopOne(1)
+		load.stopOne(0)
 		// Envoy flushes stats every second; wait for a flush of its last
 		// requests before stopping it.
 		time.Sleep(1500 * time.Millisecond)
-		before, _ := statValue(t.Context(), f.envoys[1], "cluster.web-v1.upstream_rq_completed")
-		if err := f.envoys[1].Restart(t.Context()); err != nil {
+		before, _ := statValue(t.Context(), f.envoys[0], "cluster.web-v1.upstream_rq_completed")
+		if err := f.envoys[0].Restart(t.Context()); err != nil {
 			t.Fatal(err)
 		}
-		if err := f.envoys[1].WaitListener(t.Context(), f.listen); err != nil {
+		if err := f.envoys[0].WaitListener(t.Context(), f.listen); err != nil {
 			t.Fatal(err)
 		}
-		load.start(t, 1, "http://"+f.listen+"/")
+		load.start(t, 0, "http://"+f.listen+"/")
 		time.Sleep(1500 * time.Millisecond)
-		after, _ := statValue(t.Context(), f.envoys[1], "cluster.web-v1.upstream_rq_completed")
-		t.Logf("envoy 1 restarted in the 40%% step: its web-v1 upstream_rq_completed was %g before, %g after", before, after)
+		after, _ := statValue(t.Context(), f.envoys[0], "cluster.web-v1.upstream_rq_completed")
+		t.Logf("the Envoy restarted in the 40%% step: its web-v1 upstream_rq_completed was %g before, %g after", before, after)
 		if after >= before {
 			t.Errorf("the restart did not reset the counter (%g before, %g after): the test does not test a reset", before, after)
 		}
@@ -65,7 +71,7 @@ func TestObservedSplitEnvoyRestart(t *testing.T) {
 // nil) while the rollout runs, and compares shiftplane's observed split
 // with the backends' answers.
 func runObserved(t *testing.T, steps []planStep, during func(*fleet, *fleetLoad)) {
-	f := startFleet(t, 2)
+	f := startFleet(t, 1)
 	rc, _ := apiClients(t, f.sp)
 	f.sp.WritePlan("web.yaml", f.plan(planSpec{Steps: steps}))
 	f.waitListeners(t)
@@ -165,7 +171,7 @@ func runObserved(t *testing.T, steps []planStep, during func(*fleet, *fleetLoad)
 	}
 
 	var b strings.Builder
-	fmt.Fprintf(&b, "observed split per step (%d Envoys, %d req/s each, %d requests):\n", len(f.envoys), observedRate, len(recs))
+	fmt.Fprintf(&b, "observed split per step (%d Envoy(s), %d req/s each, %d requests):\n", len(f.envoys), observedRate, len(recs))
 	fmt.Fprintf(&b, "    %-7s %-17s %-16s %-8s %-15s %-15s %-10s %s\n", "weight", "shiftplane share", "backends share", "delta", "shiftplane v1/v2", "backends v1/v2", "transition", "nodes")
 	for _, r := range rows {
 		fmt.Fprintf(&b, "    %-7s %-17s %-16s %-8s %-15s %-15s %-10d %d\n", fmt.Sprintf("%d%%", r.weight),
