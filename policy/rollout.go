@@ -104,7 +104,8 @@ type Event struct {
 	StepIndex int       `json:"stepIndex"`
 	Output    string    `json:"output,omitempty"`
 	// Observed is what the fleet reported the step this event ends served
-	// (observed.go); nil when the event ends no step or nothing counted it.
+	// (observed.go); nil when the event ends no step, or the engine has no
+	// stats source.
 	Observed *StepTraffic `json:"observed,omitempty"`
 }
 
