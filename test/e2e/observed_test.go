@@ -30,8 +30,9 @@ const observedRate = 300
 // One Envoy, because the rig's Envoys share the listener port
 // (SO_REUSEPORT): the kernel, not the test, picks the Envoy that serves a
 // connection, so a request cannot be matched to a node's report intervals.
-// Several nodes (joining, leaving, restarting) are covered by the unit
-// tests of policy/observed.go.
+// (Measured: a drained second Envoy takes connections again once its
+// listener is updated.) Several nodes (joining, leaving, restarting) are
+// covered by the unit tests of policy/observed.go.
 func TestObservedSplit(t *testing.T) {
 	steps := []planStep{{10, 5 * time.Second}, {40, 5 * time.Second}, {70, 5 * time.Second}, {100, 0}}
 	runObserved(t, steps, nil)
@@ -194,10 +195,13 @@ func runObserved(t *testing.T, steps []planStep, during func(*fleet, *fleetLoad)
 			t.Errorf("weight %d%%: shiftplane reports a %.2f%% canary share, the backends answered %.2f%% (±%.0f pp)",
 				r.weight, r.spShare, r.bkShare, observedTolerance)
 		}
-		// The counts themselves, not only the share: within 1% (report
-		// receipt is a moment after Envoy's flush).
+		// The counts themselves, not only the share. The intervals are
+		// bounded by when shiftplane received a report, a moment after
+		// Envoy's flush (a few ms; tens on a loaded machine, ~3 requests
+		// per 10 ms here), so a few requests at each end may fall on the
+		// other side.
 		for _, c := range [][2]int{{r.spV1, r.bkV1}, {r.spV2, r.bkV2}} {
-			if d := math.Abs(float64(c[0] - c[1])); d > math.Max(3, 0.01*float64(c[1])) {
+			if d := math.Abs(float64(c[0] - c[1])); d > math.Max(10, 0.02*float64(c[1])) {
 				t.Errorf("weight %d%%: shiftplane counted %d requests of a version, the backends answered %d", r.weight, c[0], c[1])
 			}
 		}
