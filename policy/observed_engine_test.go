@@ -1,6 +1,7 @@
 package policy_test
 
 import (
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -144,4 +145,42 @@ func TestEngineObservedNoStats(t *testing.T) {
 	if obs := h.get("web").Observed; len(obs.Steps) != 0 || obs.Stable != 0 || obs.Canary != 0 {
 		t.Errorf("observed without a stats source: %+v", obs)
 	}
+}
+
+// TestEngineObservedStoreDown: a decision the store refused is not
+// applied, and the observed split stays on the step the rollout is still
+// in: it keeps counting there, and a refused abort opens no step.
+func TestEngineObservedStoreDown(t *testing.T) {
+	env := &fakeEnvoy{stable: "a-v1", canary: "a-v2"}
+	h := newHarness(t, func(h *harness) { h.opts.Stats = env })
+	h.apply(testPlan("a", wstep(10, 2*time.Second), wstep(50, 2*time.Second), wstep(100, 0)))
+	serve := func(n int) {
+		for range n {
+			env.serve(100, h.lastService("a").CanaryWeight, h.clock.Now())
+			h.clock.Advance(250 * time.Millisecond)
+			_ = h.eng.Tick()
+		}
+	}
+	for i := 0; i < 100 && h.get("a").State.Weight != 10; i++ {
+		serve(1)
+	}
+	serve(2)
+	if err := h.store.Close(); err != nil { // every write now fails
+		t.Fatal(err)
+	}
+	serve(40) // 10 s: the 2 s hold is long done, but the step cannot end
+	if _, err := h.eng.Abort("a"); !errors.Is(err, policy.ErrStore) {
+		t.Fatalf("abort with the store down: %v", err)
+	}
+	serve(4)
+	obs := h.get("a").Observed
+	cur, ok := obs.Current()
+	if !ok || cur.Weight != 10 || cur.StepIndex != 0 {
+		t.Fatalf("current observed step %+v (running %v), want step 1 at 10%%: %+v", cur, ok, obs.Steps)
+	}
+	if share, ok := cur.Share(); !ok || share != 0.1 || cur.Total() < 4000 {
+		t.Errorf("step 1 at 10%%: share %g (%v) over %g requests, want 10%% over the 11 s it lasted", share, ok, cur.Total())
+	}
+	h.kill()
+	h.start()
 }
