@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/shiftplane/shiftplane/xds/model"
 )
 
 // Sentinel errors of the engine's operations; the API maps them to status codes.
@@ -39,6 +41,9 @@ type Options struct {
 	// DrainQuiet is how long the stable must report zero active requests
 	// before it is withdrawn (default 2s).
 	DrainQuiet time.Duration
+	// Stats, when set, is read for the observed split per step
+	// (observed.go); usually the signal gate, which merges every source.
+	Stats model.StatsSource
 }
 
 // Update is what watchers receive: a rollout's new status, and the event
@@ -58,6 +63,8 @@ type Status struct {
 	Fleet         Convergence
 	// StoreError is set while the store refuses writes: nothing moves.
 	StoreError string
+	// Observed is the split the fleet reported per step (observed.go).
+	Observed Observed
 }
 
 // Engine carries rollouts through their plans: a shell around Decide (in
@@ -79,6 +86,9 @@ type Engine struct {
 	nextW    int
 	hookWG   sync.WaitGroup
 	ctx      context.Context
+
+	statsAt    time.Time // when statsCache was read (observed.go)
+	statsCache []model.NodeReport
 }
 
 type entry struct {
@@ -90,6 +100,7 @@ type entry struct {
 	wantGen     uint64 // generation of this rollout's last desired-state change
 	persistedAt time.Time
 	storeErr    error
+	obs         observer
 }
 
 func newEntry(r Rollout) *entry {
@@ -223,6 +234,7 @@ func (e *Engine) convergence(st State) Convergence {
 // of it is applied, so a restart never republishes less than the fleet was
 // sent and no decision is reported that was not kept.
 func (e *Engine) commitLocked(r *entry, res Result, now time.Time) error {
+	e.observeLocked(r, &res, now)
 	decisive := len(res.Events) > 0 || res.Publish
 	write := decisive || (res.Dirty && (e.o.PersistEvery <= 0 || now.Sub(r.persistedAt) >= e.o.PersistEvery))
 	if write {
@@ -247,6 +259,7 @@ func (e *Engine) commitLocked(r *entry, res Result, now time.Time) error {
 	}
 	r.State = res.State
 	r.tm = res.Timers
+	e.observedLocked(r)
 	if res.HookDone {
 		r.hook = HookStatus{}
 	}
@@ -691,5 +704,6 @@ func (e *Engine) statusLocked(r *entry) Status {
 	if r.storeErr != nil {
 		s.StoreError = r.storeErr.Error()
 	}
+	s.Observed = r.obs.view()
 	return s
 }

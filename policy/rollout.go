@@ -103,6 +103,10 @@ type Event struct {
 	Weight    int       `json:"weight"`
 	StepIndex int       `json:"stepIndex"`
 	Output    string    `json:"output,omitempty"`
+	// Observed is what the fleet reported the step this event ends served
+	// (observed.go); nil when the event ends no step, or the engine has no
+	// stats source.
+	Observed *StepTraffic `json:"observed,omitempty"`
 }
 
 func (e Event) String() string {

@@ -36,6 +36,16 @@ func writeDetail(w io.Writer, r *shiftplanev1.Rollout, events []*shiftplanev1.Ev
 	if !phaseTerminal(r.GetPhase()) && r.GetStepCount() > 0 {
 		step += fmt.Sprintf(" (hold %s counted, %s left)", roundDuration(r.GetHoldCounted().AsDuration()), roundDuration(r.GetHoldRemaining().AsDuration()))
 	}
+	if o := r.GetObserved(); o != nil && !phaseTerminal(r.GetPhase()) {
+		txt := stepSplitText(o)
+		if o.CanaryShare != nil {
+			txt += " in this step"
+		}
+		if t := o.GetTransitionStableRequests() + o.GetTransitionCanaryRequests(); t > 0 {
+			txt += fmt.Sprintf("; %d request(s) while the fleet took the weight (not in the share)", t)
+		}
+		field("Observed", "%s, from %d node(s)", txt, o.GetNodes())
+	}
 	field("Step", "%s", step)
 	sig := r.GetSignal()
 	sigText := signalName(sig.GetState())
@@ -85,6 +95,20 @@ func writeDetail(w io.Writer, r *shiftplanev1.Rollout, events []*shiftplanev1.Ev
 	}
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+
+	if steps := r.GetObservedSteps(); len(steps) > 0 {
+		// What Envoy's stats say each step served, next to its weight.
+		fmt.Fprintln(w, "\nObserved split per step (from the fleet's stats):")
+		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "  STEP\tPHASE\tWEIGHT\tOBSERVED\tV1\tV2\tSETTLING\tNODES")
+		for _, o := range steps {
+			fmt.Fprintf(tw, "  %d\t%s\t%d%%\t%s\t%d\t%d\t%d\t%d\n", o.GetStepIndex()+1, phaseName(o.GetPhase()), o.GetWeight(), shareText(o),
+				o.GetStableRequests(), o.GetCanaryRequests(), o.GetTransitionStableRequests()+o.GetTransitionCanaryRequests(), o.GetNodes())
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
 	}
 
 	if len(events) > 0 {

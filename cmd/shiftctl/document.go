@@ -90,10 +90,21 @@ func protoNode(m proto.Message, o protojson.MarshalOptions) (*yaml.Node, error) 
 	return root, nil
 }
 
-// rewrite walks n: block style, short enum names, Go durations.
+// rewrite walks n: block style, short enum names, Go durations; an unset
+// message (null: a finished rollout's current observed step, a time not
+// known yet) is left out rather than printed as null.
 func rewrite(n *yaml.Node) {
 	n.Style = 0
 	if n.Kind == yaml.MappingNode {
+		kept := n.Content[:0]
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			// plan is the placeholder rolloutNode fills in.
+			if v := n.Content[i+1]; v.Kind == yaml.ScalarNode && v.Tag == "!!null" && n.Content[i].Value != "plan" {
+				continue
+			}
+			kept = append(kept, n.Content[i], n.Content[i+1])
+		}
+		n.Content = kept
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, v := n.Content[i].Value, n.Content[i+1]
 			if v.Kind == yaml.ScalarNode && v.Tag == "!!str" {

@@ -151,10 +151,10 @@ func rolloutYAML(r *shiftplanev1.Rollout) ([]byte, error) {
 
 func writeRolloutWide(w io.Writer, rs []*shiftplanev1.Rollout, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tPHASE\tWEIGHT\tSTEP\tHOLD LEFT\tSIGNAL\tFLEET\tAGE\tMESSAGE")
+	fmt.Fprintln(tw, "NAME\tPHASE\tWEIGHT\tOBSERVED\tSTEP\tHOLD LEFT\tSIGNAL\tFLEET\tAGE\tMESSAGE")
 	for _, r := range rs {
-		fmt.Fprintf(tw, "%s\t%s\t%d%%\t%s\t%s\t%s\t%s\t%s\t%s\n", r.GetName(), phaseName(r.GetPhase()), r.GetCanaryWeight(),
-			stepText(r), holdLeft(r), signalName(r.GetSignal().GetState()), fleetText(r.GetFleet()), age(r.GetCreatedAt(), now), oneLine(r.GetMessage()))
+		fmt.Fprintf(tw, "%s\t%s\t%d%%\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.GetName(), phaseName(r.GetPhase()), r.GetCanaryWeight(),
+			observedWide(r), stepText(r), holdLeft(r), signalName(r.GetSignal().GetState()), fleetText(r.GetFleet()), age(r.GetCreatedAt(), now), oneLine(r.GetMessage()))
 	}
 	return tw.Flush()
 }
@@ -179,14 +179,58 @@ func fleetText(f *shiftplanev1.FleetStatus) string {
 	return fmt.Sprintf("%d node(s) not converged", f.GetNodes())
 }
 
+// observedText is the canary's share of the requests the fleet reported
+// in the current step, next to the configured weight: "9.8%", "settling"
+// (the requests so far came partly before the fleet ACKed the step), "no
+// traffic yet" (nodes report, no request counted yet), "no stats yet" (no
+// node reported), "-" for a finished rollout. No data is never shown as 0%.
+func observedText(r *shiftplanev1.Rollout) string {
+	if phaseTerminal(r.GetPhase()) {
+		return "-"
+	}
+	return shareText(r.GetObserved())
+}
+
+// observedWide is observedText with the requests it counts.
+func observedWide(r *shiftplanev1.Rollout) string {
+	o := r.GetObserved()
+	if phaseTerminal(r.GetPhase()) || o == nil || o.CanaryShare == nil {
+		return observedText(r)
+	}
+	return fmt.Sprintf("%s of %d", shareText(o), o.GetStableRequests()+o.GetCanaryRequests())
+}
+
+// shareText is one step's observed canary share.
+func shareText(o *shiftplanev1.StepTraffic) string {
+	switch {
+	case o == nil || o.GetNodes() == 0:
+		return "no stats yet"
+	case o.CanaryShare == nil && o.GetTransitionStableRequests()+o.GetTransitionCanaryRequests() > 0:
+		return "settling" // requests so far were served partly at the previous weight
+	case o.CanaryShare == nil:
+		return "no traffic yet"
+	}
+	return fmt.Sprintf("%.1f%%", o.GetCanaryShare())
+}
+
+// stepSplitText says what the fleet served in a step: "v2 9.8% of 2441
+// requests (v1 2201, v2 240)".
+func stepSplitText(o *shiftplanev1.StepTraffic) string {
+	if o.CanaryShare == nil {
+		return shareText(o)
+	}
+	return fmt.Sprintf("v2 %.1f%% of %d requests (v1 %d, v2 %d)", o.GetCanaryShare(),
+		o.GetStableRequests()+o.GetCanaryRequests(), o.GetStableRequests(), o.GetCanaryRequests())
+}
+
 // writeRolloutTable prints NAME PHASE WEIGHT STEP SIGNAL AGE, one rollout a
 // line, aligned.
 func writeRolloutTable(w io.Writer, rs []*shiftplanev1.Rollout, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tPHASE\tWEIGHT\tSTEP\tSIGNAL\tAGE")
+	fmt.Fprintln(tw, "NAME\tPHASE\tWEIGHT\tOBSERVED\tSTEP\tSIGNAL\tAGE")
 	for _, r := range rs {
-		fmt.Fprintf(tw, "%s\t%s\t%d%%\t%s\t%s\t%s\n", r.GetName(), phaseName(r.GetPhase()), r.GetCanaryWeight(),
-			stepText(r), signalName(r.GetSignal().GetState()), age(r.GetCreatedAt(), now))
+		fmt.Fprintf(tw, "%s\t%s\t%d%%\t%s\t%s\t%s\t%s\n", r.GetName(), phaseName(r.GetPhase()), r.GetCanaryWeight(),
+			observedText(r), stepText(r), signalName(r.GetSignal().GetState()), age(r.GetCreatedAt(), now))
 	}
 	return tw.Flush()
 }
@@ -203,6 +247,9 @@ func writeHistory(w io.Writer, evs []*shiftplanev1.Event) error {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d%%\t%d\t%s\n", e.GetTime().AsTime().Local().Format(time.RFC3339), from,
 			phaseName(e.GetToPhase()), e.GetWeight(), e.GetStepIndex()+1, e.GetReason())
+		if o := e.GetObserved(); o != nil {
+			fmt.Fprintf(tw, "    | step %d at %d%% served %s\n", o.GetStepIndex()+1, o.GetWeight(), stepSplitText(o))
+		}
 		if out := strings.TrimRight(e.GetOutput(), "\n"); out != "" {
 			for _, line := range strings.Split(out, "\n") {
 				fmt.Fprintln(tw, "    | "+line)
@@ -333,6 +380,9 @@ func (wt *watcher) event(e *shiftplanev1.Event) {
 	}
 	wt.println(fmt.Sprintf("%s  event  %s  weight %d%%  %s  %s", e.GetTime().AsTime().Local().Format("15:04:05"),
 		arrow, e.GetWeight(), step, e.GetReason()))
+	if o := e.GetObserved(); o != nil {
+		wt.println(fmt.Sprintf("          observed  step %d at %d%% served %s", o.GetStepIndex()+1, o.GetWeight(), stepSplitText(o)))
+	}
 	if wt.tty && wt.last != nil {
 		wt.draw(wt.last)
 	}
@@ -380,6 +430,12 @@ func (wt *watcher) columns() int {
 func (wt *watcher) draw(r *shiftplanev1.Rollout) {
 	cols := wt.columns()
 	text := fmt.Sprintf("%3d%%  %s", r.GetCanaryWeight(), statusLine(r, true))
+	if r.GetObserved() != nil && !phaseTerminal(r.GetPhase()) {
+		// Next to the configured weight, what the fleet served in this step.
+		// Plain output prints a line per change and the share changes with
+		// every report, so only the live line shows it.
+		text = fmt.Sprintf("%3d%% (observed %s)  %s", r.GetCanaryWeight(), observedWide(r), statusLine(r, true))
+	}
 	// The words come first; the bar takes what room is left, up to
 	// barWidth cells, and is left out when fewer than 10 are.
 	bw := barWidth

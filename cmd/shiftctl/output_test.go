@@ -108,14 +108,26 @@ func TestRolloutTable(t *testing.T) {
 	other.StepIndex = 3
 	other.Signal.State = shiftplanev1.SignalState_SIGNAL_STATE_FIRING
 	other.CreatedAt = timestamppb.New(now.Add(-3 * time.Hour))
+	share := 9.8125
+	served := rollout()
+	served.Name = "served"
+	served.CanaryWeight = 10
+	served.Observed = &shiftplanev1.StepTraffic{Nodes: 2, StableRequests: 1443, CanaryRequests: 157, CanaryShare: &share}
+	quiet := rollout()
+	quiet.Name = "quiet"
+	quiet.Observed = &shiftplanev1.StepTraffic{Nodes: 2}
 	var b bytes.Buffer
-	if err := writeRolloutTable(&b, []*shiftplanev1.Rollout{rollout(), other}, now); err != nil {
+	if err := writeRolloutTable(&b, []*shiftplanev1.Rollout{rollout(), other, served, quiet}, now); err != nil {
 		t.Fatal(err)
 	}
+	// No data is never 0%: without a node's report the share is "no stats
+	// yet", with reports but no request "no traffic yet".
 	want := "" +
-		"NAME                PHASE        WEIGHT  STEP  SIGNAL  AGE\n" +
-		"checkout            PROGRESSING  0%      1/4   CLEAR   1m\n" +
-		"a-much-longer-name  ROLLED_BACK  100%    4/4   FIRING  3h\n"
+		"NAME                PHASE        WEIGHT  OBSERVED        STEP  SIGNAL  AGE\n" +
+		"checkout            PROGRESSING  0%      no stats yet    1/4   CLEAR   1m\n" +
+		"a-much-longer-name  ROLLED_BACK  100%    -               4/4   FIRING  3h\n" +
+		"served              PROGRESSING  10%     9.8%            1/4   CLEAR   1m\n" +
+		"quiet               PROGRESSING  0%      no traffic yet  1/4   CLEAR   1m\n"
 	if b.String() != want {
 		t.Errorf("table:\n%s\nwant:\n%s", b.String(), want)
 	}
@@ -301,5 +313,53 @@ func TestFleetTableNotReady(t *testing.T) {
 	out := buf.String()
 	if !strings.Contains(out, "stranger  x        sotw      not ready") || !strings.Contains(out, "envoy-1   e        sotw      yes") {
 		t.Errorf("fleet table:\n%s", out)
+	}
+}
+
+// TestObservedOutput: the split the fleet served is shown next to the
+// weight on the live line, and on the event (watch, history) that ends a
+// step.
+func TestObservedOutput(t *testing.T) {
+	share := 9.8125
+	step := &shiftplanev1.StepTraffic{StepIndex: 0, Weight: 10, Phase: shiftplanev1.Phase_PHASE_PROGRESSING, Nodes: 2, StableRequests: 1443, CanaryRequests: 157, CanaryShare: &share}
+	ev := &shiftplanev1.Event{Time: timestamppb.New(now), FromPhase: shiftplanev1.Phase_PHASE_PROGRESSING, ToPhase: shiftplanev1.Phase_PHASE_PROGRESSING,
+		Weight: 40, StepIndex: 1, Reason: "step 2", Observed: step}
+	const served = "step 1 at 10% served v2 9.8% of 1600 requests (v1 1443, v2 157)"
+
+	var b bytes.Buffer
+	w := newWatcher(&b, true, nil)
+	r := rollout()
+	r.CanaryWeight = 10
+	r.Observed = step
+	w.status(r)
+	w.event(ev)
+	w.done()
+	if !strings.Contains(b.String(), " 10% (observed 9.8% of 1600)  PROGRESSING") {
+		t.Errorf("live line without the observed share: %q", b.String())
+	}
+	if !strings.Contains(b.String(), "observed  "+served) {
+		t.Errorf("event without the step's observed split: %q", b.String())
+	}
+
+	b.Reset()
+	r.ObservedSteps = []*shiftplanev1.StepTraffic{step, {StepIndex: 1, Weight: 40, Phase: shiftplanev1.Phase_PHASE_PROGRESSING, Nodes: 2, TransitionStableRequests: 30, TransitionCanaryRequests: 12}}
+	r.Observed = r.ObservedSteps[1]
+	if err := writeDetail(&b, r, nil, now); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"Observed:  settling; 42 request(s) while the fleet took the weight (not in the share), from 2 node(s)",
+		"STEP  PHASE        WEIGHT  OBSERVED  V1    V2   SETTLING  NODES", "1     PROGRESSING  10%     9.8%      1443  157  0         2",
+		"2     PROGRESSING  40%     settling  0     0    42        2"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("get NAME lacks %q:\n%s", want, b.String())
+		}
+	}
+
+	b.Reset()
+	if err := writeHistory(&b, []*shiftplanev1.Event{ev}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "| "+served) {
+		t.Errorf("history without the step's observed split:\n%s", b.String())
 	}
 }

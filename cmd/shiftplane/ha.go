@@ -127,12 +127,14 @@ func serveHA(ctx context.Context, cfg Config, planPaths []string, log *slog.Logg
 		},
 	}
 	registerHAMetrics(reg, r, reporter)
-	registerSignalMetrics(reg, func() []policy.Status {
+	leaderList := func() []policy.Status {
 		if e := r.currentEngine(); e != nil {
 			return e.List()
 		}
 		return nil
-	})
+	}
+	registerSignalMetrics(reg, leaderList)
+	registerObservedMetrics(reg, leaderList)
 	registerBuildInfo(reg)
 
 	// Listeners first, so a bad address fails the start.
@@ -245,7 +247,7 @@ func (r *haReplica) lead(ctx context.Context, term leader.Term) {
 		return
 	}
 	engine, err := policy.New(ctx, policy.Options{
-		Store: fenced, Publisher: r.pub, Fleet: r.view, Gate: r.deps.gate,
+		Store: fenced, Publisher: r.pub, Fleet: r.view, Gate: r.deps.gate, Stats: r.deps.gate,
 		Hooks:        policy.CommandHooks{AllowExec: r.cfg.Hooks.AllowExec, AllowHosts: r.cfg.Hooks.AllowHosts},
 		Clock:        policy.SystemClock{},
 		Log:          r.log,

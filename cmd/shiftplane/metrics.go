@@ -76,3 +76,26 @@ func buildInfo() (version, revision, goVersion string) {
 	}
 	return
 }
+
+// registerObservedMetrics exports the observed split the engine counted
+// from the fleet's stats: shiftplane_rollout_requests_total{rollout,version}
+// (version "stable" or "canary": the requests each completed since this
+// process started counting the rollout) and
+// shiftplane_rollout_observed_canary_share{rollout}, the canary's percentage
+// of the current step's requests. The share is absent while no request was
+// counted in the step (no data is not 0%) and once the rollout is finished.
+func registerObservedMetrics(reg prometheus.Registerer, list func() []policy.Status) {
+	requests := prometheus.NewDesc("shiftplane_rollout_requests_total", "Requests each version (stable, canary) completed, as the fleet's stats reported them.", []string{"rollout", "version"}, nil)
+	share := prometheus.NewDesc("shiftplane_rollout_observed_canary_share", "The canary's percentage of the requests the fleet reported in the current step; absent while none was counted.", []string{"rollout"}, nil)
+	reg.MustRegister(collectorFunc{descs: []*prometheus.Desc{requests, share}, collect: func(ch chan<- prometheus.Metric) {
+		for _, s := range list() {
+			ch <- prometheus.MustNewConstMetric(requests, prometheus.CounterValue, s.Observed.Stable, s.Plan.Name, "stable")
+			ch <- prometheus.MustNewConstMetric(requests, prometheus.CounterValue, s.Observed.Canary, s.Plan.Name, "canary")
+			if cur, ok := s.Observed.Current(); ok {
+				if v, ok := cur.Share(); ok {
+					ch <- prometheus.MustNewConstMetric(share, prometheus.GaugeValue, 100*v, s.Plan.Name)
+				}
+			}
+		}
+	}})
+}

@@ -202,3 +202,30 @@ func TestSignalMetrics(t *testing.T) {
 		t.Errorf("%d signal series, want %d: %v", n, len(want), withPrefix(got, "shiftplane_signal_"))
 	}
 }
+
+// The observed split's metrics: the counters per version, and the share
+// only while the current step has counted requests (no data is not 0%).
+func TestObservedMetrics(t *testing.T) {
+	running := policy.Status{Rollout: policy.Rollout{Plan: policy.Plan{Name: "web"}, State: policy.State{Phase: policy.PhaseProgressing}},
+		Observed: policy.Observed{Running: true, Stable: 900, Canary: 100, Steps: []policy.StepTraffic{{Weight: 10, Stable: 540, Canary: 60, Nodes: 2}}}}
+	quiet := policy.Status{Rollout: policy.Rollout{Plan: policy.Plan{Name: "quiet"}, State: policy.State{Phase: policy.PhaseProgressing}},
+		Observed: policy.Observed{Running: true, Steps: []policy.StepTraffic{{Weight: 10, Nodes: 2}}}}
+	reg := prometheus.NewRegistry()
+	registerObservedMetrics(reg, func() []policy.Status { return []policy.Status{running, quiet} })
+	srv := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	defer srv.Close()
+	got := scrape(t, srv.URL)
+	for series, want := range map[string]string{
+		`shiftplane_rollout_requests_total{rollout="web",version="stable"}`:   "900",
+		`shiftplane_rollout_requests_total{rollout="web",version="canary"}`:   "100",
+		`shiftplane_rollout_requests_total{rollout="quiet",version="canary"}`: "0",
+		`shiftplane_rollout_observed_canary_share{rollout="web"}`:             "10",
+	} {
+		if got[series] != want {
+			t.Errorf("%s = %q, want %s", series, got[series], want)
+		}
+	}
+	if v, ok := got[`shiftplane_rollout_observed_canary_share{rollout="quiet"}`]; ok {
+		t.Errorf("a step without requests exports a share of %s", v)
+	}
+}

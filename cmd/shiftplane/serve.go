@@ -93,7 +93,7 @@ func serve(ctx context.Context, cfg Config, planPaths []string, log *slog.Logger
 	fleet.SetStatsNodes(deps.statsNodes)
 
 	engine, err := policy.New(ctx, policy.Options{
-		Store: store, Publisher: policy.HoldEmptyAtStart(pub, cfg.XDS.AllowEmptyAtStart, log), Fleet: fleet, Gate: deps.gate,
+		Store: store, Publisher: policy.HoldEmptyAtStart(pub, cfg.XDS.AllowEmptyAtStart, log), Fleet: fleet, Gate: deps.gate, Stats: deps.gate,
 		Hooks:    policy.CommandHooks{AllowExec: cfg.Hooks.AllowExec, AllowHosts: cfg.Hooks.AllowHosts},
 		Clock:    policy.SystemClock{},
 		Log:      log,
@@ -106,6 +106,7 @@ func serve(ctx context.Context, cfg Config, planPaths []string, log *slog.Logger
 	}
 	registerRolloutMetrics(reg, engine)
 	registerSignalMetrics(reg, engine.List)
+	registerObservedMetrics(reg, engine.List)
 	registerBuildInfo(reg)
 
 	if err := files.ApplyInitial(engine); err != nil {

@@ -323,12 +323,50 @@ func StatusToProto(s policy.Status) *shiftplanev1.Rollout {
 	if s.StoreError != "" {
 		r.Message = "store unavailable, nothing moves until it is writable: " + s.StoreError
 	}
+	for _, st := range s.Observed.Steps {
+		r.ObservedSteps = append(r.ObservedSteps, StepTrafficToProto(st))
+	}
+	if cur, ok := s.Observed.Current(); ok {
+		r.Observed = StepTrafficToProto(cur)
+	}
+	r.ObservedStableRequests = uint64(s.Observed.Stable)
+	r.ObservedCanaryRequests = uint64(s.Observed.Canary)
 	return r
+}
+
+// StepTrafficToProto converts one step's observed split. The share is left
+// unset when no request was counted: no data is not 0%.
+func StepTrafficToProto(s policy.StepTraffic) *shiftplanev1.StepTraffic {
+	pb := &shiftplanev1.StepTraffic{
+		StepIndex:      int32(s.StepIndex),
+		Weight:         int32(s.Weight),
+		Phase:          PhaseToProto(s.Phase),
+		StableRequests: uint64(s.Stable),
+		CanaryRequests: uint64(s.Canary),
+		Nodes:          int32(s.Nodes),
+		From:           timestampProto(s.From),
+		To:             timestampProto(s.To),
+
+		TransitionStableRequests: uint64(s.TransitionStable),
+		TransitionCanaryRequests: uint64(s.TransitionCanary),
+		SettledAt:                timestampProto(s.SettledAt),
+	}
+	if share, ok := s.Share(); ok {
+		pct := 100 * share
+		pb.CanaryShare = &pct
+	}
+	for _, n := range s.PerNode {
+		pb.NodeTraffic = append(pb.NodeTraffic, &shiftplanev1.NodeTraffic{
+			Node: n.Node, StableRequests: uint64(n.Stable), CanaryRequests: uint64(n.Canary),
+			From: timestampProto(n.From), To: timestampProto(n.To),
+		})
+	}
+	return pb
 }
 
 // EventToProto converts one history event.
 func EventToProto(e policy.Event) *shiftplanev1.Event {
-	return &shiftplanev1.Event{
+	pb := &shiftplanev1.Event{
 		Time:      timestampProto(e.Time),
 		Rollout:   e.Rollout,
 		FromPhase: PhaseToProto(e.From),
@@ -339,6 +377,10 @@ func EventToProto(e policy.Event) *shiftplanev1.Event {
 		Output:    e.Output,
 		Seq:       e.Seq,
 	}
+	if e.Observed != nil {
+		pb.Observed = StepTrafficToProto(*e.Observed)
+	}
+	return pb
 }
 
 func optFloat(v *float64) *float64 {

@@ -1,6 +1,7 @@
 package dashboard
 
 import (
+	"fmt"
 	"sort"
 	"strings"
 	"time"
@@ -40,6 +41,10 @@ type Summary struct {
 	Stable       string   `json:"stable"`
 	Canary       string   `json:"canary"`
 	HookError    string   `json:"hookError,omitempty"`
+	// Observed is the split the fleet reported in the current step, in
+	// words ("9.8% of 1600 requests", "settling", "no traffic yet", "no
+	// stats yet"); "" for a finished rollout or without stats.
+	Observed string `json:"observed,omitempty"`
 }
 
 // Detail is one rollout's page.
@@ -52,6 +57,22 @@ type Detail struct {
 	Series          []Sample    `json:"series"`
 	Events          []EventView `json:"events"`
 	Source          string      `json:"source"`
+	// ObservedSteps is the split the fleet reported per step, oldest first.
+	ObservedSteps []ObservedStepView `json:"observedSteps"`
+}
+
+// ObservedStepView is what the fleet served in one step.
+type ObservedStepView struct {
+	Step       int      `json:"step"` // from 1
+	Weight     int      `json:"weight"`
+	Phase      string   `json:"phase"`
+	Share      *float64 `json:"share"` // percent; nil when no request was counted
+	Stable     float64  `json:"stable"`
+	Canary     float64  `json:"canary"`
+	Transition float64  `json:"transition"` // before the fleet ACKed the step
+	Nodes      int      `json:"nodes"`
+	Current    bool     `json:"current,omitempty"`
+	Text       string   `json:"text"`
 }
 
 // StepView is one step of the schedule.
@@ -73,6 +94,8 @@ type EventView struct {
 	Step   int    `json:"step"`
 	Output string `json:"output,omitempty"`
 	Kind   string `json:"kind"` // phase, step, hold, nack, rollback, hook, success, info
+	// Observed says what the step this event ended served.
+	Observed string `json:"observed,omitempty"`
 }
 
 // NodeView is one connected Envoy.
@@ -115,7 +138,24 @@ func summarize(s policy.Status) Summary {
 	if s.StepCount == 0 {
 		sum.Step = 0
 	}
+	if cur, ok := s.Observed.Current(); ok {
+		sum.Observed = observedText(cur)
+	}
 	return sum
+}
+
+// observedText says what a step served: no data is never 0%.
+func observedText(st policy.StepTraffic) string {
+	if share, ok := st.Share(); ok {
+		return fmt.Sprintf("%.1f%% of %.0f requests", 100*share, st.Total())
+	}
+	switch {
+	case st.Nodes == 0:
+		return "no stats yet"
+	case st.Transition() > 0:
+		return "settling"
+	}
+	return "no traffic yet"
 }
 
 // actions are the operations the engine would accept in phase p (mirrors
@@ -193,10 +233,34 @@ func (d *Dashboard) pageData(name string, who identity) (*PageData, error) {
 	det.Events = make([]EventView, 0, len(evs))
 	for _, ev := range evs {
 		det.Events = append(det.Events, EventView{Time: ms(ev.Time), From: string(ev.From), To: string(ev.To), Reason: ev.Reason,
-			Weight: ev.Weight, Step: ev.StepIndex + 1, Output: ev.Output, Kind: eventKind(ev)})
+			Weight: ev.Weight, Step: ev.StepIndex + 1, Output: ev.Output, Kind: eventKind(ev), Observed: eventObserved(ev)})
+	}
+	det.ObservedSteps = []ObservedStepView{}
+	for i, st := range s.Observed.Steps {
+		v := ObservedStepView{Step: st.StepIndex + 1, Weight: st.Weight, Phase: string(st.Phase), Stable: st.Stable, Canary: st.Canary,
+			Transition: st.Transition(), Nodes: st.Nodes, Current: s.Observed.Running && i == len(s.Observed.Steps)-1, Text: observedText(st)}
+		if share, ok := st.Share(); ok {
+			pct := 100 * share
+			v.Share = &pct
+		}
+		det.ObservedSteps = append(det.ObservedSteps, v)
 	}
 	pd.Rollout = det
 	return pd, nil
+}
+
+// eventObserved is "step 2 at 20% served 19.6% of 2441 requests (v1 1962,
+// v2 479)" for an event that ended a step.
+func eventObserved(ev policy.Event) string {
+	o := ev.Observed
+	if o == nil {
+		return ""
+	}
+	txt := fmt.Sprintf("step %d at %d%% served %s", o.StepIndex+1, o.Weight, observedText(*o))
+	if _, ok := o.Share(); ok {
+		txt += fmt.Sprintf(" (v1 %.0f, v2 %.0f)", o.Stable, o.Canary)
+	}
+	return txt
 }
 
 // eventKind picks the one marker an event gets on the timeline.

@@ -251,6 +251,11 @@ func (g *Gate) ActiveRequests(now time.Time, cluster string) (float64, bool) {
 	return sum, known
 }
 
+// Reports implements model.StatsSource: every source's reports merged,
+// one per node. The engine counts the observed split per step from it, so
+// a source added to the gate feeds that too.
+func (g *Gate) Reports() []NodeReport { return g.reports() }
+
 // reports merges the sources' reports. A node listed by two sources (a
 // sink stream and a named admin target) is counted once, by its newest
 // report.

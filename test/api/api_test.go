@@ -68,7 +68,7 @@ func TestWatchToSuccess(t *testing.T) {
 		t.Errorf("history:\n%s", out)
 	}
 	out = s.mustCtl("list")
-	if !strings.Contains(out, "NAME      PHASE      WEIGHT  STEP  SIGNAL  AGE\ncheckout  SUCCEEDED  100%    2/2   -") {
+	if !strings.Contains(out, "NAME      PHASE      WEIGHT  OBSERVED  STEP  SIGNAL  AGE\ncheckout  SUCCEEDED  100%    -         2/2   -") {
 		t.Errorf("list:\n%s", out)
 	}
 }
@@ -260,7 +260,7 @@ func TestToken(t *testing.T) {
 			t.Errorf("%s: %s", name, r)
 		}
 	}
-	if out := s.mustCtl("--token", token, "list"); strings.TrimSpace(out) != "NAME  PHASE  WEIGHT  STEP  SIGNAL  AGE" {
+	if out := s.mustCtl("--token", token, "list"); strings.TrimSpace(out) != "NAME  PHASE  WEIGHT  OBSERVED  STEP  SIGNAL  AGE" {
 		t.Errorf("refused applies created something:\n%s", out)
 	}
 	if r := s.ctl([]string{"SHIFTCTL_TOKEN=" + token}, "apply", "-f", path); r.Code != 0 {

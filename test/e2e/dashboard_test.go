@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -203,6 +204,14 @@ func TestDashboardInBrowser(t *testing.T) {
 		t.Fatal("the page reloaded to show the change; it must update in place")
 	}
 	t.Logf("live on the open page: %s step %s → %s step %s", weight0, step0, weight1, step1)
+	// The status page shows what the fleet served per step next to the
+	// configured weight: the 20% step, which the rollout left, has a share.
+	var observed string
+	waitFor(t, 15*time.Second, "the observed split of the 20% step on the page", func() (bool, string) {
+		observed = eval[string](t, b, `Array.from(document.querySelectorAll('#observed-steps tbody tr')).map(r => Array.from(r.cells).map(c => c.textContent).join('|')).join('; ')`)
+		return regexp.MustCompile(`\|20%\|\d+\.\d%\|\d+\|\d+\|`).MatchString(observed), observed
+	})
+	t.Logf("observed split on the page: %s; this step: %s", observed, text(t, b, "#observed"))
 	if hasPause {
 		t.Fatal("an unauthenticated page shows the Pause button")
 	}

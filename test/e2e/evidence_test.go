@@ -37,6 +37,11 @@ func TestNoTrafficNeverPassesFirstStep(t *testing.T) {
 	time.Sleep(12 * time.Second)
 	st := rolloutStatus(t, rc, "quiet")
 	t.Logf("after 12s with no requests: %s weight %d step %d/%d: %s", st.GetPhase(), st.GetCanaryWeight(), st.GetStepIndex()+1, st.GetStepCount(), st.GetMessage())
+	// No data is not 0%: the Envoy reports, but no request was counted, so
+	// the observed split has no share.
+	if o := st.GetObserved(); o == nil || o.GetNodes() == 0 || o.CanaryShare != nil || o.GetStableRequests()+o.GetCanaryRequests() != 0 {
+		t.Errorf("observed split with no requests: %v, want a reporting node and no share", o)
+	}
 	if st.GetStepIndex() != 0 || st.GetCanaryWeight() != 25 || st.GetPhase() != shiftplanev1.Phase_PHASE_HOLDING {
 		t.Fatalf("a canary that got no traffic moved on: %s at step %d weight %d", st.GetPhase(), st.GetStepIndex()+1, st.GetCanaryWeight())
 	}

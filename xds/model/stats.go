@@ -101,3 +101,21 @@ func CountersWentDown(prev, latest map[string]float64, isCounter func(name strin
 	}
 	return false
 }
+
+// CompletedRequests is how many requests a cluster finished on one node, by
+// its cumulative counters: upstream_rq_completed, or without it the sum of
+// upstream_rq_<N>xx. ok is false when the report has none of them (Envoy
+// sends only used stats: the cluster served nothing, or is not there).
+func CompletedRequests(stats map[string]float64, cluster string) (n float64, ok bool) {
+	prefix := "cluster." + cluster + "."
+	if v, ok := stats[prefix+statRqCompleted]; ok {
+		return v, true
+	}
+	for c := 1; c <= 5; c++ {
+		if v, found := stats[prefix+"upstream_rq_"+string(rune('0'+c))+"xx"]; found {
+			n += v
+			ok = true
+		}
+	}
+	return n, ok
+}

@@ -86,14 +86,15 @@
         h('td', {}, h('a', { href: '/rollouts/' + encodeURIComponent(r.name), text: r.name })),
         h('td', {}, phaseBadge(r.phase)),
         h('td', { class: 'weight' }, [bar(r.weight), r.weight + '%']),
+        h('td', { class: 'observed muted', text: r.observed || '—' }),
         h('td', { class: 'step', text: stepText(r) }),
         h('td', {}, sigBadge(r.signal)),
         h('td', {}, r.nacks && r.nacks.length ? h('span', { class: 'bad', text: 'NACK' }) : r.converged ? h('span', { class: 'ok', text: '✓ ' + r.fleetNodes }) : h('span', { class: 'muted', text: 'waiting (' + r.fleetNodes + ')' })),
         h('td', { class: 'muted', text: r.reason }),
       ]));
-    if (!rows.length) rows.push(h('tr', {}, h('td', { colspan: 7, class: 'muted', text: 'no rollouts yet: apply a plan with shiftctl apply -f PLAN or serve --plan DIR' })));
+    if (!rows.length) rows.push(h('tr', {}, h('td', { colspan: 8, class: 'muted', text: 'no rollouts yet: apply a plan with shiftctl apply -f PLAN or serve --plan DIR' })));
     out.push(h('table', { id: 'rollouts' }, [
-      h('thead', {}, h('tr', {}, ['rollout', 'phase', 'canary weight', 'step', 'signal', 'fleet', 'reason'].map((t) => h('th', { text: t })))),
+      h('thead', {}, h('tr', {}, ['rollout', 'phase', 'canary weight', 'observed (this step)', 'step', 'signal', 'fleet', 'reason'].map((t) => h('th', { text: t })))),
       h('tbody', {}, rows),
     ]));
     if (data.snapshots && data.snapshots.length) {
@@ -119,6 +120,7 @@
     out.push(h('h1', {}, [r.name, phaseBadge(r.phase, 'phase'), sigBadge(r.signal)]));
     out.push(h('div', { class: 'kv' }, [
       h('div', {}, [h('span', { text: 'canary weight' }), h('b', { id: 'weight', text: r.weight + '%' })]),
+      h('div', {}, [h('span', { text: 'observed canary share (this step)' }), h('b', { id: 'observed', text: r.observed || '—' })]),
       h('div', {}, [h('span', { text: 'step' }), h('b', { id: 'step', text: stepText(r) })]),
       h('div', {}, [h('span', { text: 'stable → canary' }), h('b', { class: 'mono', text: r.stable + ' → ' + r.canary })]),
       h('div', {}, [h('span', { text: 'fleet' }), h('b', { text: r.nacks && r.nacks.length ? 'NACK' : r.converged ? 'converged (' + r.fleetNodes + ')' : 'waiting (' + r.fleetNodes + ')' })]),
@@ -137,6 +139,9 @@
       if (st.state === 'current' && st.pause && r.phase === 'PAUSED') sub = 'waiting for resume or promote';
       return h('li', { class: st.state, 'data-step': st.n }, [h('b', { text: 'step ' + st.n + '/' + r.steps.length + ' · ' + what }), h('small', { text: sub })]);
     })));
+
+    out.push(h('h2', { text: 'Observed split per step' }));
+    out.push(observedTable(r.observedSteps || []));
 
     out.push(h('h2', { text: 'Timeline' }));
     out.push(h('div', { class: 'card' }, [chart(r), legend()]));
@@ -218,10 +223,32 @@
     ]);
   }
 
+  // What the fleet's stats say each step served, next to the configured
+  // weight; requests counted before the fleet ACKed a step are its
+  // transition, outside the share.
+  function observedTable(steps) {
+    const rows = steps.map((st) => h('tr', { class: st.current ? 'current' : '' }, [
+      h('td', { text: String(st.step) }),
+      h('td', {}, phaseBadge(st.phase)),
+      h('td', { text: st.weight + '%' }),
+      h('td', { class: 'share', text: st.share === null ? st.text : st.share.toFixed(1) + '%' }),
+      h('td', { class: 'mono', text: String(st.stable) }),
+      h('td', { class: 'mono', text: String(st.canary) }),
+      h('td', { class: 'mono muted', text: String(st.transition) }),
+      h('td', { text: String(st.nodes) }),
+    ]));
+    if (!rows.length) rows.push(h('tr', {}, h('td', { colspan: 8, class: 'muted', text: 'no stats counted yet' })));
+    return h('table', { id: 'observed-steps' }, [
+      h('thead', {}, h('tr', {}, ['step', 'phase', 'configured weight', 'observed canary share', 'stable requests', 'canary requests', 'transition', 'nodes'].map((t) => h('th', { text: t })))),
+      h('tbody', {}, rows),
+    ]);
+  }
+
   function eventsTable(events) {
     const rows = events.slice().reverse().map((e) => {
       const key = e.t + '|' + e.reason;
       const reason = [e.reason];
+      if (e.observed) reason.push(h('div', { class: 'muted observed', text: e.observed }));
       if (e.output) {
         const d = h('details', { open: openDetails.has(key), ontoggle: () => (d.open ? openDetails.add(key) : openDetails.delete(key)) }, [h('summary', { text: 'hook output' }), h('pre', { text: e.output })]);
         reason.push(d);

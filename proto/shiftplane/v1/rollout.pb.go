@@ -1553,9 +1553,20 @@ type Rollout struct {
 	// Where the plan came from: "api" or "file:<path>".
 	Source string `protobuf:"bytes,17,opt,name=source,proto3" json:"source,omitempty"`
 	// The last hook failure, if any.
-	HookError     string `protobuf:"bytes,18,opt,name=hook_error,json=hookError,proto3" json:"hook_error,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	HookError string `protobuf:"bytes,18,opt,name=hook_error,json=hookError,proto3" json:"hook_error,omitempty"`
+	// The split the fleet reported for the current step (requests each
+	// version completed, from the stats Envoy streams); unset once the
+	// rollout is finished.
+	Observed *StepTraffic `protobuf:"bytes,19,opt,name=observed,proto3" json:"observed,omitempty"`
+	// The observed split of every step since this shiftplane process started,
+	// oldest first; while the rollout runs the last is the current step.
+	ObservedSteps []*StepTraffic `protobuf:"bytes,20,rep,name=observed_steps,json=observedSteps,proto3" json:"observed_steps,omitempty"`
+	// Requests each version completed over observed_steps (and older steps
+	// of this process), as in shiftplane_rollout_requests_total.
+	ObservedStableRequests uint64 `protobuf:"varint,21,opt,name=observed_stable_requests,json=observedStableRequests,proto3" json:"observed_stable_requests,omitempty"`
+	ObservedCanaryRequests uint64 `protobuf:"varint,22,opt,name=observed_canary_requests,json=observedCanaryRequests,proto3" json:"observed_canary_requests,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *Rollout) Reset() {
@@ -1714,6 +1725,268 @@ func (x *Rollout) GetHookError() string {
 	return ""
 }
 
+func (x *Rollout) GetObserved() *StepTraffic {
+	if x != nil {
+		return x.Observed
+	}
+	return nil
+}
+
+func (x *Rollout) GetObservedSteps() []*StepTraffic {
+	if x != nil {
+		return x.ObservedSteps
+	}
+	return nil
+}
+
+func (x *Rollout) GetObservedStableRequests() uint64 {
+	if x != nil {
+		return x.ObservedStableRequests
+	}
+	return 0
+}
+
+func (x *Rollout) GetObservedCanaryRequests() uint64 {
+	if x != nil {
+		return x.ObservedCanaryRequests
+	}
+	return 0
+}
+
+// StepTraffic is what the fleet reported one step served: the data plane's
+// proof that the configured weight became the split.
+type StepTraffic struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	StepIndex int32                  `protobuf:"varint,1,opt,name=step_index,json=stepIndex,proto3" json:"step_index,omitempty"`
+	// The canary weight (0..100) configured during the step.
+	Weight int32 `protobuf:"varint,2,opt,name=weight,proto3" json:"weight,omitempty"`
+	// The phase the step began in.
+	Phase Phase `protobuf:"varint,3,opt,name=phase,proto3,enum=shiftplane.v1.Phase" json:"phase,omitempty"`
+	// Requests the stable and the canary cluster completed, over every node,
+	// in report intervals that began after the fleet had ACKed the step
+	// (settled_at).
+	StableRequests uint64 `protobuf:"varint,4,opt,name=stable_requests,json=stableRequests,proto3" json:"stable_requests,omitempty"`
+	CanaryRequests uint64 `protobuf:"varint,5,opt,name=canary_requests,json=canaryRequests,proto3" json:"canary_requests,omitempty"`
+	// The canary's percentage of those requests; unset while none was
+	// counted (no data is not 0%).
+	CanaryShare *float64 `protobuf:"fixed64,6,opt,name=canary_share,json=canaryShare,proto3,oneof" json:"canary_share,omitempty"`
+	// Nodes whose reports were counted.
+	Nodes int32 `protobuf:"varint,7,opt,name=nodes,proto3" json:"nodes,omitempty"`
+	// The counted reports span (from, to]: the earliest baseline a node's
+	// counters rose from, and the newest report counted.
+	From *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=from,proto3" json:"from,omitempty"`
+	To   *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=to,proto3" json:"to,omitempty"`
+	// The split per node (at most 32); events leave it out.
+	NodeTraffic []*NodeTraffic `protobuf:"bytes,10,rep,name=node_traffic,json=nodeTraffic,proto3" json:"node_traffic,omitempty"`
+	// Requests of report intervals that began before the fleet had ACKed the
+	// step: served partly at the previous weight, so not in canary_share.
+	TransitionStableRequests uint64 `protobuf:"varint,11,opt,name=transition_stable_requests,json=transitionStableRequests,proto3" json:"transition_stable_requests,omitempty"`
+	TransitionCanaryRequests uint64 `protobuf:"varint,12,opt,name=transition_canary_requests,json=transitionCanaryRequests,proto3" json:"transition_canary_requests,omitempty"`
+	// When shiftplane saw every connected node ACK the step's configuration.
+	SettledAt     *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=settled_at,json=settledAt,proto3" json:"settled_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StepTraffic) Reset() {
+	*x = StepTraffic{}
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StepTraffic) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StepTraffic) ProtoMessage() {}
+
+func (x *StepTraffic) ProtoReflect() protoreflect.Message {
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StepTraffic.ProtoReflect.Descriptor instead.
+func (*StepTraffic) Descriptor() ([]byte, []int) {
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *StepTraffic) GetStepIndex() int32 {
+	if x != nil {
+		return x.StepIndex
+	}
+	return 0
+}
+
+func (x *StepTraffic) GetWeight() int32 {
+	if x != nil {
+		return x.Weight
+	}
+	return 0
+}
+
+func (x *StepTraffic) GetPhase() Phase {
+	if x != nil {
+		return x.Phase
+	}
+	return Phase_PHASE_UNSPECIFIED
+}
+
+func (x *StepTraffic) GetStableRequests() uint64 {
+	if x != nil {
+		return x.StableRequests
+	}
+	return 0
+}
+
+func (x *StepTraffic) GetCanaryRequests() uint64 {
+	if x != nil {
+		return x.CanaryRequests
+	}
+	return 0
+}
+
+func (x *StepTraffic) GetCanaryShare() float64 {
+	if x != nil && x.CanaryShare != nil {
+		return *x.CanaryShare
+	}
+	return 0
+}
+
+func (x *StepTraffic) GetNodes() int32 {
+	if x != nil {
+		return x.Nodes
+	}
+	return 0
+}
+
+func (x *StepTraffic) GetFrom() *timestamppb.Timestamp {
+	if x != nil {
+		return x.From
+	}
+	return nil
+}
+
+func (x *StepTraffic) GetTo() *timestamppb.Timestamp {
+	if x != nil {
+		return x.To
+	}
+	return nil
+}
+
+func (x *StepTraffic) GetNodeTraffic() []*NodeTraffic {
+	if x != nil {
+		return x.NodeTraffic
+	}
+	return nil
+}
+
+func (x *StepTraffic) GetTransitionStableRequests() uint64 {
+	if x != nil {
+		return x.TransitionStableRequests
+	}
+	return 0
+}
+
+func (x *StepTraffic) GetTransitionCanaryRequests() uint64 {
+	if x != nil {
+		return x.TransitionCanaryRequests
+	}
+	return 0
+}
+
+func (x *StepTraffic) GetSettledAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SettledAt
+	}
+	return nil
+}
+
+// NodeTraffic is one node's settled part of a step, over its reports
+// (from, to].
+type NodeTraffic struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Node           string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	StableRequests uint64                 `protobuf:"varint,2,opt,name=stable_requests,json=stableRequests,proto3" json:"stable_requests,omitempty"`
+	CanaryRequests uint64                 `protobuf:"varint,3,opt,name=canary_requests,json=canaryRequests,proto3" json:"canary_requests,omitempty"`
+	From           *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=from,proto3" json:"from,omitempty"`
+	To             *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=to,proto3" json:"to,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *NodeTraffic) Reset() {
+	*x = NodeTraffic{}
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeTraffic) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeTraffic) ProtoMessage() {}
+
+func (x *NodeTraffic) ProtoReflect() protoreflect.Message {
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeTraffic.ProtoReflect.Descriptor instead.
+func (*NodeTraffic) Descriptor() ([]byte, []int) {
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *NodeTraffic) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *NodeTraffic) GetStableRequests() uint64 {
+	if x != nil {
+		return x.StableRequests
+	}
+	return 0
+}
+
+func (x *NodeTraffic) GetCanaryRequests() uint64 {
+	if x != nil {
+		return x.CanaryRequests
+	}
+	return 0
+}
+
+func (x *NodeTraffic) GetFrom() *timestamppb.Timestamp {
+	if x != nil {
+		return x.From
+	}
+	return nil
+}
+
+func (x *NodeTraffic) GetTo() *timestamppb.Timestamp {
+	if x != nil {
+		return x.To
+	}
+	return nil
+}
+
 // Event is one recorded transition or notable fact of a rollout.
 type Event struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1729,14 +2002,16 @@ type Event struct {
 	// Output of a hook, when the event is about one.
 	Output string `protobuf:"bytes,8,opt,name=output,proto3" json:"output,omitempty"`
 	// Position in the rollout's history, increasing.
-	Seq           uint64 `protobuf:"varint,9,opt,name=seq,proto3" json:"seq,omitempty"`
+	Seq uint64 `protobuf:"varint,9,opt,name=seq,proto3" json:"seq,omitempty"`
+	// What the fleet reported the step this event ends served.
+	Observed      *StepTraffic `protobuf:"bytes,10,opt,name=observed,proto3" json:"observed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[19]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1748,7 +2023,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[19]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1761,7 +2036,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{19}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Event) GetTime() *timestamppb.Timestamp {
@@ -1827,6 +2102,13 @@ func (x *Event) GetSeq() uint64 {
 	return 0
 }
 
+func (x *Event) GetObserved() *StepTraffic {
+	if x != nil {
+		return x.Observed
+	}
+	return nil
+}
+
 type ApplyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Source:
@@ -1840,7 +2122,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[20]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1852,7 +2134,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[20]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1865,7 +2147,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{20}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ApplyRequest) GetSource() isApplyRequest_Source {
@@ -1923,7 +2205,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[21]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1935,7 +2217,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[21]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1948,7 +2230,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{21}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ApplyResponse) GetRollout() *Rollout {
@@ -1981,7 +2263,7 @@ type GetRequest struct {
 
 func (x *GetRequest) Reset() {
 	*x = GetRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[22]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1993,7 +2275,7 @@ func (x *GetRequest) String() string {
 func (*GetRequest) ProtoMessage() {}
 
 func (x *GetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[22]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2006,7 +2288,7 @@ func (x *GetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequest.ProtoReflect.Descriptor instead.
 func (*GetRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{22}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetRequest) GetName() string {
@@ -2025,7 +2307,7 @@ type GetResponse struct {
 
 func (x *GetResponse) Reset() {
 	*x = GetResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[23]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2037,7 +2319,7 @@ func (x *GetResponse) String() string {
 func (*GetResponse) ProtoMessage() {}
 
 func (x *GetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[23]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2050,7 +2332,7 @@ func (x *GetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResponse.ProtoReflect.Descriptor instead.
 func (*GetResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{23}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GetResponse) GetRollout() *Rollout {
@@ -2068,7 +2350,7 @@ type ListRequest struct {
 
 func (x *ListRequest) Reset() {
 	*x = ListRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[24]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2080,7 +2362,7 @@ func (x *ListRequest) String() string {
 func (*ListRequest) ProtoMessage() {}
 
 func (x *ListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[24]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2093,7 +2375,7 @@ func (x *ListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequest.ProtoReflect.Descriptor instead.
 func (*ListRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{24}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{26}
 }
 
 type ListResponse struct {
@@ -2105,7 +2387,7 @@ type ListResponse struct {
 
 func (x *ListResponse) Reset() {
 	*x = ListResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[25]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2117,7 +2399,7 @@ func (x *ListResponse) String() string {
 func (*ListResponse) ProtoMessage() {}
 
 func (x *ListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[25]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2130,7 +2412,7 @@ func (x *ListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse.ProtoReflect.Descriptor instead.
 func (*ListResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{25}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListResponse) GetRollouts() []*Rollout {
@@ -2149,7 +2431,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[26]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2161,7 +2443,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[26]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2174,7 +2456,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{26}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *WatchRequest) GetName() string {
@@ -2198,7 +2480,7 @@ type WatchResponse struct {
 
 func (x *WatchResponse) Reset() {
 	*x = WatchResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[27]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2210,7 +2492,7 @@ func (x *WatchResponse) String() string {
 func (*WatchResponse) ProtoMessage() {}
 
 func (x *WatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[27]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2223,7 +2505,7 @@ func (x *WatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchResponse.ProtoReflect.Descriptor instead.
 func (*WatchResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{27}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *WatchResponse) GetKind() isWatchResponse_Kind {
@@ -2281,7 +2563,7 @@ type PauseRequest struct {
 
 func (x *PauseRequest) Reset() {
 	*x = PauseRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[28]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2293,7 +2575,7 @@ func (x *PauseRequest) String() string {
 func (*PauseRequest) ProtoMessage() {}
 
 func (x *PauseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[28]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2306,7 +2588,7 @@ func (x *PauseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseRequest.ProtoReflect.Descriptor instead.
 func (*PauseRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{28}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *PauseRequest) GetName() string {
@@ -2332,7 +2614,7 @@ type PauseResponse struct {
 
 func (x *PauseResponse) Reset() {
 	*x = PauseResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[29]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2344,7 +2626,7 @@ func (x *PauseResponse) String() string {
 func (*PauseResponse) ProtoMessage() {}
 
 func (x *PauseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[29]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2357,7 +2639,7 @@ func (x *PauseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseResponse.ProtoReflect.Descriptor instead.
 func (*PauseResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{29}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *PauseResponse) GetRollout() *Rollout {
@@ -2379,7 +2661,7 @@ type ResumeRequest struct {
 
 func (x *ResumeRequest) Reset() {
 	*x = ResumeRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[30]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2391,7 +2673,7 @@ func (x *ResumeRequest) String() string {
 func (*ResumeRequest) ProtoMessage() {}
 
 func (x *ResumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[30]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2404,7 +2686,7 @@ func (x *ResumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeRequest.ProtoReflect.Descriptor instead.
 func (*ResumeRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{30}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ResumeRequest) GetName() string {
@@ -2430,7 +2712,7 @@ type ResumeResponse struct {
 
 func (x *ResumeResponse) Reset() {
 	*x = ResumeResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[31]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2442,7 +2724,7 @@ func (x *ResumeResponse) String() string {
 func (*ResumeResponse) ProtoMessage() {}
 
 func (x *ResumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[31]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2455,7 +2737,7 @@ func (x *ResumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeResponse.ProtoReflect.Descriptor instead.
 func (*ResumeResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{31}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ResumeResponse) GetRollout() *Rollout {
@@ -2477,7 +2759,7 @@ type PromoteRequest struct {
 
 func (x *PromoteRequest) Reset() {
 	*x = PromoteRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[32]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2489,7 +2771,7 @@ func (x *PromoteRequest) String() string {
 func (*PromoteRequest) ProtoMessage() {}
 
 func (x *PromoteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[32]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2502,7 +2784,7 @@ func (x *PromoteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteRequest.ProtoReflect.Descriptor instead.
 func (*PromoteRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{32}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *PromoteRequest) GetName() string {
@@ -2528,7 +2810,7 @@ type PromoteResponse struct {
 
 func (x *PromoteResponse) Reset() {
 	*x = PromoteResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[33]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2540,7 +2822,7 @@ func (x *PromoteResponse) String() string {
 func (*PromoteResponse) ProtoMessage() {}
 
 func (x *PromoteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[33]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2553,7 +2835,7 @@ func (x *PromoteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteResponse.ProtoReflect.Descriptor instead.
 func (*PromoteResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{33}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *PromoteResponse) GetRollout() *Rollout {
@@ -2576,7 +2858,7 @@ type AbortRequest struct {
 
 func (x *AbortRequest) Reset() {
 	*x = AbortRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[34]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2588,7 +2870,7 @@ func (x *AbortRequest) String() string {
 func (*AbortRequest) ProtoMessage() {}
 
 func (x *AbortRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[34]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2601,7 +2883,7 @@ func (x *AbortRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortRequest.ProtoReflect.Descriptor instead.
 func (*AbortRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{34}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *AbortRequest) GetName() string {
@@ -2639,7 +2921,7 @@ type Expect struct {
 
 func (x *Expect) Reset() {
 	*x = Expect{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[35]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2651,7 +2933,7 @@ func (x *Expect) String() string {
 func (*Expect) ProtoMessage() {}
 
 func (x *Expect) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[35]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2664,7 +2946,7 @@ func (x *Expect) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Expect.ProtoReflect.Descriptor instead.
 func (*Expect) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{35}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *Expect) GetPhase() Phase {
@@ -2690,7 +2972,7 @@ type AbortResponse struct {
 
 func (x *AbortResponse) Reset() {
 	*x = AbortResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[36]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2702,7 +2984,7 @@ func (x *AbortResponse) String() string {
 func (*AbortResponse) ProtoMessage() {}
 
 func (x *AbortResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[36]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2715,7 +2997,7 @@ func (x *AbortResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortResponse.ProtoReflect.Descriptor instead.
 func (*AbortResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{36}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *AbortResponse) GetRollout() *Rollout {
@@ -2734,7 +3016,7 @@ type RetryRequest struct {
 
 func (x *RetryRequest) Reset() {
 	*x = RetryRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[37]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2746,7 +3028,7 @@ func (x *RetryRequest) String() string {
 func (*RetryRequest) ProtoMessage() {}
 
 func (x *RetryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[37]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2759,7 +3041,7 @@ func (x *RetryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryRequest.ProtoReflect.Descriptor instead.
 func (*RetryRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{37}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RetryRequest) GetName() string {
@@ -2778,7 +3060,7 @@ type RetryResponse struct {
 
 func (x *RetryResponse) Reset() {
 	*x = RetryResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[38]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2790,7 +3072,7 @@ func (x *RetryResponse) String() string {
 func (*RetryResponse) ProtoMessage() {}
 
 func (x *RetryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[38]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2803,7 +3085,7 @@ func (x *RetryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryResponse.ProtoReflect.Descriptor instead.
 func (*RetryResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{38}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *RetryResponse) GetRollout() *Rollout {
@@ -2827,7 +3109,7 @@ type DeleteRequest struct {
 
 func (x *DeleteRequest) Reset() {
 	*x = DeleteRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[39]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2839,7 +3121,7 @@ func (x *DeleteRequest) String() string {
 func (*DeleteRequest) ProtoMessage() {}
 
 func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[39]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2852,7 +3134,7 @@ func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{39}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *DeleteRequest) GetName() string {
@@ -2886,7 +3168,7 @@ type DeleteResponse struct {
 
 func (x *DeleteResponse) Reset() {
 	*x = DeleteResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[40]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2898,7 +3180,7 @@ func (x *DeleteResponse) String() string {
 func (*DeleteResponse) ProtoMessage() {}
 
 func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[40]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2911,7 +3193,7 @@ func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteResponse.ProtoReflect.Descriptor instead.
 func (*DeleteResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{40}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *DeleteResponse) GetEffect() string {
@@ -2932,7 +3214,7 @@ type HistoryRequest struct {
 
 func (x *HistoryRequest) Reset() {
 	*x = HistoryRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[41]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2944,7 +3226,7 @@ func (x *HistoryRequest) String() string {
 func (*HistoryRequest) ProtoMessage() {}
 
 func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[41]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2957,7 +3239,7 @@ func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryRequest.ProtoReflect.Descriptor instead.
 func (*HistoryRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{41}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *HistoryRequest) GetName() string {
@@ -2984,7 +3266,7 @@ type HistoryResponse struct {
 
 func (x *HistoryResponse) Reset() {
 	*x = HistoryResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[42]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2996,7 +3278,7 @@ func (x *HistoryResponse) String() string {
 func (*HistoryResponse) ProtoMessage() {}
 
 func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[42]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3009,7 +3291,7 @@ func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryResponse.ProtoReflect.Descriptor instead.
 func (*HistoryResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{42}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *HistoryResponse) GetEvents() []*Event {
@@ -3037,7 +3319,7 @@ type ReportSignalRequest struct {
 
 func (x *ReportSignalRequest) Reset() {
 	*x = ReportSignalRequest{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[43]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3049,7 +3331,7 @@ func (x *ReportSignalRequest) String() string {
 func (*ReportSignalRequest) ProtoMessage() {}
 
 func (x *ReportSignalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[43]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3062,7 +3344,7 @@ func (x *ReportSignalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportSignalRequest.ProtoReflect.Descriptor instead.
 func (*ReportSignalRequest) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{43}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ReportSignalRequest) GetRollout() string {
@@ -3110,7 +3392,7 @@ type ReportSignalResponse struct {
 
 func (x *ReportSignalResponse) Reset() {
 	*x = ReportSignalResponse{}
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[44]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3122,7 +3404,7 @@ func (x *ReportSignalResponse) String() string {
 func (*ReportSignalResponse) ProtoMessage() {}
 
 func (x *ReportSignalResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_shiftplane_v1_rollout_proto_msgTypes[44]
+	mi := &file_shiftplane_v1_rollout_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3135,7 +3417,7 @@ func (x *ReportSignalResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportSignalResponse.ProtoReflect.Descriptor instead.
 func (*ReportSignalResponse) Descriptor() ([]byte, []int) {
-	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{44}
+	return file_shiftplane_v1_rollout_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ReportSignalResponse) GetSignal() *Signal {
@@ -3241,7 +3523,7 @@ const file_shiftplane_v1_rollout_proto_rawDesc = "" +
 	"\vFleetStatus\x12\x14\n" +
 	"\x05nodes\x18\x01 \x01(\x05R\x05nodes\x12\x1c\n" +
 	"\tconverged\x18\x02 \x01(\bR\tconverged\x12#\n" +
-	"\rroute_version\x18\x03 \x01(\tR\frouteVersion\"\xe3\x05\n" +
+	"\rroute_version\x18\x03 \x01(\tR\frouteVersion\"\xd2\a\n" +
 	"\aRollout\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12*\n" +
 	"\x05phase\x18\x02 \x01(\x0e2\x14.shiftplane.v1.PhaseR\x05phase\x12#\n" +
@@ -3266,7 +3548,35 @@ const file_shiftplane_v1_rollout_proto_rawDesc = "" +
 	"\x0ecanary_cluster\x18\x10 \x01(\tR\rcanaryCluster\x12\x16\n" +
 	"\x06source\x18\x11 \x01(\tR\x06source\x12\x1d\n" +
 	"\n" +
-	"hook_error\x18\x12 \x01(\tR\thookError\"\xb0\x02\n" +
+	"hook_error\x18\x12 \x01(\tR\thookError\x126\n" +
+	"\bobserved\x18\x13 \x01(\v2\x1a.shiftplane.v1.StepTrafficR\bobserved\x12A\n" +
+	"\x0eobserved_steps\x18\x14 \x03(\v2\x1a.shiftplane.v1.StepTrafficR\robservedSteps\x128\n" +
+	"\x18observed_stable_requests\x18\x15 \x01(\x04R\x16observedStableRequests\x128\n" +
+	"\x18observed_canary_requests\x18\x16 \x01(\x04R\x16observedCanaryRequests\"\xe3\x04\n" +
+	"\vStepTraffic\x12\x1d\n" +
+	"\n" +
+	"step_index\x18\x01 \x01(\x05R\tstepIndex\x12\x16\n" +
+	"\x06weight\x18\x02 \x01(\x05R\x06weight\x12*\n" +
+	"\x05phase\x18\x03 \x01(\x0e2\x14.shiftplane.v1.PhaseR\x05phase\x12'\n" +
+	"\x0fstable_requests\x18\x04 \x01(\x04R\x0estableRequests\x12'\n" +
+	"\x0fcanary_requests\x18\x05 \x01(\x04R\x0ecanaryRequests\x12&\n" +
+	"\fcanary_share\x18\x06 \x01(\x01H\x00R\vcanaryShare\x88\x01\x01\x12\x14\n" +
+	"\x05nodes\x18\a \x01(\x05R\x05nodes\x12.\n" +
+	"\x04from\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\x04from\x12*\n" +
+	"\x02to\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x02to\x12=\n" +
+	"\fnode_traffic\x18\n" +
+	" \x03(\v2\x1a.shiftplane.v1.NodeTrafficR\vnodeTraffic\x12<\n" +
+	"\x1atransition_stable_requests\x18\v \x01(\x04R\x18transitionStableRequests\x12<\n" +
+	"\x1atransition_canary_requests\x18\f \x01(\x04R\x18transitionCanaryRequests\x129\n" +
+	"\n" +
+	"settled_at\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\tsettledAtB\x0f\n" +
+	"\r_canary_share\"\xcf\x01\n" +
+	"\vNodeTraffic\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12'\n" +
+	"\x0fstable_requests\x18\x02 \x01(\x04R\x0estableRequests\x12'\n" +
+	"\x0fcanary_requests\x18\x03 \x01(\x04R\x0ecanaryRequests\x12.\n" +
+	"\x04from\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04from\x12*\n" +
+	"\x02to\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x02to\"\xe8\x02\n" +
 	"\x05Event\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x18\n" +
 	"\arollout\x18\x02 \x01(\tR\arollout\x123\n" +
@@ -3278,7 +3588,9 @@ const file_shiftplane_v1_rollout_proto_rawDesc = "" +
 	"\n" +
 	"step_index\x18\a \x01(\x05R\tstepIndex\x12\x16\n" +
 	"\x06output\x18\b \x01(\tR\x06output\x12\x10\n" +
-	"\x03seq\x18\t \x01(\x04R\x03seq\"b\n" +
+	"\x03seq\x18\t \x01(\x04R\x03seq\x126\n" +
+	"\bobserved\x18\n" +
+	" \x01(\v2\x1a.shiftplane.v1.StepTrafficR\bobserved\"b\n" +
 	"\fApplyRequest\x12)\n" +
 	"\x04plan\x18\x01 \x01(\v2\x13.shiftplane.v1.PlanH\x00R\x04plan\x12\x1d\n" +
 	"\tplan_yaml\x18\x02 \x01(\tH\x00R\bplanYamlB\b\n" +
@@ -3400,7 +3712,7 @@ func file_shiftplane_v1_rollout_proto_rawDescGZIP() []byte {
 }
 
 var file_shiftplane_v1_rollout_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_shiftplane_v1_rollout_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_shiftplane_v1_rollout_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
 var file_shiftplane_v1_rollout_proto_goTypes = []any{
 	(Phase)(0),                    // 0: shiftplane.v1.Phase
 	(SignalState)(0),              // 1: shiftplane.v1.SignalState
@@ -3424,34 +3736,36 @@ var file_shiftplane_v1_rollout_proto_goTypes = []any{
 	(*Signal)(nil),                // 19: shiftplane.v1.Signal
 	(*FleetStatus)(nil),           // 20: shiftplane.v1.FleetStatus
 	(*Rollout)(nil),               // 21: shiftplane.v1.Rollout
-	(*Event)(nil),                 // 22: shiftplane.v1.Event
-	(*ApplyRequest)(nil),          // 23: shiftplane.v1.ApplyRequest
-	(*ApplyResponse)(nil),         // 24: shiftplane.v1.ApplyResponse
-	(*GetRequest)(nil),            // 25: shiftplane.v1.GetRequest
-	(*GetResponse)(nil),           // 26: shiftplane.v1.GetResponse
-	(*ListRequest)(nil),           // 27: shiftplane.v1.ListRequest
-	(*ListResponse)(nil),          // 28: shiftplane.v1.ListResponse
-	(*WatchRequest)(nil),          // 29: shiftplane.v1.WatchRequest
-	(*WatchResponse)(nil),         // 30: shiftplane.v1.WatchResponse
-	(*PauseRequest)(nil),          // 31: shiftplane.v1.PauseRequest
-	(*PauseResponse)(nil),         // 32: shiftplane.v1.PauseResponse
-	(*ResumeRequest)(nil),         // 33: shiftplane.v1.ResumeRequest
-	(*ResumeResponse)(nil),        // 34: shiftplane.v1.ResumeResponse
-	(*PromoteRequest)(nil),        // 35: shiftplane.v1.PromoteRequest
-	(*PromoteResponse)(nil),       // 36: shiftplane.v1.PromoteResponse
-	(*AbortRequest)(nil),          // 37: shiftplane.v1.AbortRequest
-	(*Expect)(nil),                // 38: shiftplane.v1.Expect
-	(*AbortResponse)(nil),         // 39: shiftplane.v1.AbortResponse
-	(*RetryRequest)(nil),          // 40: shiftplane.v1.RetryRequest
-	(*RetryResponse)(nil),         // 41: shiftplane.v1.RetryResponse
-	(*DeleteRequest)(nil),         // 42: shiftplane.v1.DeleteRequest
-	(*DeleteResponse)(nil),        // 43: shiftplane.v1.DeleteResponse
-	(*HistoryRequest)(nil),        // 44: shiftplane.v1.HistoryRequest
-	(*HistoryResponse)(nil),       // 45: shiftplane.v1.HistoryResponse
-	(*ReportSignalRequest)(nil),   // 46: shiftplane.v1.ReportSignalRequest
-	(*ReportSignalResponse)(nil),  // 47: shiftplane.v1.ReportSignalResponse
-	(*durationpb.Duration)(nil),   // 48: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 49: google.protobuf.Timestamp
+	(*StepTraffic)(nil),           // 22: shiftplane.v1.StepTraffic
+	(*NodeTraffic)(nil),           // 23: shiftplane.v1.NodeTraffic
+	(*Event)(nil),                 // 24: shiftplane.v1.Event
+	(*ApplyRequest)(nil),          // 25: shiftplane.v1.ApplyRequest
+	(*ApplyResponse)(nil),         // 26: shiftplane.v1.ApplyResponse
+	(*GetRequest)(nil),            // 27: shiftplane.v1.GetRequest
+	(*GetResponse)(nil),           // 28: shiftplane.v1.GetResponse
+	(*ListRequest)(nil),           // 29: shiftplane.v1.ListRequest
+	(*ListResponse)(nil),          // 30: shiftplane.v1.ListResponse
+	(*WatchRequest)(nil),          // 31: shiftplane.v1.WatchRequest
+	(*WatchResponse)(nil),         // 32: shiftplane.v1.WatchResponse
+	(*PauseRequest)(nil),          // 33: shiftplane.v1.PauseRequest
+	(*PauseResponse)(nil),         // 34: shiftplane.v1.PauseResponse
+	(*ResumeRequest)(nil),         // 35: shiftplane.v1.ResumeRequest
+	(*ResumeResponse)(nil),        // 36: shiftplane.v1.ResumeResponse
+	(*PromoteRequest)(nil),        // 37: shiftplane.v1.PromoteRequest
+	(*PromoteResponse)(nil),       // 38: shiftplane.v1.PromoteResponse
+	(*AbortRequest)(nil),          // 39: shiftplane.v1.AbortRequest
+	(*Expect)(nil),                // 40: shiftplane.v1.Expect
+	(*AbortResponse)(nil),         // 41: shiftplane.v1.AbortResponse
+	(*RetryRequest)(nil),          // 42: shiftplane.v1.RetryRequest
+	(*RetryResponse)(nil),         // 43: shiftplane.v1.RetryResponse
+	(*DeleteRequest)(nil),         // 44: shiftplane.v1.DeleteRequest
+	(*DeleteResponse)(nil),        // 45: shiftplane.v1.DeleteResponse
+	(*HistoryRequest)(nil),        // 46: shiftplane.v1.HistoryRequest
+	(*HistoryResponse)(nil),       // 47: shiftplane.v1.HistoryResponse
+	(*ReportSignalRequest)(nil),   // 48: shiftplane.v1.ReportSignalRequest
+	(*ReportSignalResponse)(nil),  // 49: shiftplane.v1.ReportSignalResponse
+	(*durationpb.Duration)(nil),   // 50: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 51: google.protobuf.Timestamp
 }
 var file_shiftplane_v1_rollout_proto_depIdxs = []int32{
 	4,  // 0: shiftplane.v1.Plan.listener:type_name -> shiftplane.v1.Listener
@@ -3465,88 +3779,98 @@ var file_shiftplane_v1_rollout_proto_depIdxs = []int32{
 	15, // 8: shiftplane.v1.Plan.hooks:type_name -> shiftplane.v1.Hooks
 	6,  // 9: shiftplane.v1.Backend.match:type_name -> shiftplane.v1.Match
 	7,  // 10: shiftplane.v1.Backend.session_affinity:type_name -> shiftplane.v1.SessionAffinity
-	48, // 11: shiftplane.v1.SessionAffinity.max_age:type_name -> google.protobuf.Duration
-	48, // 12: shiftplane.v1.OutlierDetection.interval:type_name -> google.protobuf.Duration
-	48, // 13: shiftplane.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	50, // 11: shiftplane.v1.SessionAffinity.max_age:type_name -> google.protobuf.Duration
+	50, // 12: shiftplane.v1.OutlierDetection.interval:type_name -> google.protobuf.Duration
+	50, // 13: shiftplane.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
 	11, // 14: shiftplane.v1.Step.pause:type_name -> shiftplane.v1.Pause
-	48, // 15: shiftplane.v1.Step.hold:type_name -> google.protobuf.Duration
+	50, // 15: shiftplane.v1.Step.hold:type_name -> google.protobuf.Duration
 	10, // 16: shiftplane.v1.Step.match_only:type_name -> shiftplane.v1.MatchOnly
-	48, // 17: shiftplane.v1.Linear.every:type_name -> google.protobuf.Duration
-	48, // 18: shiftplane.v1.Exponential.every:type_name -> google.protobuf.Duration
-	48, // 19: shiftplane.v1.Analysis.stable_for:type_name -> google.protobuf.Duration
-	48, // 20: shiftplane.v1.Analysis.stale_after:type_name -> google.protobuf.Duration
-	48, // 21: shiftplane.v1.Analysis.rollback_after:type_name -> google.protobuf.Duration
-	48, // 22: shiftplane.v1.Analysis.drain_timeout:type_name -> google.protobuf.Duration
+	50, // 17: shiftplane.v1.Linear.every:type_name -> google.protobuf.Duration
+	50, // 18: shiftplane.v1.Exponential.every:type_name -> google.protobuf.Duration
+	50, // 19: shiftplane.v1.Analysis.stable_for:type_name -> google.protobuf.Duration
+	50, // 20: shiftplane.v1.Analysis.stale_after:type_name -> google.protobuf.Duration
+	50, // 21: shiftplane.v1.Analysis.rollback_after:type_name -> google.protobuf.Duration
+	50, // 22: shiftplane.v1.Analysis.drain_timeout:type_name -> google.protobuf.Duration
 	16, // 23: shiftplane.v1.Hooks.before_shift:type_name -> shiftplane.v1.Hook
 	16, // 24: shiftplane.v1.Hooks.after_promote:type_name -> shiftplane.v1.Hook
 	17, // 25: shiftplane.v1.Hook.exec:type_name -> shiftplane.v1.ExecHook
 	18, // 26: shiftplane.v1.Hook.webhook:type_name -> shiftplane.v1.WebhookHook
-	48, // 27: shiftplane.v1.Hook.timeout:type_name -> google.protobuf.Duration
-	48, // 28: shiftplane.v1.Hook.retry_backoff:type_name -> google.protobuf.Duration
-	48, // 29: shiftplane.v1.WebhookHook.timeout:type_name -> google.protobuf.Duration
+	50, // 27: shiftplane.v1.Hook.timeout:type_name -> google.protobuf.Duration
+	50, // 28: shiftplane.v1.Hook.retry_backoff:type_name -> google.protobuf.Duration
+	50, // 29: shiftplane.v1.WebhookHook.timeout:type_name -> google.protobuf.Duration
 	1,  // 30: shiftplane.v1.Signal.state:type_name -> shiftplane.v1.SignalState
-	49, // 31: shiftplane.v1.Signal.since:type_name -> google.protobuf.Timestamp
+	51, // 31: shiftplane.v1.Signal.since:type_name -> google.protobuf.Timestamp
 	0,  // 32: shiftplane.v1.Rollout.phase:type_name -> shiftplane.v1.Phase
-	48, // 33: shiftplane.v1.Rollout.hold_remaining:type_name -> google.protobuf.Duration
-	48, // 34: shiftplane.v1.Rollout.hold_counted:type_name -> google.protobuf.Duration
+	50, // 33: shiftplane.v1.Rollout.hold_remaining:type_name -> google.protobuf.Duration
+	50, // 34: shiftplane.v1.Rollout.hold_counted:type_name -> google.protobuf.Duration
 	19, // 35: shiftplane.v1.Rollout.signal:type_name -> shiftplane.v1.Signal
 	20, // 36: shiftplane.v1.Rollout.fleet:type_name -> shiftplane.v1.FleetStatus
 	3,  // 37: shiftplane.v1.Rollout.plan:type_name -> shiftplane.v1.Plan
-	49, // 38: shiftplane.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
-	49, // 39: shiftplane.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
-	49, // 40: shiftplane.v1.Event.time:type_name -> google.protobuf.Timestamp
-	0,  // 41: shiftplane.v1.Event.from_phase:type_name -> shiftplane.v1.Phase
-	0,  // 42: shiftplane.v1.Event.to_phase:type_name -> shiftplane.v1.Phase
-	3,  // 43: shiftplane.v1.ApplyRequest.plan:type_name -> shiftplane.v1.Plan
-	21, // 44: shiftplane.v1.ApplyResponse.rollout:type_name -> shiftplane.v1.Rollout
-	2,  // 45: shiftplane.v1.ApplyResponse.result:type_name -> shiftplane.v1.ApplyResult
-	21, // 46: shiftplane.v1.GetResponse.rollout:type_name -> shiftplane.v1.Rollout
-	21, // 47: shiftplane.v1.ListResponse.rollouts:type_name -> shiftplane.v1.Rollout
-	21, // 48: shiftplane.v1.WatchResponse.status:type_name -> shiftplane.v1.Rollout
-	22, // 49: shiftplane.v1.WatchResponse.event:type_name -> shiftplane.v1.Event
-	38, // 50: shiftplane.v1.PauseRequest.expect:type_name -> shiftplane.v1.Expect
-	21, // 51: shiftplane.v1.PauseResponse.rollout:type_name -> shiftplane.v1.Rollout
-	38, // 52: shiftplane.v1.ResumeRequest.expect:type_name -> shiftplane.v1.Expect
-	21, // 53: shiftplane.v1.ResumeResponse.rollout:type_name -> shiftplane.v1.Rollout
-	38, // 54: shiftplane.v1.PromoteRequest.expect:type_name -> shiftplane.v1.Expect
-	21, // 55: shiftplane.v1.PromoteResponse.rollout:type_name -> shiftplane.v1.Rollout
-	38, // 56: shiftplane.v1.AbortRequest.expect:type_name -> shiftplane.v1.Expect
-	0,  // 57: shiftplane.v1.Expect.phase:type_name -> shiftplane.v1.Phase
-	21, // 58: shiftplane.v1.AbortResponse.rollout:type_name -> shiftplane.v1.Rollout
-	21, // 59: shiftplane.v1.RetryResponse.rollout:type_name -> shiftplane.v1.Rollout
-	22, // 60: shiftplane.v1.HistoryResponse.events:type_name -> shiftplane.v1.Event
-	1,  // 61: shiftplane.v1.ReportSignalRequest.state:type_name -> shiftplane.v1.SignalState
-	48, // 62: shiftplane.v1.ReportSignalRequest.ttl:type_name -> google.protobuf.Duration
-	19, // 63: shiftplane.v1.ReportSignalResponse.signal:type_name -> shiftplane.v1.Signal
-	23, // 64: shiftplane.v1.RolloutService.Apply:input_type -> shiftplane.v1.ApplyRequest
-	25, // 65: shiftplane.v1.RolloutService.Get:input_type -> shiftplane.v1.GetRequest
-	27, // 66: shiftplane.v1.RolloutService.List:input_type -> shiftplane.v1.ListRequest
-	29, // 67: shiftplane.v1.RolloutService.Watch:input_type -> shiftplane.v1.WatchRequest
-	31, // 68: shiftplane.v1.RolloutService.Pause:input_type -> shiftplane.v1.PauseRequest
-	33, // 69: shiftplane.v1.RolloutService.Resume:input_type -> shiftplane.v1.ResumeRequest
-	35, // 70: shiftplane.v1.RolloutService.Promote:input_type -> shiftplane.v1.PromoteRequest
-	37, // 71: shiftplane.v1.RolloutService.Abort:input_type -> shiftplane.v1.AbortRequest
-	40, // 72: shiftplane.v1.RolloutService.Retry:input_type -> shiftplane.v1.RetryRequest
-	42, // 73: shiftplane.v1.RolloutService.Delete:input_type -> shiftplane.v1.DeleteRequest
-	44, // 74: shiftplane.v1.RolloutService.History:input_type -> shiftplane.v1.HistoryRequest
-	46, // 75: shiftplane.v1.RolloutService.ReportSignal:input_type -> shiftplane.v1.ReportSignalRequest
-	24, // 76: shiftplane.v1.RolloutService.Apply:output_type -> shiftplane.v1.ApplyResponse
-	26, // 77: shiftplane.v1.RolloutService.Get:output_type -> shiftplane.v1.GetResponse
-	28, // 78: shiftplane.v1.RolloutService.List:output_type -> shiftplane.v1.ListResponse
-	30, // 79: shiftplane.v1.RolloutService.Watch:output_type -> shiftplane.v1.WatchResponse
-	32, // 80: shiftplane.v1.RolloutService.Pause:output_type -> shiftplane.v1.PauseResponse
-	34, // 81: shiftplane.v1.RolloutService.Resume:output_type -> shiftplane.v1.ResumeResponse
-	36, // 82: shiftplane.v1.RolloutService.Promote:output_type -> shiftplane.v1.PromoteResponse
-	39, // 83: shiftplane.v1.RolloutService.Abort:output_type -> shiftplane.v1.AbortResponse
-	41, // 84: shiftplane.v1.RolloutService.Retry:output_type -> shiftplane.v1.RetryResponse
-	43, // 85: shiftplane.v1.RolloutService.Delete:output_type -> shiftplane.v1.DeleteResponse
-	45, // 86: shiftplane.v1.RolloutService.History:output_type -> shiftplane.v1.HistoryResponse
-	47, // 87: shiftplane.v1.RolloutService.ReportSignal:output_type -> shiftplane.v1.ReportSignalResponse
-	76, // [76:88] is the sub-list for method output_type
-	64, // [64:76] is the sub-list for method input_type
-	64, // [64:64] is the sub-list for extension type_name
-	64, // [64:64] is the sub-list for extension extendee
-	0,  // [0:64] is the sub-list for field type_name
+	51, // 38: shiftplane.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
+	51, // 39: shiftplane.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
+	22, // 40: shiftplane.v1.Rollout.observed:type_name -> shiftplane.v1.StepTraffic
+	22, // 41: shiftplane.v1.Rollout.observed_steps:type_name -> shiftplane.v1.StepTraffic
+	0,  // 42: shiftplane.v1.StepTraffic.phase:type_name -> shiftplane.v1.Phase
+	51, // 43: shiftplane.v1.StepTraffic.from:type_name -> google.protobuf.Timestamp
+	51, // 44: shiftplane.v1.StepTraffic.to:type_name -> google.protobuf.Timestamp
+	23, // 45: shiftplane.v1.StepTraffic.node_traffic:type_name -> shiftplane.v1.NodeTraffic
+	51, // 46: shiftplane.v1.StepTraffic.settled_at:type_name -> google.protobuf.Timestamp
+	51, // 47: shiftplane.v1.NodeTraffic.from:type_name -> google.protobuf.Timestamp
+	51, // 48: shiftplane.v1.NodeTraffic.to:type_name -> google.protobuf.Timestamp
+	51, // 49: shiftplane.v1.Event.time:type_name -> google.protobuf.Timestamp
+	0,  // 50: shiftplane.v1.Event.from_phase:type_name -> shiftplane.v1.Phase
+	0,  // 51: shiftplane.v1.Event.to_phase:type_name -> shiftplane.v1.Phase
+	22, // 52: shiftplane.v1.Event.observed:type_name -> shiftplane.v1.StepTraffic
+	3,  // 53: shiftplane.v1.ApplyRequest.plan:type_name -> shiftplane.v1.Plan
+	21, // 54: shiftplane.v1.ApplyResponse.rollout:type_name -> shiftplane.v1.Rollout
+	2,  // 55: shiftplane.v1.ApplyResponse.result:type_name -> shiftplane.v1.ApplyResult
+	21, // 56: shiftplane.v1.GetResponse.rollout:type_name -> shiftplane.v1.Rollout
+	21, // 57: shiftplane.v1.ListResponse.rollouts:type_name -> shiftplane.v1.Rollout
+	21, // 58: shiftplane.v1.WatchResponse.status:type_name -> shiftplane.v1.Rollout
+	24, // 59: shiftplane.v1.WatchResponse.event:type_name -> shiftplane.v1.Event
+	40, // 60: shiftplane.v1.PauseRequest.expect:type_name -> shiftplane.v1.Expect
+	21, // 61: shiftplane.v1.PauseResponse.rollout:type_name -> shiftplane.v1.Rollout
+	40, // 62: shiftplane.v1.ResumeRequest.expect:type_name -> shiftplane.v1.Expect
+	21, // 63: shiftplane.v1.ResumeResponse.rollout:type_name -> shiftplane.v1.Rollout
+	40, // 64: shiftplane.v1.PromoteRequest.expect:type_name -> shiftplane.v1.Expect
+	21, // 65: shiftplane.v1.PromoteResponse.rollout:type_name -> shiftplane.v1.Rollout
+	40, // 66: shiftplane.v1.AbortRequest.expect:type_name -> shiftplane.v1.Expect
+	0,  // 67: shiftplane.v1.Expect.phase:type_name -> shiftplane.v1.Phase
+	21, // 68: shiftplane.v1.AbortResponse.rollout:type_name -> shiftplane.v1.Rollout
+	21, // 69: shiftplane.v1.RetryResponse.rollout:type_name -> shiftplane.v1.Rollout
+	24, // 70: shiftplane.v1.HistoryResponse.events:type_name -> shiftplane.v1.Event
+	1,  // 71: shiftplane.v1.ReportSignalRequest.state:type_name -> shiftplane.v1.SignalState
+	50, // 72: shiftplane.v1.ReportSignalRequest.ttl:type_name -> google.protobuf.Duration
+	19, // 73: shiftplane.v1.ReportSignalResponse.signal:type_name -> shiftplane.v1.Signal
+	25, // 74: shiftplane.v1.RolloutService.Apply:input_type -> shiftplane.v1.ApplyRequest
+	27, // 75: shiftplane.v1.RolloutService.Get:input_type -> shiftplane.v1.GetRequest
+	29, // 76: shiftplane.v1.RolloutService.List:input_type -> shiftplane.v1.ListRequest
+	31, // 77: shiftplane.v1.RolloutService.Watch:input_type -> shiftplane.v1.WatchRequest
+	33, // 78: shiftplane.v1.RolloutService.Pause:input_type -> shiftplane.v1.PauseRequest
+	35, // 79: shiftplane.v1.RolloutService.Resume:input_type -> shiftplane.v1.ResumeRequest
+	37, // 80: shiftplane.v1.RolloutService.Promote:input_type -> shiftplane.v1.PromoteRequest
+	39, // 81: shiftplane.v1.RolloutService.Abort:input_type -> shiftplane.v1.AbortRequest
+	42, // 82: shiftplane.v1.RolloutService.Retry:input_type -> shiftplane.v1.RetryRequest
+	44, // 83: shiftplane.v1.RolloutService.Delete:input_type -> shiftplane.v1.DeleteRequest
+	46, // 84: shiftplane.v1.RolloutService.History:input_type -> shiftplane.v1.HistoryRequest
+	48, // 85: shiftplane.v1.RolloutService.ReportSignal:input_type -> shiftplane.v1.ReportSignalRequest
+	26, // 86: shiftplane.v1.RolloutService.Apply:output_type -> shiftplane.v1.ApplyResponse
+	28, // 87: shiftplane.v1.RolloutService.Get:output_type -> shiftplane.v1.GetResponse
+	30, // 88: shiftplane.v1.RolloutService.List:output_type -> shiftplane.v1.ListResponse
+	32, // 89: shiftplane.v1.RolloutService.Watch:output_type -> shiftplane.v1.WatchResponse
+	34, // 90: shiftplane.v1.RolloutService.Pause:output_type -> shiftplane.v1.PauseResponse
+	36, // 91: shiftplane.v1.RolloutService.Resume:output_type -> shiftplane.v1.ResumeResponse
+	38, // 92: shiftplane.v1.RolloutService.Promote:output_type -> shiftplane.v1.PromoteResponse
+	41, // 93: shiftplane.v1.RolloutService.Abort:output_type -> shiftplane.v1.AbortResponse
+	43, // 94: shiftplane.v1.RolloutService.Retry:output_type -> shiftplane.v1.RetryResponse
+	45, // 95: shiftplane.v1.RolloutService.Delete:output_type -> shiftplane.v1.DeleteResponse
+	47, // 96: shiftplane.v1.RolloutService.History:output_type -> shiftplane.v1.HistoryResponse
+	49, // 97: shiftplane.v1.RolloutService.ReportSignal:output_type -> shiftplane.v1.ReportSignalResponse
+	86, // [86:98] is the sub-list for method output_type
+	74, // [74:86] is the sub-list for method input_type
+	74, // [74:74] is the sub-list for extension type_name
+	74, // [74:74] is the sub-list for extension extendee
+	0,  // [0:74] is the sub-list for field type_name
 }
 
 func init() { file_shiftplane_v1_rollout_proto_init() }
@@ -3563,22 +3887,23 @@ func file_shiftplane_v1_rollout_proto_init() {
 		(*Hook_Exec)(nil),
 		(*Hook_Webhook)(nil),
 	}
-	file_shiftplane_v1_rollout_proto_msgTypes[20].OneofWrappers = []any{
+	file_shiftplane_v1_rollout_proto_msgTypes[19].OneofWrappers = []any{}
+	file_shiftplane_v1_rollout_proto_msgTypes[22].OneofWrappers = []any{
 		(*ApplyRequest_Plan)(nil),
 		(*ApplyRequest_PlanYaml)(nil),
 	}
-	file_shiftplane_v1_rollout_proto_msgTypes[27].OneofWrappers = []any{
+	file_shiftplane_v1_rollout_proto_msgTypes[29].OneofWrappers = []any{
 		(*WatchResponse_Status)(nil),
 		(*WatchResponse_Event)(nil),
 	}
-	file_shiftplane_v1_rollout_proto_msgTypes[35].OneofWrappers = []any{}
+	file_shiftplane_v1_rollout_proto_msgTypes[37].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_shiftplane_v1_rollout_proto_rawDesc), len(file_shiftplane_v1_rollout_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   45,
+			NumMessages:   47,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
