@@ -204,8 +204,13 @@ func (s *Shiftplane) Step(ctx context.Context, w int) (uint64, error) {
 func (s *Shiftplane) Settle(ctx context.Context, v uint64, n int) error {
 	want := strconv.FormatUint(v, 10)
 	for {
-		c := s.Fleet.Convergence(policy.KindRoutes, want)
-		ok, got := c.Converged, c.Nodes
+		// Lagging is a counter read; Convergence walks every stream, so
+		// it is asked only once the counter says the fleet caught up.
+		ok, got := false, 0
+		if latest, lagging := s.Fleet.Lagging(resourcev3.RouteType); latest >= v && lagging == 0 {
+			c := s.Fleet.Convergence(policy.KindRoutes, want)
+			ok, got = c.Converged, c.Nodes
+		}
 		if ok && got == n {
 			return nil
 		}
