@@ -152,6 +152,11 @@ func StartShiftplane() (*Shiftplane, error) { return StartShiftplaneVariant(Ship
 // StartShiftplaneVariant starts the stack with variant v and publishes
 // State(0).
 func StartShiftplaneVariant(v Variant) (*Shiftplane, error) {
+	return startShiftplane(v, State(0))
+}
+
+// startShiftplane starts the stack with variant v and publishes initial.
+func startShiftplane(v Variant, initial policy.DesiredState) (*Shiftplane, error) {
 	log := slog.New(slog.DiscardHandler)
 	reg := prometheus.NewRegistry()
 	fleet := xds.NewFleet(log, xds.NewMetrics(reg), time.Now)
@@ -173,7 +178,7 @@ func StartShiftplaneVariant(v Variant) (*Shiftplane, error) {
 	}
 	go func() { _ = gs.Serve(lis) }()
 	s := &Shiftplane{Pub: pub, Fleet: fleet, Reg: reg, addr: lis.Addr().String(), gs: gs, cancel: cancel}
-	if _, err := pub.Set(ctx, State(0), "bench: initial"); err != nil {
+	if _, err := pub.Set(ctx, initial, "bench: initial"); err != nil {
 		s.Stop()
 		return nil, err
 	}
