@@ -17,7 +17,11 @@ import (
 // Neighbours is what one rollout's weight step costs each stream when k
 // rollouts share its listener.
 type Neighbours struct {
-	K       int
+	K int
+	// Shared: all k on one listener (one RouteConfiguration); otherwise
+	// each on its own listener and RouteConfiguration.
+	Shared  bool
+	Mode    fleetsim.Mode
 	Streams int
 	Steps   int
 	// Bytes and Responses per stream per step, by type.
@@ -27,13 +31,13 @@ type Neighbours struct {
 }
 
 // RunNeighbours measures, for each k in ks, the bytes every stream receives
-// when one of k rollouts on one listener moves its weight: shiftplane's
-// stack with Plans(k, true) and n in-process clients, steps weight steps of
-// rollout 0. The bytes per stream do not depend on n.
-func RunNeighbours(ctx context.Context, mode fleetsim.Mode, ks []int, n, steps int) ([]Neighbours, error) {
+// when one of k rollouts moves its weight: shiftplane's stack with
+// Plans(k, shared) and n in-process clients, steps weight steps of rollout
+// 0. The bytes per stream do not depend on n.
+func RunNeighbours(ctx context.Context, mode fleetsim.Mode, shared bool, ks []int, n, steps int) ([]Neighbours, error) {
 	var out []Neighbours
 	for _, k := range ks {
-		r, err := runNeighbours(ctx, mode, k, n, steps)
+		r, err := runNeighbours(ctx, mode, shared, k, n, steps)
 		if err != nil {
 			return out, fmt.Errorf("k=%d: %w", k, err)
 		}
@@ -42,8 +46,8 @@ func RunNeighbours(ctx context.Context, mode fleetsim.Mode, ks []int, n, steps i
 	return out, nil
 }
 
-func runNeighbours(ctx context.Context, mode fleetsim.Mode, k, n, steps int) (Neighbours, error) {
-	plans := Plans(k, true)
+func runNeighbours(ctx context.Context, mode fleetsim.Mode, shared bool, k, n, steps int) (Neighbours, error) {
+	plans := Plans(k, shared)
 	weights := make([]int, k)
 	sp, err := startShiftplane(Shipped, StateOf(plans, weights))
 	if err != nil {
@@ -86,7 +90,7 @@ func runNeighbours(ctx context.Context, mode fleetsim.Mode, k, n, steps int) (Ne
 		return Neighbours{}, err
 	}
 	got := c1.Counters.Sub(c0.Counters)
-	r := Neighbours{K: k, Streams: n, Steps: steps, Set: Percentile(sets, 50)}
+	r := Neighbours{K: k, Shared: shared, Mode: mode, Streams: n, Steps: steps, Set: Percentile(sets, 50)}
 	d := float64(n * steps)
 	for t := range fleetsim.NumTypes {
 		r.Bytes[t] = float64(got.Bytes[t]) / d
@@ -96,11 +100,15 @@ func runNeighbours(ctx context.Context, mode fleetsim.Mode, k, n, steps int) (Ne
 }
 
 // WriteNeighbours prints RunNeighbours' results as a table.
-func WriteNeighbours(out io.Writer, mode fleetsim.Mode, rs []Neighbours) {
+func WriteNeighbours(out io.Writer, rs []Neighbours) {
 	if len(rs) == 0 {
 		return
 	}
-	fmt.Fprintf(out, "\none rollout's weight step with K rollouts on one listener (%s, %d in-process streams, %d steps each; all K share one RouteConfiguration)\n\n", mode, rs[0].Streams, rs[0].Steps)
+	where := "K rollouts on one listener: one RouteConfiguration holds all K"
+	if !rs[0].Shared {
+		where = "K rollouts, each on its own listener and RouteConfiguration"
+	}
+	fmt.Fprintf(out, "\none rollout's weight step, %s (%s, %d in-process streams, %d steps each)\n\n", where, rs[0].Mode, rs[0].Streams, rs[0].Steps)
 	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	head := []string{"metric"}
 	for _, r := range rs {

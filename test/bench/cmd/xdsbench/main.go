@@ -100,9 +100,18 @@ func run() int {
 		fmt.Fprintln(os.Stderr, "xdsbench:", err)
 		return 1
 	}
-	if len(ks) > 0 {
-		nb, err := bench.RunNeighbours(ctx, m, ks, 20, 10)
-		bench.WriteNeighbours(os.Stdout, m, nb)
+	// Bytes per step against neighbours: the mode measured, all on one
+	// listener (how plans share a port today), then each on its own
+	// listener over delta xDS (the one layout where a step is flat).
+	for _, nc := range []struct {
+		mode   fleetsim.Mode
+		shared bool
+	}{{m, true}, {fleetsim.Delta, false}} {
+		if len(ks) == 0 {
+			break
+		}
+		nb, err := bench.RunNeighbours(ctx, nc.mode, nc.shared, ks, 20, 10)
+		bench.WriteNeighbours(os.Stdout, nb)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "xdsbench: neighbours:", err)
 			return 1
