@@ -2,7 +2,9 @@ package xds
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -10,6 +12,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 
 	"github.com/shiftplane/shiftplane/xds/model"
@@ -168,20 +171,96 @@ func (f *Fleet) maybeConverged(tp *typeProgress) {
 
 // Convergence reports the fleet's progress towards version of kind (the
 // engine's FleetView). Clusters count as converged only when their
-// endpoints are too: a cluster is usable once both arrived.
+// endpoints are too: a cluster is usable once both arrived. It is
+// ConvergenceOf(kind, version, Members(Nodes(), grace, now), latest, stats)
+// computed in place, without copying every stream's status: the engine and
+// the fleet-wide waits call it often, with the fleet's lock held meanwhile.
 func (f *Fleet) Convergence(kind model.ResourceKind, version string) model.Convergence {
-	nodes := f.Nodes()
-	f.mu.Lock()
-	latest := map[string]string{}
-	for t, tp := range f.types {
-		latest[t] = strconv.FormatUint(tp.latest, 10)
-	}
-	f.mu.Unlock()
 	var stats []string
 	if f.statsNodes != nil {
 		stats = f.statsNodes()
 	}
-	return ConvergenceOf(kind, version, Members(nodes, f.grace, f.now()), latest, stats)
+	now := f.now()
+	types := kindTypes(kind)
+	v := parseVersion(version)
+	c := model.Convergence{Converged: true}
+	var connected map[string]bool
+	if len(stats) > 0 {
+		connected = make(map[string]bool, len(stats))
+	}
+	f.mu.Lock()
+	var edsLatest uint64
+	if tp, ok := f.types[resourcev3.EndpointType]; ok {
+		edsLatest = tp.latest
+	}
+	for _, s := range f.streams {
+		ready := false
+		for _, st := range s.types {
+			if st.acked != "" {
+				ready = true
+				break
+			}
+		}
+		if !ready && now.Sub(s.since) >= f.grace {
+			continue // not a member (Members)
+		}
+		if connected != nil {
+			connected[s.node.GetId()] = true
+		}
+		subscribed := false
+		for t, st := range s.types {
+			if !slices.Contains(types, t) {
+				continue
+			}
+			subscribed = true
+			acked := st.ackedN
+			if st.nacked != "" && parseVersion(st.nacked) >= v && acked < v {
+				c.Nacks = append(c.Nacks, fmt.Sprintf("node %s rejected %s version %s: %s", s.node.GetId(), shortType(t), st.nacked, st.nackErr))
+			}
+			if t == resourcev3.EndpointType {
+				if acked < edsLatest && acked < v {
+					c.Converged = false
+				}
+				continue
+			}
+			if acked < v {
+				c.Converged = false
+			}
+		}
+		switch {
+		case subscribed:
+			c.Nodes++
+		case len(s.types) > 0:
+			c.Nodes++
+			c.Converged = false
+		}
+	}
+	f.mu.Unlock()
+	if c.Nodes == 0 {
+		c.Converged = false
+	}
+	for _, id := range stats {
+		if !connected[id] {
+			c.Missing = append(c.Missing, id)
+			c.Converged = false
+		}
+	}
+	sort.Strings(c.Nacks)
+	sort.Strings(c.Missing)
+	return c
+}
+
+// Lagging returns the latest version published of typeURL and how many
+// subscribed streams have not ACKed it yet. It is a cheap pre-check for a
+// wait on Convergence, which has the last word (it also weighs NACKs,
+// grace periods and stats-only nodes).
+func (f *Fleet) Lagging(typeURL string) (latest uint64, lagging int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if tp, ok := f.types[typeURL]; ok {
+		return tp.latest, tp.lagging
+	}
+	return 0, 0
 }
 
 // SetStatsNodes tells the fleet which nodes report stats, so a node whose
@@ -348,7 +427,7 @@ func (f *Fleet) response(id int64, typeURL, nonce, version string) {
 	st.sent, st.sentN = version, parseVersion(version)
 	st.nonces[0], st.nonces[1] = st.nonces[1], nonceVersion{nonce: nonce, version: version}
 	if f.metrics != nil {
-		f.metrics.pushes.WithLabelValues(shortType(typeURL)).Inc()
+		f.metrics.pushed(typeURL)
 	}
 }
 

@@ -14,6 +14,7 @@ var servedTypes = []string{resourcev3.ClusterType, resourcev3.EndpointType, reso
 type Metrics struct {
 	streams     prometheus.Gauge
 	pushes      *prometheus.CounterVec
+	pushesOf    map[string]prometheus.Counter // type URL → pushes counter, for servedTypes
 	nacks       *prometheus.CounterVec
 	convergence prometheus.Histogram
 	refused     *prometheus.CounterVec
@@ -43,12 +44,22 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, r := range []string{"identity", "limit"} {
 		m.refused.WithLabelValues(r)
 	}
+	m.pushesOf = make(map[string]prometheus.Counter, len(servedTypes))
 	for _, t := range servedTypes {
-		m.pushes.WithLabelValues(shortType(t))
+		m.pushesOf[t] = m.pushes.WithLabelValues(shortType(t))
 		m.nacks.WithLabelValues(shortType(t))
 	}
 	if reg != nil {
 		reg.MustRegister(m.streams, m.pushes, m.nacks, m.convergence, m.refused)
 	}
 	return m
+}
+
+// pushed counts a response sent of typeURL.
+func (m *Metrics) pushed(typeURL string) {
+	if c, ok := m.pushesOf[typeURL]; ok {
+		c.Inc()
+		return
+	}
+	m.pushes.WithLabelValues(shortType(typeURL)).Inc()
 }

@@ -50,12 +50,14 @@ func (p *Publisher) SetReplicated(ctx context.Context, ds model.State, versions 
 		resourcev3.ListenerType: res.Listeners,
 		resourcev3.RouteType:    res.Routes,
 	}
+	prep, err := p.cache.Prepare(byType)
+	if err != nil {
+		return Published{}, err
+	}
+	hashes := prep.Hashes()
 	snap := &cachev3.Snapshot{}
 	for _, t := range publishedTypes {
 		snap.Resources[cachev3.GetResponseType(t)] = cachev3.NewResources(versions[t], byType[t])
-	}
-	if err := snap.ConstructVersionMap(); err != nil {
-		return Published{}, fmt.Errorf("hash resources: %w", err)
 	}
 	if err := snap.Consistent(); err != nil {
 		return Published{}, fmt.Errorf("replicated snapshot is inconsistent: %w", err)
@@ -67,7 +69,7 @@ func (p *Publisher) SetReplicated(ctx context.Context, ds model.State, versions 
 	var changed []string
 	var top uint64
 	for _, t := range publishedTypes {
-		if p.versions[t] != versions[t] || !maps.Equal(p.hashes[t], snap.VersionMap[t]) {
+		if p.versions[t] != versions[t] || !maps.Equal(p.hashes[t], hashes[t]) {
 			changed = append(changed, t)
 			if n := parseVersion(versions[t]); n > top {
 				top = n
@@ -77,15 +79,15 @@ func (p *Publisher) SetReplicated(ctx context.Context, ds model.State, versions 
 	if len(changed) == 0 {
 		return Published{Versions: copyMap(p.versions), Time: start, Reason: reason}, nil
 	}
-	if err := p.cache.SetSnapshot(ctx, FleetKey, snap); err != nil {
+	if err := p.cache.Set(ctx, prep, versions); err != nil {
 		return Published{}, fmt.Errorf("set replicated snapshot: %w", err)
 	}
 	p.versions = copyMap(versions)
-	p.hashes = snap.VersionMap
+	p.hashes = hashes
 	for t, rs := range byType {
 		p.last[t] = rs
 	}
-	rec := Published{Version: top, Time: start, Reason: reason, Changed: changed, Versions: copyMap(versions), ResourceVersions: snap.VersionMap}
+	rec := Published{Version: top, Time: start, Reason: reason, Changed: changed, Versions: copyMap(versions), ResourceVersions: hashes}
 	p.history = append(p.history, rec)
 	if len(p.history) > p.keep {
 		p.history = p.history[len(p.history)-p.keep:]

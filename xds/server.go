@@ -5,7 +5,6 @@ import (
 	"log/slog"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	clusterservice "github.com/envoyproxy/go-control-plane/envoy/service/cluster/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	endpointservice "github.com/envoyproxy/go-control-plane/envoy/service/endpoint/v3"
@@ -19,26 +18,15 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// fleetHash keys every node to the one fleet snapshot.
-type fleetHash struct{}
-
-func (fleetHash) ID(*corev3.Node) string { return FleetKey }
-
-// NewCache returns the snapshot cache shiftplane serves from. It is not in
-// ADS "superset" mode: in that mode go-control-plane withholds responses
-// from clients that name only some resources of a type (proxyless gRPC).
-func NewCache() cachev3.SnapshotCache {
-	return cachev3.NewSnapshotCache(false, fleetHash{}, nil)
-}
-
-// nackGuard stops go-control-plane's resend loop after a NACK. The
-// SnapshotCache answers any request whose version_info differs from the
+// nackGuard stops a resend loop after a NACK. The cache (like
+// go-control-plane's SnapshotCache) answers any request whose version_info
+// differs from the
 // snapshot's, and a NACK carries the last *accepted* version, so a rejected
 // snapshot would be resent at once, forever. For a NACK we present the
 // version the node was sent as its version: the cache then holds the watch
 // until a newer snapshot is set, and the node keeps the config it accepted.
 type nackGuard struct {
-	cachev3.SnapshotCache
+	cachev3.Cache
 }
 
 func (g nackGuard) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, ch chan cachev3.Response) (func(), error) {
@@ -53,7 +41,7 @@ func (g nackGuard) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, c
 			req.VersionInfo = sent
 		}
 	}
-	return g.SnapshotCache.CreateWatch(req, sub, ch)
+	return g.Cache.CreateWatch(req, sub, ch)
 }
 
 // NewGRPCServer returns a gRPC server with the keepalive settings an xDS
@@ -79,7 +67,7 @@ func NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 
 // Register serves ADS (SotW and delta) and the per-type xDS services from
 // cache on gs, with fleet receiving every stream event.
-func Register(ctx context.Context, gs *grpc.Server, cache cachev3.SnapshotCache, fleet *Fleet, log *slog.Logger) serverv3.Server {
+func Register(ctx context.Context, gs *grpc.Server, cache cachev3.Cache, fleet *Fleet, log *slog.Logger) serverv3.Server {
 	// Ordered ADS answers from one channel per stream instead of a
 	// reflect.Select over one per type: ~11-18% less CPU per weight step at
 	// 1,000-5,000 streams (test/bench).

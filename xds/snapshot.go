@@ -15,10 +15,6 @@ import (
 	"github.com/shiftplane/shiftplane/xds/model"
 )
 
-// FleetKey is the one snapshot key every node shares: the whole fleet gets
-// the same configuration, so one SetSnapshot serves every stream.
-const FleetKey = "shiftplane-fleet"
-
 // VersionCounter hands out snapshot versions that stay unique across
 // restarts. Implementations persist the counter before returning.
 type VersionCounter interface {
@@ -41,7 +37,7 @@ type Published struct {
 // type carries its own version, moved only when that type's content
 // changes, so a weight step sends RDS alone. Safe for concurrent use.
 type Publisher struct {
-	cache   cachev3.SnapshotCache
+	cache   *Cache
 	counter VersionCounter
 	now     func() time.Time
 	onSet   func(Published)
@@ -59,7 +55,7 @@ type Publisher struct {
 
 // NewPublisher returns a publisher over cache. onSet, if not nil, is called
 // after each snapshot is set (the fleet tracker uses it to time convergence).
-func NewPublisher(cache cachev3.SnapshotCache, counter VersionCounter, now func() time.Time, onSet func(Published)) *Publisher {
+func NewPublisher(cache *Cache, counter VersionCounter, now func() time.Time, onSet func(Published)) *Publisher {
 	return &Publisher{
 		cache:    cache,
 		counter:  counter,
@@ -97,14 +93,16 @@ func (p *Publisher) Set(ctx context.Context, ds model.State, reason string) (Pub
 		resourcev3.RouteType:    res.Routes,
 	}
 
-	// The build is hashed per resource (as delta xDS does anyway); a type
-	// changed when its name → hash map did.
+	// The build is marshalled and hashed once per resource; a type changed
+	// when its name → hash map did, and every stream is sent those bytes.
+	prep, err := p.cache.Prepare(byType)
+	if err != nil {
+		return Published{}, err
+	}
+	hashes := prep.Hashes()
 	snap := &cachev3.Snapshot{}
 	for _, t := range publishedTypes {
 		snap.Resources[cachev3.GetResponseType(t)] = cachev3.NewResources("", byType[t])
-	}
-	if err := snap.ConstructVersionMap(); err != nil {
-		return Published{}, fmt.Errorf("hash resources: %w", err)
 	}
 
 	p.mu.Lock()
@@ -112,7 +110,7 @@ func (p *Publisher) Set(ctx context.Context, ds model.State, reason string) (Pub
 	start := p.now()
 	var changed []string
 	for _, t := range publishedTypes {
-		if _, seen := p.versions[t]; !seen || !maps.Equal(p.hashes[t], snap.VersionMap[t]) {
+		if _, seen := p.versions[t]; !seen || !maps.Equal(p.hashes[t], hashes[t]) {
 			changed = append(changed, t)
 		}
 	}
@@ -128,9 +126,6 @@ func (p *Publisher) Set(ctx context.Context, ds model.State, reason string) (Pub
 	for _, t := range changed {
 		versions[t] = v
 	}
-	for _, t := range publishedTypes {
-		snap.Resources[cachev3.GetResponseType(t)].Version = versions[t]
-	}
 	if err := snap.Consistent(); err != nil {
 		return Published{}, fmt.Errorf("snapshot %s is inconsistent: %w", v, err)
 	}
@@ -139,17 +134,17 @@ func (p *Publisher) Set(ctx context.Context, ds model.State, reason string) (Pub
 			return Published{}, fmt.Errorf("snapshot %s: %w", v, err)
 		}
 	}
-	if err := p.cache.SetSnapshot(ctx, FleetKey, snap); err != nil {
+	if err := p.cache.Set(ctx, prep, versions); err != nil {
 		return Published{}, fmt.Errorf("set snapshot %s: %w", v, err)
 	}
 	p.versions = versions
-	p.hashes = snap.VersionMap
+	p.hashes = hashes
 	for t, rs := range byType {
 		p.last[t] = rs
 	}
 	// Time is when the publish began, so convergence timing includes
-	// SetSnapshot's own work of answering every open watch.
-	rec := Published{Version: n, Time: start, Reason: reason, Changed: changed, Versions: copyMap(versions), ResourceVersions: snap.VersionMap}
+	// Set's own work of answering every open watch.
+	rec := Published{Version: n, Time: start, Reason: reason, Changed: changed, Versions: copyMap(versions), ResourceVersions: hashes}
 	p.history = append(p.history, rec)
 	if len(p.history) > p.keep {
 		p.history = p.history[len(p.history)-p.keep:]

@@ -152,6 +152,11 @@ func StartShiftplane() (*Shiftplane, error) { return StartShiftplaneVariant(Ship
 // StartShiftplaneVariant starts the stack with variant v and publishes
 // State(0).
 func StartShiftplaneVariant(v Variant) (*Shiftplane, error) {
+	return startShiftplane(v, State(0))
+}
+
+// startShiftplane starts the stack with variant v and publishes initial.
+func startShiftplane(v Variant, initial policy.DesiredState) (*Shiftplane, error) {
 	log := slog.New(slog.DiscardHandler)
 	reg := prometheus.NewRegistry()
 	fleet := xds.NewFleet(log, xds.NewMetrics(reg), time.Now)
@@ -173,7 +178,7 @@ func StartShiftplaneVariant(v Variant) (*Shiftplane, error) {
 	}
 	go func() { _ = gs.Serve(lis) }()
 	s := &Shiftplane{Pub: pub, Fleet: fleet, Reg: reg, addr: lis.Addr().String(), gs: gs, cancel: cancel}
-	if _, err := pub.Set(ctx, State(0), "bench: initial"); err != nil {
+	if _, err := pub.Set(ctx, initial, "bench: initial"); err != nil {
 		s.Stop()
 		return nil, err
 	}
@@ -204,8 +209,13 @@ func (s *Shiftplane) Step(ctx context.Context, w int) (uint64, error) {
 func (s *Shiftplane) Settle(ctx context.Context, v uint64, n int) error {
 	want := strconv.FormatUint(v, 10)
 	for {
-		c := s.Fleet.Convergence(policy.KindRoutes, want)
-		ok, got := c.Converged, c.Nodes
+		// Lagging is a counter read; Convergence walks every stream, so
+		// it is asked only once the counter says the fleet caught up.
+		ok, got := false, 0
+		if latest, lagging := s.Fleet.Lagging(resourcev3.RouteType); latest >= v && lagging == 0 {
+			c := s.Fleet.Convergence(policy.KindRoutes, want)
+			ok, got = c.Converged, c.Nodes
+		}
 		if ok && got == n {
 			return nil
 		}

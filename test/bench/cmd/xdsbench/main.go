@@ -48,6 +48,7 @@ func run() int {
 		memprof   = flag.String("memprofile", "", "write the heap with shiftplane's fleet idle to PREFIX-<N>.pprof")
 		perN      = flag.Duration("per-n", 5*time.Minute, "time limit for each fleet size")
 		total     = flag.Duration("timeout", 15*time.Minute, "time limit for the whole run")
+		neighbour = flag.String("neighbours", "1,100,1000", "rollouts on one listener for the bytes-per-step table, comma-separated (\"\" for none)")
 	)
 	flag.Parse()
 	m, err := fleetsim.ParseMode(*mode)
@@ -89,10 +90,32 @@ func run() int {
 		}
 		return 0
 	}
+	ks, err := ints(*neighbour)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "xdsbench: -neighbours %q: %v\n", *neighbour, err)
+		return 2
+	}
 	results, err := bench.RunTable(ctx, cfg, os.Stdout)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "xdsbench:", err)
 		return 1
+	}
+	// Bytes per step against neighbours: the mode measured, all on one
+	// listener (how plans share a port today), then each on its own
+	// listener over delta xDS (the one layout where a step is flat).
+	for _, nc := range []struct {
+		mode   fleetsim.Mode
+		shared bool
+	}{{m, true}, {fleetsim.Delta, false}} {
+		if len(ks) == 0 {
+			break
+		}
+		nb, err := bench.RunNeighbours(ctx, nc.mode, nc.shared, ks, 20, 10)
+		bench.WriteNeighbours(os.Stdout, nb)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "xdsbench: neighbours:", err)
+			return 1
+		}
 	}
 	for _, r := range results {
 		if r.Err != "" {
