@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
@@ -27,6 +28,9 @@ import (
 //     virtual host against the target);
 //   - a load_balancing_weight on the service's localities (grpc-go ignores a
 //     locality with weight 0);
+//   - lrs_server: {self: {}} on both clusters, so every client reports its
+//     per-cluster load to shiftplane's LRS (LoadReports), the signal from
+//     clients that send no Envoy stats;
 //   - failure-percentage ejection on the canary cluster, since grpc-go
 //     (gRFC A50) ignores consecutive_5xx: one host may be ejected, any
 //     non-OK status is a failure, threshold 50 % over at least
@@ -87,6 +91,15 @@ func addProxyless(out *Resources, services []model.Service) error {
 		}
 		for _, r := range out.Clusters {
 			c := r.(*clusterv3.Cluster)
+			if c.GetName() != s.Stable.Cluster && c.GetName() != s.Canary.Cluster {
+				continue
+			}
+			// grpc-go reports load to the xDS server itself (only "self" is
+			// accepted); Envoy ignores the field.
+			c.LrsServer = &corev3.ConfigSource{
+				ResourceApiVersion:    corev3.ApiVersion_V3,
+				ConfigSourceSpecifier: &corev3.ConfigSource_Self{Self: &corev3.SelfConfigSource{}},
+			}
 			if c.GetName() != s.Canary.Cluster || c.OutlierDetection == nil {
 				continue
 			}
