@@ -442,9 +442,10 @@ func (h haNodes) Nodes() []api.Node {
 		an := api.Node{
 			ID: n.ID, Cluster: n.Cluster, Protocol: n.Protocol, ConnectedSince: n.ConnectedSince,
 			LastStatsReport: lastReport[n.ID], Converged: n.Converged, Replica: n.Replica, NotReady: !n.Ready,
+			Kind: n.Kind, UserAgent: n.UserAgent,
 		}
 		for _, t := range n.Types {
-			an.Types = append(an.Types, api.NodeType{TypeURL: t.TypeURL, Acked: t.Acked, Nacked: t.Nacked, NackError: t.NackError, NackTime: t.NackTime})
+			an.Types = append(an.Types, api.NodeType{TypeURL: t.TypeURL, Acked: t.Acked, Nacked: t.Nacked, NackError: t.NackError, NackTime: t.NackTime, Missing: t.Missing})
 		}
 		out = append(out, an)
 	}
