@@ -96,7 +96,7 @@ func (d *signalDeps) statsNodes() []string {
 type memberStats struct{ d *signalDeps }
 
 func (m memberStats) Reports() []model.NodeReport {
-	all := fleetStats{m.d}.Reports()
+	all := fleetStats(m).Reports()
 	if m.d.members == nil {
 		return all
 	}
@@ -107,7 +107,7 @@ func (m memberStats) Reports() []model.NodeReport {
 		}
 	}
 	since := map[string]time.Time{}
-	for _, n := range (fleetStats{m.d}).nodes() {
+	for _, n := range fleetStats(m).nodes() {
 		since[n.ID] = n.Since
 	}
 	now := time.Now()

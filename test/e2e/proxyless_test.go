@@ -400,3 +400,39 @@ func missingOf(n *shiftplanev1.Node) []string {
 	}
 	return out
 }
+
+// No evidence is not clearance for proxyless clients either: a client
+// that reports load but issues no calls to the canary keeps the rollout
+// HOLDING at its first step; the same rollout moves once calls flow.
+func TestProxylessNoCallsIsNotClear(t *testing.T) {
+	r := startProxylessRig(t, "pxquiet")
+	c := r.client(t, "grpc-pxquiet", r.target)
+	r.sp.WritePlan("pxquiet.yaml", r.plan("pxquiet", []string{r.target},
+		"[{weight: 25, hold: 3s}, {weight: 100}]",
+		"{stableFor: 1s, staleAfter: 3s, drainTimeout: 5s}"))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// One call before the first step: the client resolves and its LRS
+	// stream opens; after that it is quiet.
+	if err := c.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	WaitRouteWeights(t, r.envoy, "pxquiet-v2", 25)
+	time.Sleep(3 * (3 * time.Second)) // three holds
+	st := rolloutStatus(t, r.rc, "pxquiet")
+	t.Logf("no calls for 9s: %s weight %d step %d: signal %s (%s): %s", st.GetPhase(), st.GetCanaryWeight(), st.GetStepIndex()+1, st.GetSignal().GetState(), st.GetSignal().GetReason(), st.GetMessage())
+	if st.GetPhase() != shiftplanev1.Phase_PHASE_HOLDING || st.GetStepIndex() != 0 || st.GetCanaryWeight() != 25 {
+		t.Fatalf("a canary no client called moved on: %s at step %d weight %d", st.GetPhase(), st.GetStepIndex()+1, st.GetCanaryWeight())
+	}
+	if !strings.Contains(st.GetMessage(), "no requests reached pxquiet-v2") {
+		t.Errorf("reason %q does not say that no requests reached the canary", st.GetMessage())
+	}
+	load := c.Load(grpcRate, grpcWorkers)
+	start := time.Now()
+	r.sp.WaitPhase("pxquiet", "SUCCEEDED", 30*time.Second)
+	res := load.Stop()
+	t.Logf("with calls: SUCCEEDED %s after they started; %s", time.Since(start).Round(100*time.Millisecond), res)
+	if res.Failed != 0 {
+		t.Errorf("%d calls failed (first: %s)", res.Failed, res.FirstError)
+	}
+}
