@@ -371,7 +371,9 @@ func TestProxylessMixedFleetConvergence(t *testing.T) {
 	hv1, hv2 := r.v1.HTTPRequests()-httpV1, r.v2.HTTPRequests()-httpV2
 	envoyShare := 100 * float64(hv2) / float64(max(hv1+hv2, 1))
 	t.Logf("weight %d, fleet converged %v: Envoy route weights %v, Envoy canary share %.1f %% of %d; gRPC canary share %.2f %% of %d", st.GetCanaryWeight(), st.GetFleet().GetConverged(), envoyW, envoyShare, hv1+hv2, 100*g.Share("v2"), g.OK)
-	if st.GetCanaryWeight() == 30 && st.GetFleet().GetConverged() {
+	if st.GetCanaryWeight() != 30 || !st.GetFleet().GetConverged() {
+		t.Errorf("PROGRESSING steadily but weight %d, converged %v; want 30, converged", st.GetCanaryWeight(), st.GetFleet().GetConverged())
+	} else {
 		if envoyW["pxmix-v2"] != 30 {
 			t.Errorf("fleet converged at 30 but Envoy routes %v", envoyW)
 		}
