@@ -251,3 +251,37 @@ func TestLoadReportsFromGRPCClient(t *testing.T) {
 		t.Fatalf("%g of 400 RPCs went to the canary at weight 50", failed)
 	}
 }
+
+// A second LRS stream for a node whose stream is open takes the node over
+// only with the same authenticated identity; the old stream's reports are
+// then ignored.
+func TestLoadReportsSecondStreamNeedsSameIdentity(t *testing.T) {
+	l := NewLoadReports(nil, time.Second, time.Now)
+	edge := Identity{URIs: []string{"spiffe://fleet/grpc/app-1"}}
+	other := Identity{URIs: []string{"spiffe://fleet/grpc/app-2"}}
+	first, err := l.open("app-1", edge)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.record("app-1", first, &lrsv3.LoadStatsRequest{ClusterStats: []*endpointv3.ClusterStats{load("c", 5, 0, 0, 5)}})
+	for name, id := range map[string]Identity{"unauthenticated": {}, "another certificate": other} {
+		if _, err := l.open("app-1", id); status.Code(err) != codes.AlreadyExists {
+			t.Errorf("%s: second stream: %v, want AlreadyExists", name, err)
+		}
+	}
+	second, err := l.open("app-1", edge)
+	if err != nil {
+		t.Fatalf("the same identity reconnecting was refused: %v", err)
+	}
+	l.record("app-1", first, &lrsv3.LoadStatsRequest{ClusterStats: []*endpointv3.ClusterStats{load("c", 7, 0, 0, 7)}})
+	l.closed("app-1", first)
+	r := l.Reports()
+	if len(r) != 0 {
+		t.Fatalf("reports after the takeover: %+v, want none until the new stream reports", r)
+	}
+	l.record("app-1", second, &lrsv3.LoadStatsRequest{ClusterStats: []*endpointv3.ClusterStats{load("c", 2, 1, 0, 3)}})
+	r = l.Reports()
+	if len(r) != 1 || r[0].Latest["cluster.c.upstream_rq_completed"] != 3 || r[0].Prev != nil {
+		t.Fatalf("reports %+v, want the new stream's own baseline (3 completed, no previous)", r)
+	}
+}
