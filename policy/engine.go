@@ -219,6 +219,7 @@ func (e *Engine) convergence(st State) Convergence {
 		out.Converged = out.Converged && c.Converged
 		out.Nodes = max(out.Nodes, c.Nodes)
 		out.Nacks = append(out.Nacks, c.Nacks...)
+		out.Lacking = append(out.Lacking, c.Lacking...)
 		for _, m := range c.Missing {
 			if !seen[m] {
 				seen[m] = true

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -26,6 +27,11 @@ type TypeStatus struct {
 	Nacked    string // last version the node rejected, "" if none since
 	NackError string
 	NackTime  time.Time
+	// Missing are resources the node asked for by name that the version it
+	// ACKed does not serve (a proxyless client dialling a target no plan
+	// names gets an empty LDS answer and ACKs it). Nil for wildcard
+	// subscriptions (Envoy's CDS and LDS) and delta streams.
+	Missing []string `json:"missing,omitempty"`
 }
 
 // NodeStatus is what the fleet knows of one connected xDS stream's node.
@@ -46,6 +52,39 @@ type NodeStatus struct {
 	Ready bool `json:"ready"`
 	// Identity is the stream's client certificate identity, "" without mTLS.
 	Identity string `json:"identity,omitempty"`
+	// UserAgent is the node's user_agent_name and version ("envoy 1.40.0",
+	// "gRPC Go 1.85.0"); Kind is what ClientKind makes of it.
+	UserAgent string `json:"userAgent,omitempty"`
+	Kind      string `json:"kind,omitempty"`
+}
+
+// The client kinds of NodeStatus.Kind.
+const (
+	KindEnvoy     = "envoy"
+	KindProxyless = "proxyless-grpc"
+	KindUnknown   = "unknown"
+)
+
+// ClientKind names the kind of client from its node's user_agent_name:
+// Envoy sends "envoy", gRPC libraries "gRPC Go", "gRPC Java", ...
+func ClientKind(userAgentName string) string {
+	switch {
+	case userAgentName == "envoy":
+		return KindEnvoy
+	case strings.HasPrefix(userAgentName, "gRPC"):
+		return KindProxyless
+	}
+	return KindUnknown
+}
+
+// userAgent is the node's user agent name and version, "" if it sent none.
+func userAgent(n *corev3.Node) string {
+	name := n.GetUserAgentName()
+	v := n.GetUserAgentVersion()
+	if bv := n.GetUserAgentBuildVersion().GetVersion(); v == "" && bv != nil {
+		v = fmt.Sprintf("%d.%d.%d", bv.GetMajorNumber(), bv.GetMinorNumber(), bv.GetPatch())
+	}
+	return strings.TrimSpace(name + " " + v)
 }
 
 // Fleet tracks every xDS stream: who is connected, what each node ACKed and
@@ -84,6 +123,7 @@ type streamType struct {
 	nackTime  time.Time
 	nackedLog string // version whose NACK was logged, so each is logged once
 	upToDate  bool   // ackedN >= latest of this type
+	missing   []string
 }
 
 type nonceVersion struct{ nonce, version string }
@@ -282,6 +322,8 @@ func (f *Fleet) Nodes() []NodeStatus {
 			ConnectedSince: s.since,
 			Converged:      true,
 			Identity:       s.ident.Key(),
+			UserAgent:      userAgent(s.node),
+			Kind:           ClientKind(s.node.GetUserAgentName()),
 		}
 		if !s.ident.Authenticated() {
 			ns.Identity = ""
@@ -290,8 +332,8 @@ func (f *Fleet) Nodes() []NodeStatus {
 			if st.acked != "" {
 				ns.Ready = true
 			}
-			ns.Types = append(ns.Types, TypeStatus{TypeURL: t, Sent: st.sent, Acked: st.acked, Nacked: st.nacked, NackError: st.nackErr, NackTime: st.nackTime})
-			if st.ackedN < f.progress(t).latest {
+			ns.Types = append(ns.Types, TypeStatus{TypeURL: t, Sent: st.sent, Acked: st.acked, Nacked: st.nacked, NackError: st.nackErr, NackTime: st.nackTime, Missing: slices.Clone(st.missing)})
+			if st.ackedN < f.progress(t).latest || len(st.missing) > 0 {
 				ns.Converged = false
 			}
 		}
@@ -340,7 +382,11 @@ func (f *Fleet) closed(id int64) {
 // version_info); for delta it is "" and the nonce's version is used. It
 // refuses (and so ends) a stream whose node id its client certificate does
 // not name, before anything is served on it.
-func (f *Fleet) request(id int64, node *corev3.Node, typeURL, nonce, version string, errDetail string, isNack bool) error {
+//
+// names are the resources a SotW request asks for (nil: all of the type, or
+// a delta stream); after an ACK of the latest version, those it does not
+// serve are the node's missing resources.
+func (f *Fleet) request(id int64, node *corev3.Node, typeURL, nonce, version string, errDetail string, isNack bool, names []string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	s, ok := f.streams[id]
@@ -403,6 +449,9 @@ func (f *Fleet) request(id int64, node *corev3.Node, typeURL, nonce, version str
 	if st.nacked != "" && n >= parseVersion(st.nacked) {
 		st.nacked, st.nackErr = "", ""
 	}
+	if n >= tp.latest {
+		st.missing = missingNames(names, tp.hashes)
+	}
 	if !st.upToDate && n >= tp.latest {
 		st.upToDate = true
 		tp.lagging--
@@ -447,7 +496,23 @@ func (f *Fleet) OnStreamClosed(id int64, _ *corev3.Node) { f.closed(id) }
 
 // OnStreamRequest implements serverv3.Callbacks.
 func (f *Fleet) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
-	return f.request(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetVersionInfo(), req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil)
+	return f.request(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetVersionInfo(), req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil, req.GetResourceNames())
+}
+
+// missingNames returns the names in want that served lacks, sorted; nil for
+// a wildcard request (no names, or "*") or when nothing was published.
+func missingNames(want []string, served map[string]string) []string {
+	if len(want) == 0 || slices.Contains(want, "*") || served == nil {
+		return nil
+	}
+	var out []string
+	for _, n := range want {
+		if _, ok := served[n]; !ok {
+			out = append(out, n)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 // OnStreamResponse implements serverv3.Callbacks.
@@ -472,7 +537,7 @@ func (f *Fleet) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRe
 		// we serve, the cache sends nothing and the node is current as is.
 		version = f.resumedVersion(req.GetTypeUrl(), req.GetResourceNamesSubscribe(), req.GetInitialResourceVersions())
 	}
-	return f.request(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), version, req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil)
+	return f.request(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), version, req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil, nil)
 }
 
 // resumedVersion returns the latest version of typeURL when held (name →

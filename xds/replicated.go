@@ -137,6 +137,15 @@ func ConvergenceOf(kind model.ResourceKind, version string, nodes []NodeStatus, 
 			if acked < v {
 				c.Converged = false
 			}
+			// A node is converged only with the resources it asked for:
+			// a proxyless client that ACKed an answer without its
+			// listener (or route, cluster, endpoints) cannot route.
+			if len(st.Missing) > 0 && acked >= v {
+				c.Converged = false
+				for _, name := range st.Missing {
+					c.Lacking = append(c.Lacking, fmt.Sprintf("node %s lacks %s %q", n.ID, resourceWord(st.TypeURL), name))
+				}
+			}
 		}
 		switch {
 		case subscribed:
@@ -159,7 +168,23 @@ func ConvergenceOf(kind model.ResourceKind, version string, nodes []NodeStatus, 
 	}
 	sort.Strings(c.Nacks)
 	sort.Strings(c.Missing)
+	sort.Strings(c.Lacking)
 	return c
+}
+
+// resourceWord names a resource type for people.
+func resourceWord(typeURL string) string {
+	switch typeURL {
+	case resourcev3.ClusterType:
+		return "cluster"
+	case resourcev3.EndpointType:
+		return "endpoints of"
+	case resourcev3.ListenerType:
+		return "listener"
+	case resourcev3.RouteType:
+		return "route configuration"
+	}
+	return shortType(typeURL)
 }
 
 // kindTypes are the xDS types a resource kind is made of.

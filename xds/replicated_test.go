@@ -51,6 +51,17 @@ func TestConvergenceOf(t *testing.T) {
 			nodes: []NodeStatus{{ID: "a", Types: clusters("8", "6")}, {ID: "b", Types: clusters("8", "5")}},
 			want:  policy.Convergence{Nodes: 2},
 		},
+		"a node that ACKed an answer without the listener it asked for": {
+			kind: policy.KindListeners, version: "4",
+			nodes: []NodeStatus{{ID: "envoy", Types: []TypeStatus{{TypeURL: resourcev3.ListenerType, Acked: "4"}}},
+				{ID: "grpc", Types: []TypeStatus{{TypeURL: resourcev3.ListenerType, Acked: "4", Missing: []string{"shop.example:50051"}}}}},
+			want: policy.Convergence{Nodes: 2, Lacking: []string{`node grpc lacks listener "shop.example:50051"`}},
+		},
+		"missing resources of an older version do not name the node again": {
+			kind: policy.KindRoutes, version: "9",
+			nodes: []NodeStatus{{ID: "grpc", Types: []TypeStatus{{TypeURL: resourcev3.RouteType, Acked: "7", Missing: []string{"r"}}}}},
+			want:  policy.Convergence{Nodes: 1},
+		},
 		"clusters and endpoints current": {
 			kind: policy.KindClusters, version: "8",
 			nodes: []NodeStatus{{ID: "a", Types: clusters("8", "6")}, {ID: "b", Types: append(clusters("8", "6"), route("1", "", ""))}},
@@ -60,7 +71,7 @@ func TestConvergenceOf(t *testing.T) {
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			got := ConvergenceOf(tc.kind, tc.version, tc.nodes, latest, tc.stats)
-			if got.Converged != tc.want.Converged || got.Nodes != tc.want.Nodes || !equalStrings(got.Nacks, tc.want.Nacks) || !equalStrings(got.Missing, tc.want.Missing) {
+			if got.Converged != tc.want.Converged || got.Nodes != tc.want.Nodes || !equalStrings(got.Nacks, tc.want.Nacks) || !equalStrings(got.Missing, tc.want.Missing) || !equalStrings(got.Lacking, tc.want.Lacking) {
 				t.Errorf("ConvergenceOf = %+v, want %+v", got, tc.want)
 			}
 		})

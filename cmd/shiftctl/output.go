@@ -284,8 +284,8 @@ func writeFleet(w io.Writer, nodes []*shiftplanev1.Node, now time.Time) error {
 		fmt.Fprint(tw, "REPLICA\t")
 		replicaCol = func(n *shiftplanev1.Node) string { return orDash(n.GetReplica()) + "\t" }
 	}
-	fmt.Fprintln(tw, "NODE\tCLUSTER\tPROTOCOL\tCONVERGED\tCONNECTED\tLAST STATS\tACKED\tNACKS")
-	var nacks []string
+	fmt.Fprintln(tw, "NODE\tCLUSTER\tKIND\tPROTOCOL\tCONVERGED\tCONNECTED\tLAST STATS\tACKED\tNACKS")
+	var nacks, missing []string
 	for _, n := range nodes {
 		var acked []string
 		nackCount := 0
@@ -295,6 +295,9 @@ func writeFleet(w io.Writer, nodes []*shiftplanev1.Node, now time.Time) error {
 				nackCount++
 				nacks = append(nacks, fmt.Sprintf("%s rejected %s version %s %s ago: %s", n.GetId(), shortType(t.GetTypeUrl()),
 					t.GetNackedVersion(), age(t.GetNackTime(), now), oneLine(t.GetNackError())))
+			}
+			for _, m := range t.GetMissing() {
+				missing = append(missing, fmt.Sprintf("%s asked for %s %q, which version %s does not serve", n.GetId(), shortType(t.GetTypeUrl()), m, orDash(t.GetAckedVersion())))
 			}
 		}
 		stats := "never"
@@ -308,7 +311,11 @@ func writeFleet(w io.Writer, nodes []*shiftplanev1.Node, now time.Time) error {
 		case n.GetConverged():
 			converged = "yes"
 		}
-		fmt.Fprintf(tw, "%s%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", replicaCol(n), n.GetId(), n.GetCluster(), n.GetProtocol(), converged,
+		kind := orDash(n.GetClientKind())
+		if ua := n.GetUserAgent(); ua != "" {
+			kind += " (" + ua + ")"
+		}
+		fmt.Fprintf(tw, "%s%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", replicaCol(n), n.GetId(), n.GetCluster(), kind, n.GetProtocol(), converged,
 			age(n.GetConnectedSince(), now), stats, strings.Join(acked, " "), nackCount)
 	}
 	if err := tw.Flush(); err != nil {
@@ -316,6 +323,11 @@ func writeFleet(w io.Writer, nodes []*shiftplanev1.Node, now time.Time) error {
 	}
 	for _, l := range nacks {
 		if _, err := fmt.Fprintln(w, "NACK: "+l); err != nil {
+			return err
+		}
+	}
+	for _, l := range missing {
+		if _, err := fmt.Fprintln(w, "MISSING: "+l); err != nil {
 			return err
 		}
 	}

@@ -146,20 +146,24 @@ func TestAge(t *testing.T) {
 
 func TestFleetTable(t *testing.T) {
 	nodes := []*shiftplanev1.Node{
-		{Id: "envoy-1", Cluster: "fleet", Protocol: "sotw", Converged: true, ConnectedSince: timestamppb.New(now.Add(-5 * time.Minute)), LastStatsReport: timestamppb.New(now.Add(-time.Second)),
+		{Id: "envoy-1", Cluster: "fleet", ClientKind: "envoy", UserAgent: "envoy 1.40.0", Protocol: "sotw", Converged: true, ConnectedSince: timestamppb.New(now.Add(-5 * time.Minute)), LastStatsReport: timestamppb.New(now.Add(-time.Second)),
 			Types: []*shiftplanev1.TypeStatus{{TypeUrl: "type.googleapis.com/envoy.config.route.v3.RouteConfiguration", AckedVersion: "4"}}},
 		{Id: "envoy-2", Cluster: "fleet", Protocol: "delta", ConnectedSince: timestamppb.New(now.Add(-time.Minute)),
 			Types: []*shiftplanev1.TypeStatus{{TypeUrl: "type.googleapis.com/envoy.config.route.v3.RouteConfiguration", AckedVersion: "3", NackedVersion: "4", NackError: "duplicate\nroute", NackTime: timestamppb.New(now.Add(-2 * time.Second))}}},
 	}
+	nodes = append(nodes, &shiftplanev1.Node{Id: "grpc-1", Cluster: "fleet", ClientKind: "proxyless-grpc", UserAgent: "gRPC Go 1.85.0", Protocol: "sotw", ConnectedSince: timestamppb.New(now.Add(-time.Minute)),
+		Types: []*shiftplanev1.TypeStatus{{TypeUrl: "type.googleapis.com/envoy.config.listener.v3.Listener", AckedVersion: "5", Missing: []string{"shop.example:50051"}}}})
 	var b bytes.Buffer
 	if err := writeFleet(&b, nodes, now); err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range []string{
-		"NODE     CLUSTER  PROTOCOL  CONVERGED  CONNECTED  LAST STATS  ACKED                 NACKS\n",
-		"envoy-1  fleet    sotw      yes        5m         1s ago      RouteConfiguration=4  0\n",
-		"envoy-2  fleet    delta     no         1m         never       RouteConfiguration=3  1\n",
+		"NODE     CLUSTER  KIND                             PROTOCOL  CONVERGED  CONNECTED  LAST STATS  ACKED                 NACKS\n",
+		"envoy-1  fleet    envoy (envoy 1.40.0)             sotw      yes        5m         1s ago      RouteConfiguration=4  0\n",
+		"envoy-2  fleet    -                                delta     no         1m         never       RouteConfiguration=3  1\n",
+		"grpc-1   fleet    proxyless-grpc (gRPC Go 1.85.0)  sotw      no         1m         never       Listener=5            0\n",
 		"NACK: envoy-2 rejected RouteConfiguration version 4 2s ago: duplicate; route\n",
+		"MISSING: grpc-1 asked for Listener \"shop.example:50051\", which version 5 does not serve\n",
 	} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("fleet output lacks %q:\n%s", want, b.String())
@@ -172,9 +176,9 @@ func TestFleetTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{
-		"REPLICA         NODE     CLUSTER  PROTOCOL",
-		"10.0.0.1:18001  envoy-1  fleet    sotw      yes",
-		"10.0.0.2:18001  envoy-2  fleet    delta     no",
+		"REPLICA         NODE     CLUSTER  KIND",
+		"10.0.0.1:18001  envoy-1  fleet    envoy (envoy 1.40.0)             sotw      yes",
+		"10.0.0.2:18001  envoy-2  fleet    -                                delta     no",
 	} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("fleet output with replicas lacks %q:\n%s", want, b.String())
@@ -311,7 +315,7 @@ func TestFleetTableNotReady(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := buf.String()
-	if !strings.Contains(out, "stranger  x        sotw      not ready") || !strings.Contains(out, "envoy-1   e        sotw      yes") {
+	if !strings.Contains(out, "stranger  x        -     sotw      not ready") || !strings.Contains(out, "envoy-1   e        -     sotw      yes") {
 		t.Errorf("fleet table:\n%s", out)
 	}
 }

@@ -72,7 +72,7 @@ func startAPI(_ context.Context, cfg Config, engine *policy.Engine, fleet *xds.F
 	svc := api.New(api.Options{
 		Engine:   engine,
 		Signals:  deps.gate,
-		Fleet:    fleetNodes{fleet: fleet, sink: deps.sink},
+		Fleet:    fleetNodes{fleet: fleet, sink: deps.sink, lrs: deps.lrs},
 		Validate: cfg.ValidateOptions(),
 		Log:      log,
 	})
@@ -222,12 +222,18 @@ func authStream(token *[32]byte, lim *authLimiter, log *slog.Logger) grpc.Stream
 type fleetNodes struct {
 	fleet *xds.Fleet
 	sink  *xds.MetricsSink
+	lrs   *xds.LoadReports // proxyless clients' load reports, may be nil
 }
 
 func (f fleetNodes) Nodes() []api.Node {
 	lastReport := map[string]time.Time{}
 	if f.sink != nil {
 		for _, r := range f.sink.Reports() {
+			lastReport[r.Node] = r.At
+		}
+	}
+	if f.lrs != nil {
+		for _, r := range f.lrs.Reports() {
 			lastReport[r.Node] = r.At
 		}
 	}
@@ -241,9 +247,11 @@ func (f fleetNodes) Nodes() []api.Node {
 			LastStatsReport: lastReport[n.ID],
 			Converged:       n.Converged,
 			NotReady:        !n.Ready,
+			Kind:            n.Kind,
+			UserAgent:       n.UserAgent,
 		}
 		for _, t := range n.Types {
-			an.Types = append(an.Types, api.NodeType{TypeURL: t.TypeURL, Acked: t.Acked, Nacked: t.Nacked, NackError: t.NackError, NackTime: t.NackTime})
+			an.Types = append(an.Types, api.NodeType{TypeURL: t.TypeURL, Acked: t.Acked, Nacked: t.Nacked, NackError: t.NackError, NackTime: t.NackTime, Missing: t.Missing})
 		}
 		out = append(out, an)
 	}

@@ -30,7 +30,10 @@ type Config struct {
 		// Insecure allows a non-loopback xds.address without mTLS.
 		Insecure   bool          `mapstructure:"insecure"`
 		ReadyGrace time.Duration `mapstructure:"readyGrace"`
-		Limits     struct {
+		// LoadReportingInterval is the load_reporting_interval sent to LRS
+		// clients (proxyless gRPC).
+		LoadReportingInterval time.Duration `mapstructure:"loadReportingInterval"`
+		Limits                struct {
 			MaxMessageBytes         int `mapstructure:"maxMessageBytes"`
 			MaxStreamsPerConnection int `mapstructure:"maxStreamsPerConnection"`
 			MaxStreamsPerSource     int `mapstructure:"maxStreamsPerSource"`
@@ -98,6 +101,7 @@ var configKeys = []struct {
 	{"xds.tls.clientCA", "xds-tls-client-ca", "CA every Envoy's client certificate must chain to (mTLS); the certificate's SAN must name the node.id", ""},
 	{"xds.insecure", "xds-insecure", "allow a non-loopback xds.address without mTLS (anyone who reaches it reads config and reports stats)", false},
 	{"xds.readyGrace", "xds-ready-grace", "how long a stream that has ACKed nothing, or a stats-only node, still holds back convergence", 10 * time.Second},
+	{"xds.loadReportingInterval", "xds-load-reporting-interval", "how often proxyless gRPC clients report their per-cluster load (LRS) to the signal gate", time.Second},
 	{"xds.limits.maxMessageBytes", "xds-max-message-bytes", "largest gRPC message read on the xDS port (a stats flush)", 4 << 20},
 	{"xds.limits.maxStreamsPerConnection", "xds-max-streams-per-connection", "concurrent streams per HTTP/2 connection on the xDS port", 16},
 	{"xds.limits.maxStreamsPerSource", "xds-max-streams-per-source", "open xDS and stats streams per client IP address", 256},
@@ -531,6 +535,9 @@ func (c Config) validateXDS() []error {
 	}
 	if x.ReadyGrace <= 0 {
 		errs = append(errs, keyErrorf("xds.readyGrace", "xds.readyGrace: must be > 0, got %s", x.ReadyGrace))
+	}
+	if x.LoadReportingInterval < 100*time.Millisecond || x.LoadReportingInterval > time.Minute {
+		errs = append(errs, keyErrorf("xds.loadReportingInterval", "xds.loadReportingInterval: must be 100ms..1m, got %s", x.LoadReportingInterval))
 	}
 	for _, l := range []struct {
 		key string

@@ -102,6 +102,8 @@ func TestConfigTraps(t *testing.T) {
 			want: []string{`http.address: must be host:port, got "nowhere" (http.address from --http-address)`}},
 		"zero duration": {env: map[string]string{"SHIFTPLANE_ENGINE_TICK": "0s"},
 			want: []string{"engine.tick: must be > 0, got 0s (engine.tick from SHIFTPLANE_ENGINE_TICK)"}},
+		"load reporting interval out of range": {args: []string{"--xds-load-reporting-interval", "10ms"},
+			want: []string{"xds.loadReportingInterval: must be 100ms..1m, got 10ms (xds.loadReportingInterval from --xds-load-reporting-interval)"}},
 		"unknown key names the file": {args: []string{"--config", file("unknown.yaml", "engine:\n  tik: 1s\n")},
 			want: []string{"engine.tik: unknown key in " + filepath.Join(dir, "unknown.yaml") + ` (set to "1s")`}},
 		"missing file from SHIFTPLANE_CONFIG": {env: map[string]string{"SHIFTPLANE_CONFIG": filepath.Join(dir, "nope.yaml")},

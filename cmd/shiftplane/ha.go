@@ -98,8 +98,8 @@ func serveHA(ctx context.Context, cfg Config, planPaths []string, log *slog.Logg
 	r.pub = xds.NewPublisher(cache, versionCounter(r.currentStore), now, r.fleet.Published)
 	r.pub.SetBeforeSet(replica.StoreHook(r.currentStore))
 
-	r.deps = &signalDeps{sink: xds.NewMetricsSink(log, reg, now), log: log}
-	local := replica.Local{Nodes: r.fleet.Nodes, Stats: r.deps.sink}
+	r.deps = &signalDeps{sink: xds.NewMetricsSink(log, reg, now), lrs: xds.NewLoadReports(log, cfg.XDS.LoadReportingInterval, now), log: log}
+	local := replica.Local{Nodes: r.fleet.Nodes, Stats: fleetStats{r.deps}}
 	r.view = replica.NewView(client, store.Prefix(), id, local, r.pub.Versions, log)
 	r.view.SetReadyGrace(cfg.XDS.ReadyGrace)
 	sources := []signal.StatsSource{r.view}
@@ -444,9 +444,10 @@ func (h haNodes) Nodes() []api.Node {
 		an := api.Node{
 			ID: n.ID, Cluster: n.Cluster, Protocol: n.Protocol, ConnectedSince: n.ConnectedSince,
 			LastStatsReport: lastReport[n.ID], Converged: n.Converged, Replica: n.Replica, NotReady: !n.Ready,
+			Kind: n.Kind, UserAgent: n.UserAgent,
 		}
 		for _, t := range n.Types {
-			an.Types = append(an.Types, api.NodeType{TypeURL: t.TypeURL, Acked: t.Acked, Nacked: t.Nacked, NackError: t.NackError, NackTime: t.NackTime})
+			an.Types = append(an.Types, api.NodeType{TypeURL: t.TypeURL, Acked: t.Acked, Nacked: t.Nacked, NackError: t.NackError, NackTime: t.NackTime, Missing: t.Missing})
 		}
 		out = append(out, an)
 	}

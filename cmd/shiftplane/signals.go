@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sort"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -15,10 +16,12 @@ import (
 )
 
 // signalDeps are the sources the signal gate reads: the MetricsService sink
-// every Envoy streams to, and admin endpoints polled for Envoys without it.
+// every Envoy streams to, the LRS proxyless gRPC clients report load to,
+// and admin endpoints polled for Envoys without the sink.
 type signalDeps struct {
 	gate    *signal.Gate
 	sink    *xds.MetricsSink
+	lrs     *xds.LoadReports
 	scraper *signal.AdminScraper
 	log     *slog.Logger
 
@@ -33,7 +36,7 @@ type signalDeps struct {
 }
 
 func newSignalDeps(_ context.Context, cfg Config, reg prometheus.Registerer, log *slog.Logger) (*signalDeps, error) {
-	d := &signalDeps{sink: xds.NewMetricsSink(log, reg, time.Now), log: log, auth: newAuthLimiter(reg, time.Now)}
+	d := &signalDeps{sink: xds.NewMetricsSink(log, reg, time.Now), lrs: xds.NewLoadReports(log, cfg.XDS.LoadReportingInterval, time.Now), log: log, auth: newAuthLimiter(reg, time.Now)}
 	sources := []signal.StatsSource{memberStats{d}}
 	if len(cfg.Signal.AdminURLs) > 0 {
 		targets := make([]signal.AdminTarget, len(cfg.Signal.AdminURLs))
@@ -51,15 +54,34 @@ func newSignalDeps(_ context.Context, cfg Config, reg prometheus.Registerer, log
 	return d, nil
 }
 
-func (d *signalDeps) registerSink(gs *grpc.Server) { d.sink.Register(gs) }
+// registerSink serves the MetricsService sink and the LRS on gs.
+func (d *signalDeps) registerSink(gs *grpc.Server) {
+	d.sink.Register(gs)
+	d.lrs.Register(gs)
+}
 
-// statsNodes lists the nodes streaming stats to the sink right now, for
-// convergence: one whose stats stream is older than the grace is left out
-// (a stats-only node id without an xDS stream cannot stall a rollout).
+// fleetStats is what the fleet reports: the sink's Envoy stats and the
+// LRS clients' load, in the same stat names (xds.LoadReports).
+type fleetStats struct{ d *signalDeps }
+
+func (f fleetStats) Reports() []model.NodeReport {
+	out := append(f.d.sink.Reports(), f.d.lrs.Reports()...)
+	sort.Slice(out, func(i, j int) bool { return out[i].Node < out[j].Node })
+	return out
+}
+
+func (f fleetStats) nodes() []xds.StatsNode {
+	return append(f.d.sink.Nodes(), f.d.lrs.Nodes()...)
+}
+
+// statsNodes lists the nodes streaming stats to the sink or load to the
+// LRS right now, for convergence: one whose stream is older than the grace
+// is left out (a stats-only node id without an xDS stream cannot stall a
+// rollout).
 func (d *signalDeps) statsNodes() []string {
 	var ids []string
 	now := time.Now()
-	for _, n := range d.sink.Nodes() {
+	for _, n := range (fleetStats{d}).nodes() {
 		if d.grace == 0 || now.Sub(n.Since) < d.grace {
 			ids = append(ids, n.ID)
 		}
@@ -74,7 +96,7 @@ func (d *signalDeps) statsNodes() []string {
 type memberStats struct{ d *signalDeps }
 
 func (m memberStats) Reports() []model.NodeReport {
-	all := m.d.sink.Reports()
+	all := fleetStats(m).Reports()
 	if m.d.members == nil {
 		return all
 	}
@@ -85,7 +107,7 @@ func (m memberStats) Reports() []model.NodeReport {
 		}
 	}
 	since := map[string]time.Time{}
-	for _, n := range m.d.sink.Nodes() {
+	for _, n := range fleetStats(m).nodes() {
 		since[n.ID] = n.Since
 	}
 	now := time.Now()

@@ -28,7 +28,7 @@ func startWeb(ctx context.Context, cfg Config, engine *policy.Engine, fleet *xds
 	}
 	dash := dashboard.New(dashboard.Options{
 		Engine: engine,
-		Fleet:  fleetNodes{fleet: fleet, sink: deps.sink},
+		Fleet:  fleetNodes{fleet: fleet, sink: deps.sink, lrs: deps.lrs},
 		Stats:  stats,
 		Auth: dashboard.Auth{
 			TokenHash: token,

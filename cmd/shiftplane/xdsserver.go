@@ -20,6 +20,7 @@ func newXDSServer(cfg Config, fleet *xds.Fleet, deps *signalDeps, log *slog.Logg
 	fleet.SetReadyGrace(x.ReadyGrace)
 	deps.grace = x.ReadyGrace
 	deps.sink.SetRefusedCounter(m)
+	deps.lrs.SetRefusedCounter(m)
 	if filterStats {
 		deps.members = fleet
 	}

@@ -65,6 +65,8 @@ type Node struct {
 	Protocol        string // "sotw" or "delta"
 	Replica         string // the replica the node is connected to (several replicas only)
 	NotReady        bool   // has ACKed nothing yet (counts for convergence only within the grace)
+	Kind            string // "envoy", "proxyless-grpc" or "unknown", from the node's user agent
+	UserAgent       string // user_agent_name and version
 	ConnectedSince  time.Time
 	LastStatsReport time.Time // zero if none yet
 	Converged       bool
@@ -78,6 +80,7 @@ type NodeType struct {
 	Nacked    string
 	NackError string
 	NackTime  time.Time
+	Missing   []string // asked for by name, not served by the ACKed version
 }
 
 // NodeLister lists the connected Envoys. cmd/shiftplane adapts the xds
@@ -523,6 +526,8 @@ func (s *Service) ListNodes(context.Context, *shiftplanev1.ListNodesRequest) (*s
 			Protocol:        n.Protocol,
 			Replica:         n.Replica,
 			NotReady:        n.NotReady,
+			ClientKind:      n.Kind,
+			UserAgent:       n.UserAgent,
 		}
 		for _, t := range n.Types {
 			pn.Types = append(pn.Types, &shiftplanev1.TypeStatus{
@@ -531,6 +536,7 @@ func (s *Service) ListNodes(context.Context, *shiftplanev1.ListNodesRequest) (*s
 				NackedVersion: t.Nacked,
 				NackError:     t.NackError,
 				NackTime:      timestampProto(t.NackTime),
+				Missing:       t.Missing,
 			})
 		}
 		resp.Nodes = append(resp.Nodes, pn)

@@ -583,7 +583,8 @@ func (e *Envoy) ConfigDump(ctx context.Context, resource string) ([]byte, error)
 
 // RouteWeights returns cluster name → weight over every route of Envoy's
 // dynamic route configurations: the weight of a weighted_clusters entry, or
-// 100 for a route to a single cluster. A cluster that appears in several
+// 100 for a route to a single cluster. Routes that can match no request
+// are left out. A cluster that appears in several
 // routes with different weights is an error. With no dynamic route
 // configuration at all the map is empty.
 func (e *Envoy) RouteWeights(ctx context.Context) (map[string]uint32, error) {
@@ -613,6 +614,12 @@ func parseRouteWeights(body []byte) (map[string]uint32, error) {
 				Name         string `json:"name"`
 				VirtualHosts []struct {
 					Routes []struct {
+						Match struct {
+							Headers []struct {
+								Name         string `json:"name"`
+								PresentMatch *bool  `json:"present_match"`
+							} `json:"headers"`
+						} `json:"match"`
 						Route *action `json:"route"`
 					} `json:"routes"`
 				} `json:"virtual_hosts"`
@@ -634,8 +641,22 @@ func parseRouteWeights(body []byte) (map[string]uint32, error) {
 		rc := c.RouteConfig.Name
 		for _, vh := range c.RouteConfig.VirtualHosts {
 			for _, r := range vh.Routes {
+				// A route that needs a header both present and absent
+				// matches nothing (shiftplane's canary warm-up route for
+				// proxyless clients): it carries no traffic.
+				present := map[string]map[bool]bool{}
+				never := false
+				for _, h := range r.Match.Headers {
+					if h.PresentMatch != nil {
+						if present[h.Name] == nil {
+							present[h.Name] = map[bool]bool{}
+						}
+						present[h.Name][*h.PresentMatch] = true
+						never = never || len(present[h.Name]) == 2
+					}
+				}
 				switch {
-				case r.Route == nil:
+				case never, r.Route == nil:
 				case r.Route.WeightedClusters != nil:
 					for _, wc := range r.Route.WeightedClusters.Clusters {
 						var w uint32

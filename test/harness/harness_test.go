@@ -452,6 +452,13 @@ func TestParseRouteWeights(t *testing.T) {
 			dump:    `{"configs":[{"route_config":{"virtual_hosts":[{"routes":[{"route":{"cluster":"a"}},{"route":{"weighted_clusters":{"clusters":[{"name":"a","weight":5}]}}}]}]}}]}`,
 			wantErr: true,
 		},
+		"a route that matches nothing is left out": {
+			dump: `{"configs":[{"route_config":{"virtual_hosts":[{"routes":[
+				{"match":{"headers":[{"name":"h","present_match":true},{"name":"h","present_match":false}]},"route":{"cluster":"a"}},
+				{"match":{"headers":[{"name":"h","present_match":true}]},"route":{"cluster":"c"}},
+				{"route":{"weighted_clusters":{"clusters":[{"name":"a","weight":5},{"name":"b","weight":95}]}}}]}]}}]}`,
+			want: map[string]uint32{"a": 5, "b": 95, "c": 100},
+		},
 		"not json": {dump: `<html>`, wantErr: true},
 	}
 	for name, tc := range tests {

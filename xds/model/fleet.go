@@ -31,6 +31,9 @@ type Convergence struct {
 	Nodes     int      // connected nodes subscribed to the kind
 	Nacks     []string // "node: error" for nodes that rejected it
 	Missing   []string // nodes that report stats but have no xDS stream
+	// Lacking: "node X lacks listener Y" for resources a node asked for
+	// by name that the version it ACKed does not serve.
+	Lacking []string
 }
 
 // Waiting says in words what an unconverged fleet is waiting for.
@@ -38,6 +41,8 @@ func (c Convergence) Waiting() string {
 	switch {
 	case len(c.Missing) > 0:
 		return "waiting for " + strings.Join(c.Missing, ", ") + " (reporting stats) to connect over xDS"
+	case len(c.Lacking) > 0:
+		return "waiting for resources nodes asked for and are not served: " + strings.Join(c.Lacking, ", ")
 	case c.Nodes == 0:
 		return "waiting for an Envoy to connect over xDS"
 	}

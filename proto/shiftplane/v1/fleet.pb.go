@@ -124,7 +124,12 @@ type Node struct {
 	Replica string `protobuf:"bytes,8,opt,name=replica,proto3" json:"replica,omitempty"`
 	// The stream has ACKed nothing yet: it holds back convergence only for
 	// the server's xds.readyGrace after it connected, then no longer counts.
-	NotReady      bool `protobuf:"varint,9,opt,name=not_ready,json=notReady,proto3" json:"not_ready,omitempty"`
+	NotReady bool `protobuf:"varint,9,opt,name=not_ready,json=notReady,proto3" json:"not_ready,omitempty"`
+	// The kind of client, from node.user_agent_name: "envoy",
+	// "proxyless-grpc" (gRPC libraries' xds:/// resolver) or "unknown".
+	ClientKind string `protobuf:"bytes,10,opt,name=client_kind,json=clientKind,proto3" json:"client_kind,omitempty"`
+	// node.user_agent_name and its version, e.g. "gRPC Go 1.85.0".
+	UserAgent     string `protobuf:"bytes,11,opt,name=user_agent,json=userAgent,proto3" json:"user_agent,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -222,6 +227,20 @@ func (x *Node) GetNotReady() bool {
 	return false
 }
 
+func (x *Node) GetClientKind() string {
+	if x != nil {
+		return x.ClientKind
+	}
+	return ""
+}
+
+func (x *Node) GetUserAgent() string {
+	if x != nil {
+		return x.UserAgent
+	}
+	return ""
+}
+
 // TypeStatus is a node's ACK/NACK state for one resource type.
 type TypeStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -232,8 +251,12 @@ type TypeStatus struct {
 	// The last version the node NACKed, if any.
 	NackedVersion string `protobuf:"bytes,3,opt,name=nacked_version,json=nackedVersion,proto3" json:"nacked_version,omitempty"`
 	// Envoy's error_detail message of that NACK.
-	NackError     string                 `protobuf:"bytes,4,opt,name=nack_error,json=nackError,proto3" json:"nack_error,omitempty"`
-	NackTime      *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=nack_time,json=nackTime,proto3" json:"nack_time,omitempty"`
+	NackError string                 `protobuf:"bytes,4,opt,name=nack_error,json=nackError,proto3" json:"nack_error,omitempty"`
+	NackTime  *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=nack_time,json=nackTime,proto3" json:"nack_time,omitempty"`
+	// Resources the node asked for by name that the version it ACKed does
+	// not serve (e.g. the listener of a gRPC target no plan names): the node
+	// is not converged while any are listed.
+	Missing       []string `protobuf:"bytes,6,rep,name=missing,proto3" json:"missing,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -303,6 +326,13 @@ func (x *TypeStatus) GetNackTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *TypeStatus) GetMissing() []string {
+	if x != nil {
+		return x.Missing
+	}
+	return nil
+}
+
 var File_shiftplane_v1_fleet_proto protoreflect.FileDescriptor
 
 const file_shiftplane_v1_fleet_proto_rawDesc = "" +
@@ -310,7 +340,7 @@ const file_shiftplane_v1_fleet_proto_rawDesc = "" +
 	"\x19shiftplane/v1/fleet.proto\x12\rshiftplane.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n" +
 	"\x10ListNodesRequest\">\n" +
 	"\x11ListNodesResponse\x12)\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x13.shiftplane.v1.NodeR\x05nodes\"\xdf\x02\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x13.shiftplane.v1.NodeR\x05nodes\"\x9f\x03\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12/\n" +
@@ -320,7 +350,12 @@ const file_shiftplane_v1_fleet_proto_rawDesc = "" +
 	"\tconverged\x18\x06 \x01(\bR\tconverged\x12\x1a\n" +
 	"\bprotocol\x18\a \x01(\tR\bprotocol\x12\x18\n" +
 	"\areplica\x18\b \x01(\tR\areplica\x12\x1b\n" +
-	"\tnot_ready\x18\t \x01(\bR\bnotReady\"\xcb\x01\n" +
+	"\tnot_ready\x18\t \x01(\bR\bnotReady\x12\x1f\n" +
+	"\vclient_kind\x18\n" +
+	" \x01(\tR\n" +
+	"clientKind\x12\x1d\n" +
+	"\n" +
+	"user_agent\x18\v \x01(\tR\tuserAgent\"\xe5\x01\n" +
 	"\n" +
 	"TypeStatus\x12\x19\n" +
 	"\btype_url\x18\x01 \x01(\tR\atypeUrl\x12#\n" +
@@ -328,7 +363,8 @@ const file_shiftplane_v1_fleet_proto_rawDesc = "" +
 	"\x0enacked_version\x18\x03 \x01(\tR\rnackedVersion\x12\x1d\n" +
 	"\n" +
 	"nack_error\x18\x04 \x01(\tR\tnackError\x127\n" +
-	"\tnack_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\bnackTime2^\n" +
+	"\tnack_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\bnackTime\x12\x18\n" +
+	"\amissing\x18\x06 \x03(\tR\amissing2^\n" +
 	"\fFleetService\x12N\n" +
 	"\tListNodes\x12\x1f.shiftplane.v1.ListNodesRequest\x1a .shiftplane.v1.ListNodesResponseBCZAgithub.com/shiftplane/shiftplane/proto/shiftplane/v1;shiftplanev1b\x06proto3"
 
