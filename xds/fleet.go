@@ -266,6 +266,14 @@ func (f *Fleet) Convergence(kind model.ResourceKind, version string) model.Conve
 			if acked < v {
 				c.Converged = false
 			}
+			// As in ConvergenceOf: a node is converged only with the
+			// resources it asked for.
+			if len(st.missing) > 0 && acked >= v {
+				c.Converged = false
+				for _, name := range st.missing {
+					c.Lacking = append(c.Lacking, fmt.Sprintf("node %s lacks %s %q", s.node.GetId(), resourceWord(t), name))
+				}
+			}
 		}
 		switch {
 		case subscribed:
@@ -287,6 +295,7 @@ func (f *Fleet) Convergence(kind model.ResourceKind, version string) model.Conve
 	}
 	sort.Strings(c.Nacks)
 	sort.Strings(c.Missing)
+	sort.Strings(c.Lacking)
 	return c
 }
 

@@ -20,7 +20,7 @@ import (
 // Fleet.Convergence walks the streams in place; it must say exactly what
 // ConvergenceOf says over the copied node list (Members of Nodes), for
 // random fleets: ACKs, NACKs, streams that never ACKed (in and past their
-// grace), stats-only nodes.
+// grace), stats-only nodes, nodes that asked for resources not served.
 func TestFleetConvergenceMatchesConvergenceOf(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 17))
 	for iter := range 300 {
@@ -41,7 +41,18 @@ func TestFleetConvergenceMatchesConvergenceOf(t *testing.T) {
 					changed = append(changed, typ)
 				}
 			}
-			f.Published(Published{Version: latest, Time: now, Changed: changed})
+			// Each type serves a random subset of a, b, so a node that
+			// asked for the others lacks them.
+			served := map[string]map[string]string{}
+			for _, typ := range publishedTypes {
+				served[typ] = map[string]string{}
+				for _, name := range []string{"a", "b"} {
+					if rng.IntN(2) == 0 {
+						served[typ][name] = fmt.Sprint(latest)
+					}
+				}
+			}
+			f.Published(Published{Version: latest, Time: now, Changed: changed, ResourceVersions: served})
 		}
 		publish()
 		nonce := 0
@@ -55,13 +66,19 @@ func TestFleetConvergenceMatchesConvergenceOf(t *testing.T) {
 				if rng.IntN(3) == 0 {
 					continue
 				}
-				_ = f.OnStreamRequest(id, &discoveryv3.DiscoveryRequest{Node: node, TypeUrl: typ})
+				var names []string // none: wildcard
+				for _, name := range []string{"a", "b", "c"} {
+					if rng.IntN(3) == 0 {
+						names = append(names, name)
+					}
+				}
+				_ = f.OnStreamRequest(id, &discoveryv3.DiscoveryRequest{Node: node, TypeUrl: typ, ResourceNames: names})
 				for range rng.IntN(3) {
 					nonce++
 					n := strconv.Itoa(nonce)
 					v := strconv.FormatUint(uint64(rng.IntN(int(latest)+1)), 10)
 					f.OnStreamResponse(context.Background(), id, nil, &discoveryv3.DiscoveryResponse{TypeUrl: typ, Nonce: n, VersionInfo: v})
-					req := &discoveryv3.DiscoveryRequest{TypeUrl: typ, ResponseNonce: n, VersionInfo: v}
+					req := &discoveryv3.DiscoveryRequest{TypeUrl: typ, ResponseNonce: n, VersionInfo: v, ResourceNames: names}
 					switch rng.IntN(3) {
 					case 0:
 						req.ErrorDetail = &statuspb.Status{Message: "bad"}
