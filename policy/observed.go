@@ -63,6 +63,17 @@ type StepTraffic struct {
 	// that began before: served partly at the previous weight.
 	TransitionStable float64 `json:"transitionStable,omitempty"`
 	TransitionCanary float64 `json:"transitionCanary,omitempty"`
+	// Mirror is the step's mirror percentage (0: none). During a mirror
+	// step every user is answered by the stable; what the canary cluster
+	// completes are the mirrored copies Envoy sends it (and the requests
+	// canary.match routes send it, which its counters do not tell apart),
+	// so they are Mirrored and TransitionMirrored, never Canary. Matched
+	// says canary.match routes ran too: then the users the canary answered
+	// are not known and the step has no share.
+	Mirror             int     `json:"mirror,omitempty"`
+	Matched            bool    `json:"matched,omitempty"`
+	Mirrored           float64 `json:"mirrored,omitempty"`
+	TransitionMirrored float64 `json:"transitionMirrored,omitempty"`
 	// SettledAt is when the engine saw the fleet ACK the step's
 	// configuration; zero until then.
 	SettledAt time.Time `json:"settledAt,omitzero"`
@@ -96,6 +107,9 @@ func (s StepTraffic) Transition() float64 { return s.TransitionStable + s.Transi
 // Share is the canary's fraction (0..1) of the step's settled requests,
 // and false when none was counted: no data is not 0%.
 func (s StepTraffic) Share() (float64, bool) {
+	if s.Mirror > 0 && s.Matched {
+		return 0, false // matched users and mirrored copies are one count
+	}
 	if t := s.Total(); t > 0 {
 		return s.Canary / t, true
 	}
@@ -123,16 +137,18 @@ func (o Observed) Current() (StepTraffic, bool) {
 }
 
 // trafficKey says which step a count belongs to: a new one starts when the
-// rollout starts over, moves to another step, or its weight changes (a
-// rollback, a promotion).
+// rollout starts over, moves to another step, its weight changes (a
+// rollback, a promotion) or its traffic policy does (a mirror or matchOnly
+// step at weight 0 begins where PENDING, also at weight 0, ends).
 type trafficKey struct {
 	created time.Time
 	step    int
 	weight  int
+	traffic string
 }
 
-func keyOf(st State) trafficKey {
-	return trafficKey{created: st.Created, step: st.StepIndex, weight: st.Weight}
+func keyOf(st State, tr Traffic) trafficKey {
+	return trafficKey{created: st.Created, step: st.StepIndex, weight: st.Weight, traffic: tr.key()}
 }
 
 // nodeSeen is the report of a node counted last.
@@ -145,6 +161,7 @@ type nodeSeen struct {
 // concurrent use: the engine calls it under its lock.
 type observer struct {
 	stable, canary string // cluster names
+	mirror         int    // the current step's mirror percentage
 	running        bool
 	key            trafficKey
 	steps          []StepTraffic
@@ -154,9 +171,9 @@ type observer struct {
 	total          struct{ stable, canary float64 }
 }
 
-// follow starts a new step when st has moved to one, and stops counting
-// once st is terminal.
-func (o *observer) follow(st State, stable, canary string) {
+// follow starts a new step when st (running traffic policy tr) has moved
+// to one, and stops counting once st is terminal.
+func (o *observer) follow(st State, tr Traffic, stable, canary string) {
 	o.stable, o.canary = stable, canary
 	if st.Phase.Terminal() {
 		o.closeStep()
@@ -164,15 +181,16 @@ func (o *observer) follow(st State, stable, canary string) {
 		o.nodes = nil // counting resumes (after a retry) from fresh baselines
 		return
 	}
-	if o.running && o.key == keyOf(st) {
+	if o.running && o.key == keyOf(st, tr) {
 		return
 	}
 	o.closeStep()
 	o.running = true
-	o.key = keyOf(st)
+	o.key = keyOf(st, tr)
+	o.mirror = tr.Mirror
 	o.settled = time.Time{}
 	o.perNode = map[string]*NodeTraffic{}
-	o.steps = append(o.steps, StepTraffic{StepIndex: st.StepIndex, Weight: st.Weight, Phase: st.Phase})
+	o.steps = append(o.steps, StepTraffic{StepIndex: st.StepIndex, Weight: st.Weight, Phase: st.Phase, Mirror: tr.Mirror, Matched: len(tr.Match) > 0})
 	if len(o.steps) > MaxObservedSteps {
 		o.steps = append([]StepTraffic(nil), o.steps[len(o.steps)-MaxObservedSteps:]...)
 	}
@@ -238,6 +256,10 @@ func (o *observer) consume(reports []model.NodeReport, now time.Time) {
 			// source that sends only these): a restart all the same.
 			ds, dc = rise(nil, r.Latest, o.stable, true), rise(nil, r.Latest, o.canary, true)
 		}
+		var dm float64 // mirrored copies: not user traffic
+		if o.mirror > 0 {
+			dm, dc = dc, 0
+		}
 		o.total.stable += ds
 		o.total.canary += dc
 		n := o.perNode[r.Node]
@@ -249,6 +271,7 @@ func (o *observer) consume(reports []model.NodeReport, now time.Time) {
 		if o.settled.IsZero() || last.at.Before(o.settled) {
 			cur.TransitionStable += ds
 			cur.TransitionCanary += dc
+			cur.TransitionMirrored += dm
 			continue
 		}
 		if n.From.IsZero() {
@@ -265,6 +288,7 @@ func (o *observer) consume(reports []model.NodeReport, now time.Time) {
 		}
 		cur.Stable += ds
 		cur.Canary += dc
+		cur.Mirrored += dm
 	}
 	for node, seen := range o.nodes {
 		if !listed[node] && now.Sub(seen.at) > nodeForget {
@@ -291,8 +315,8 @@ func rise(prev, latest map[string]float64, cluster string, restarted bool) float
 // pending reports whether st is a different step than the one counted,
 // with that step's counts so far: the engine records them on the event
 // that ends the step.
-func (o *observer) pending(st State) (StepTraffic, bool) {
-	if !o.running || len(o.steps) == 0 || (!st.Phase.Terminal() && o.key == keyOf(st)) {
+func (o *observer) pending(st State, tr Traffic) (StepTraffic, bool) {
+	if !o.running || len(o.steps) == 0 || (!st.Phase.Terminal() && o.key == keyOf(st, tr)) {
 		return StepTraffic{}, false
 	}
 	s := o.steps[len(o.steps)-1]
@@ -320,12 +344,12 @@ func (e *Engine) observeLocked(r *entry, res *Result, now time.Time) {
 	if e.o.Stats == nil {
 		return
 	}
-	r.obs.follow(r.State, r.plan.Stable.Cluster, r.plan.Canary.Cluster)
+	r.obs.follow(r.State, TrafficFor(r.plan, r.steps, r.State), r.plan.Stable.Cluster, r.plan.Canary.Cluster)
 	if r.obs.running && r.obs.settled.IsZero() && e.convergence(r.State).Converged {
 		r.obs.settle(now)
 	}
 	r.obs.consume(e.statsLocked(now), now)
-	if s, ok := r.obs.pending(res.State); ok && len(res.Events) > 0 {
+	if s, ok := r.obs.pending(res.State, TrafficFor(r.plan, r.steps, res.State)); ok && len(res.Events) > 0 {
 		res.Events[len(res.Events)-1].Observed = &s
 	}
 }
@@ -333,7 +357,7 @@ func (e *Engine) observeLocked(r *entry, res *Result, now time.Time) {
 // observedLocked moves the counting to the step r is in after a decision.
 func (e *Engine) observedLocked(r *entry) {
 	if e.o.Stats != nil {
-		r.obs.follow(r.State, r.plan.Stable.Cluster, r.plan.Canary.Cluster)
+		r.obs.follow(r.State, TrafficFor(r.plan, r.steps, r.State), r.plan.Stable.Cluster, r.plan.Canary.Cluster)
 	}
 }
 

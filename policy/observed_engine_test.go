@@ -184,3 +184,76 @@ func TestEngineObservedStoreDown(t *testing.T) {
 	h.kill()
 	h.start()
 }
+
+// TestEngineObservedMirrorIsNotUserTraffic: during a mirror step Envoy
+// serves every user from the stable and sends the canary a copy of some
+// of them; the canary cluster's completed counter counts those copies.
+// They are shown apart (Mirrored), not as canary traffic users were served.
+func TestEngineObservedMirrorIsNotUserTraffic(t *testing.T) {
+	env := &fakeEnvoy{stable: "web-v1", canary: "web-v2"}
+	h := newHarness(t, func(h *harness) { h.opts.Stats = env })
+	p := testPlan("web", policy.Step{Mirror: 50, Hold: dur(2 * time.Second)}, wstep(100, 0))
+	p.Analysis.StableFor = durp(0)
+	h.apply(p)
+
+	var copies float64
+	for i := 0; i < 400; i++ {
+		st := h.get("web")
+		if st.State.Phase.Terminal() {
+			break
+		}
+		w, m := 0, 0
+		if len(h.pub.Records()) > 0 {
+			svc := h.lastService("web")
+			w, m = svc.CanaryWeight, svc.Mirror
+		}
+		env.serve(100, w, h.clock.Now())
+		if m > 0 {
+			env.mirror(100*m/100, h.clock.Now())
+			copies += float64(100 * m / 100)
+		}
+		h.clock.Advance(250 * time.Millisecond)
+		h.tick()
+	}
+	st := h.get("web")
+	if st.State.Phase != policy.PhaseSucceeded {
+		t.Fatalf("rollout ended %s: %s", st.State.Phase, st.State.Reason)
+	}
+	if copies == 0 {
+		t.Fatal("the mirror step was never published")
+	}
+	var mirrored float64
+	seen := false
+	for _, s := range st.Observed.Steps {
+		mirrored += s.Mirrored + s.TransitionMirrored
+		if s.Mirror == 0 {
+			continue
+		}
+		seen = true
+		if s.Canary != 0 || s.TransitionCanary != 0 {
+			t.Errorf("mirror step %d: %g (+%g settling) canary requests counted as user traffic, want 0 (all were mirrored copies): %+v", s.StepIndex+1, s.Canary, s.TransitionCanary, s)
+		}
+		if share, ok := s.Share(); ok && share != 0 {
+			t.Errorf("mirror step %d: canary share %g, want 0: users were all served by the stable", s.StepIndex+1, share)
+		}
+	}
+	if !seen {
+		t.Fatalf("no observed step says it mirrored: %+v", st.Observed.Steps)
+	}
+	if mirrored != copies {
+		t.Errorf("%g mirrored copies observed, %g sent", mirrored, copies)
+	}
+}
+
+// mirror adds n shadow copies the canary completed (Envoy counts them on
+// the canary cluster like any request) and reports at at.
+func (f *fakeEnvoy) mirror(n int, at time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.counts["cluster."+f.canary+".upstream_rq_completed"] += float64(n)
+	latest := map[string]float64{}
+	for k, v := range f.counts {
+		latest[k] = v
+	}
+	f.report = &model.NodeReport{Node: "envoy-1", At: at, Latest: latest}
+}

@@ -177,7 +177,7 @@ func TestObserverCounting(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			var o observer
 			for _, p := range tc.phases {
-				o.follow(p.state, "app-v1", "app-v2")
+				o.follow(p.state, Traffic{}, "app-v1", "app-v2")
 				o.settle(obsEpoch)
 				for _, rs := range p.reports {
 					o.consume(rs, obsEpoch)
@@ -202,11 +202,11 @@ func TestObserverCounting(t *testing.T) {
 
 func TestObserverNodeWindows(t *testing.T) {
 	var o observer
-	o.follow(obsState(PhaseProgressing, 0, 10), "app-v1", "app-v2")
+	o.follow(obsState(PhaseProgressing, 0, 10), Traffic{}, "app-v1", "app-v2")
 	o.settle(obsEpoch)
 	o.consume([]model.NodeReport{obsReport("a", 1*time.Second, 0, 0), obsReport("b", 1500*time.Millisecond, 0, 0)}, obsEpoch)
 	o.consume([]model.NodeReport{obsReport("a", 2*time.Second, 9, 1), obsReport("b", 2500*time.Millisecond, 18, 2)}, obsEpoch)
-	o.follow(obsState(PhaseProgressing, 1, 50), "app-v1", "app-v2")
+	o.follow(obsState(PhaseProgressing, 1, 50), Traffic{}, "app-v1", "app-v2")
 	o.settle(obsEpoch.Add(2 * time.Second))
 	o.consume([]model.NodeReport{obsReport("a", 3*time.Second, 14, 6), obsReport("b", 3500*time.Millisecond, 18, 2)}, obsEpoch)
 	v := o.view()
@@ -229,10 +229,10 @@ func TestObserverNodeWindows(t *testing.T) {
 	if a := second.PerNode[0]; !a.From.Equal(obsEpoch.Add(2*time.Second)) || !a.To.Equal(obsEpoch.Add(3*time.Second)) {
 		t.Errorf("step 2 node a spans %s..%s", a.From, a.To)
 	}
-	if p, ok := o.pending(obsState(PhaseProgressing, 1, 50)); ok {
+	if p, ok := o.pending(obsState(PhaseProgressing, 1, 50), Traffic{}); ok {
 		t.Errorf("pending for the step being counted: %+v", p)
 	}
-	if p, ok := o.pending(obsState(PhaseProgressing, 2, 80)); !ok || p.Stable != 5 || p.PerNode != nil {
+	if p, ok := o.pending(obsState(PhaseProgressing, 2, 80), Traffic{}); !ok || p.Stable != 5 || p.PerNode != nil {
 		t.Errorf("pending for the next step: %+v %v", p, ok)
 	}
 }
@@ -242,7 +242,7 @@ func TestObserverNodeWindows(t *testing.T) {
 // as the step's transition, outside its share.
 func TestObserverTransition(t *testing.T) {
 	var o observer
-	o.follow(obsState(PhaseProgressing, 0, 10), "app-v1", "app-v2")
+	o.follow(obsState(PhaseProgressing, 0, 10), Traffic{}, "app-v1", "app-v2")
 	o.consume([]model.NodeReport{obsReport("a", 1*time.Second, 0, 0)}, obsEpoch)
 	o.consume([]model.NodeReport{obsReport("a", 2*time.Second, 100, 0)}, obsEpoch) // (1s, 2s]: not settled
 	o.settle(obsEpoch.Add(2500 * time.Millisecond))
@@ -266,5 +266,40 @@ func TestObserverTransition(t *testing.T) {
 	}
 	if v := o.view(); v.Stable != 250 || v.Canary != 50 {
 		t.Errorf("totals %g/%g, want every counted request: 250/50", v.Stable, v.Canary)
+	}
+}
+
+// TestObserverMirrorStep: a mirror step's canary counts are mirrored
+// copies, kept apart from the users' split; with canary.match routes too
+// they cannot be told from matched users, so the step claims no share.
+func TestObserverMirrorStep(t *testing.T) {
+	for name, tc := range map[string]struct {
+		tr    Traffic
+		share float64
+	}{
+		"mirror only":       {Traffic{Mirror: 50}, 0},
+		"mirror with match": {Traffic{Mirror: 50, Match: []model.Match{{Kind: model.MatchHeader, Name: "x-canary", Op: model.OpPresent}}}, -1},
+	} {
+		t.Run(name, func(t *testing.T) {
+			var o observer
+			o.follow(obsState(PhaseProgressing, 0, 0), Traffic{}, "app-v1", "app-v2")
+			o.settle(obsEpoch)
+			o.consume([]model.NodeReport{obsReport("a", 1*time.Second, 100, -1)}, obsEpoch)
+			o.follow(obsState(PhaseProgressing, 0, 0), tc.tr, "app-v1", "app-v2")
+			o.settle(obsEpoch.Add(time.Second))
+			o.consume([]model.NodeReport{obsReport("a", 2*time.Second, 300, 100)}, obsEpoch)
+			v := o.view()
+			if len(v.Steps) != 2 {
+				t.Fatalf("%d steps, want the mirror step apart from the one before: %+v", len(v.Steps), v.Steps)
+			}
+			s := v.Steps[1]
+			checkStep(t, "mirror step", s, obsCheck{stable: 200, canary: 0, nodes: 1, share: tc.share})
+			if s.Mirror != 50 || s.Mirrored != 100 {
+				t.Errorf("mirror %d mirrored %g, want 50 100", s.Mirror, s.Mirrored)
+			}
+			if v.Canary != 0 {
+				t.Errorf("canary total %g, want 0: copies are not canary traffic", v.Canary)
+			}
+		})
 	}
 }
