@@ -69,7 +69,8 @@ type ObservedStepView struct {
 	Share      *float64 `json:"share"` // percent; nil when no request was counted
 	Stable     float64  `json:"stable"`
 	Canary     float64  `json:"canary"`
-	Transition float64  `json:"transition"` // before the fleet ACKed the step
+	Transition float64  `json:"transition"`         // before the fleet ACKed the step
+	Mirrored   float64  `json:"mirrored,omitempty"` // a mirror step's copies to the canary: not in Canary
 	Nodes      int      `json:"nodes"`
 	Current    bool     `json:"current,omitempty"`
 	Text       string   `json:"text"`
@@ -146,8 +147,16 @@ func summarize(s policy.Status) Summary {
 
 // observedText says what a step served: no data is never 0%.
 func observedText(st policy.StepTraffic) string {
+	mirrored := ""
+	if st.Mirror > 0 {
+		mirrored = fmt.Sprintf("; %.0f mirrored copies to the canary (not user traffic)", st.Mirrored+st.TransitionMirrored)
+	}
 	if share, ok := st.Share(); ok {
-		return fmt.Sprintf("%.1f%% of %.0f requests", 100*share, st.Total())
+		return fmt.Sprintf("%.1f%% of %.0f requests", 100*share, st.Total()) + mirrored
+	}
+	switch {
+	case st.Mirror > 0 && st.Matched && st.Stable+st.Mirrored > 0:
+		return fmt.Sprintf("mirror step, no share: v1 %.0f; v2 %.0f mirrored copies and canary.match requests (Envoy counts them as one)", st.Stable, st.Mirrored+st.TransitionMirrored)
 	}
 	switch {
 	case st.Nodes == 0:
@@ -238,7 +247,7 @@ func (d *Dashboard) pageData(name string, who identity) (*PageData, error) {
 	det.ObservedSteps = []ObservedStepView{}
 	for i, st := range s.Observed.Steps {
 		v := ObservedStepView{Step: st.StepIndex + 1, Weight: st.Weight, Phase: string(st.Phase), Stable: st.Stable, Canary: st.Canary,
-			Transition: st.Transition(), Nodes: st.Nodes, Current: s.Observed.Running && i == len(s.Observed.Steps)-1, Text: observedText(st)}
+			Transition: st.Transition(), Mirrored: st.Mirrored + st.TransitionMirrored, Nodes: st.Nodes, Current: s.Observed.Running && i == len(s.Observed.Steps)-1, Text: observedText(st)}
 		if share, ok := st.Share(); ok {
 			pct := 100 * share
 			v.Share = &pct

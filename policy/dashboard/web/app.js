@@ -233,7 +233,7 @@
       h('td', { text: st.weight + '%' }),
       h('td', { class: 'share', text: st.share === null ? st.text : st.share.toFixed(1) + '%' }),
       h('td', { class: 'mono', text: String(st.stable) }),
-      h('td', { class: 'mono', text: String(st.canary) }),
+      h('td', { class: 'mono', text: String(st.canary) + (st.mirrored ? ' (+' + st.mirrored + ' mirrored copies)' : '') }),
       h('td', { class: 'mono muted', text: String(st.transition) }),
       h('td', { text: String(st.nodes) }),
     ]));
