@@ -205,6 +205,11 @@ func shareText(o *shiftplanev1.StepTraffic) string {
 	switch {
 	case o == nil || o.GetNodes() == 0:
 		return "no stats yet"
+	case o.CanaryShare == nil && o.GetMirror() > 0 && o.GetMirroredRequests() > 0:
+		// canary.match requests and mirrored copies are one count
+		return fmt.Sprintf("no share (v2 %d mirrored + matched)", o.GetMirroredRequests())
+	case o.CanaryShare != nil && o.GetMirroredRequests() > 0:
+		return fmt.Sprintf("%.1f%% (+%d mirrored)", o.GetCanaryShare(), o.GetMirroredRequests())
 	case o.CanaryShare == nil && o.GetTransitionStableRequests()+o.GetTransitionCanaryRequests() > 0:
 		return "settling" // requests so far were served partly at the previous weight
 	case o.CanaryShare == nil:

@@ -367,3 +367,19 @@ func TestObservedOutput(t *testing.T) {
 		t.Errorf("history without the step's observed split:\n%s", b.String())
 	}
 }
+
+// A mirror step's copies are named apart from the canary's share.
+func TestShareTextMirrorStep(t *testing.T) {
+	zero := 0.0
+	for _, tc := range []struct {
+		o    *shiftplanev1.StepTraffic
+		want string
+	}{
+		{&shiftplanev1.StepTraffic{Nodes: 1, Mirror: 50, StableRequests: 200, MirroredRequests: 100, CanaryShare: &zero}, "0.0% (+100 mirrored)"},
+		{&shiftplanev1.StepTraffic{Nodes: 1, Mirror: 50, StableRequests: 200, MirroredRequests: 100}, "no share (v2 100 mirrored + matched)"},
+	} {
+		if got := shareText(tc.o); got != tc.want {
+			t.Errorf("shareText(%v) = %q, want %q", tc.o, got, tc.want)
+		}
+	}
+}

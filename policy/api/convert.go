@@ -350,6 +350,8 @@ func StepTrafficToProto(s policy.StepTraffic) *shiftplanev1.StepTraffic {
 		TransitionStableRequests: uint64(s.TransitionStable),
 		TransitionCanaryRequests: uint64(s.TransitionCanary),
 		SettledAt:                timestampProto(s.SettledAt),
+		Mirror:                   int32(s.Mirror),
+		MirroredRequests:         uint64(s.Mirrored + s.TransitionMirrored),
 	}
 	if share, ok := s.Share(); ok {
 		pct := 100 * share

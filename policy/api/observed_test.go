@@ -45,3 +45,15 @@ func TestObservedToProto(t *testing.T) {
 		t.Errorf("an event that ended no step: %v", o)
 	}
 }
+
+// A mirror step's copies reach the API apart from the canary's requests.
+func TestObservedMirrorToProto(t *testing.T) {
+	pb := StepTrafficToProto(policy.StepTraffic{Mirror: 50, Stable: 200, Mirrored: 90, TransitionMirrored: 10, Nodes: 1})
+	if pb.GetMirror() != 50 || pb.GetMirroredRequests() != 100 || pb.GetCanaryRequests() != 0 || pb.CanaryShare == nil || pb.GetCanaryShare() != 0 {
+		t.Errorf("mirror step: %v, want mirror 50, 100 mirrored, 0 canary at share 0", pb)
+	}
+	pb = StepTrafficToProto(policy.StepTraffic{Mirror: 50, Matched: true, Stable: 200, Mirrored: 100, Nodes: 1})
+	if pb.CanaryShare != nil {
+		t.Errorf("mirror step with canary.match: share %v, want unset", pb.GetCanaryShare())
+	}
+}

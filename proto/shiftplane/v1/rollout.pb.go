@@ -1783,9 +1783,16 @@ type StepTraffic struct {
 	TransitionStableRequests uint64 `protobuf:"varint,11,opt,name=transition_stable_requests,json=transitionStableRequests,proto3" json:"transition_stable_requests,omitempty"`
 	TransitionCanaryRequests uint64 `protobuf:"varint,12,opt,name=transition_canary_requests,json=transitionCanaryRequests,proto3" json:"transition_canary_requests,omitempty"`
 	// When shiftplane saw every connected node ACK the step's configuration.
-	SettledAt     *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=settled_at,json=settledAt,proto3" json:"settled_at,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	SettledAt *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=settled_at,json=settledAt,proto3" json:"settled_at,omitempty"`
+	// The step's mirror percentage (0: not a mirror step). In a mirror step
+	// users are answered by the stable; what the canary completed are
+	// mirrored copies (mirrored_requests, never in canary_requests or
+	// canary_share), together with any canary.match requests (then
+	// canary_share is unset: Envoy counts both as one).
+	Mirror           int32  `protobuf:"varint,14,opt,name=mirror,proto3" json:"mirror,omitempty"`
+	MirroredRequests uint64 `protobuf:"varint,15,opt,name=mirrored_requests,json=mirroredRequests,proto3" json:"mirrored_requests,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *StepTraffic) Reset() {
@@ -1907,6 +1914,20 @@ func (x *StepTraffic) GetSettledAt() *timestamppb.Timestamp {
 		return x.SettledAt
 	}
 	return nil
+}
+
+func (x *StepTraffic) GetMirror() int32 {
+	if x != nil {
+		return x.Mirror
+	}
+	return 0
+}
+
+func (x *StepTraffic) GetMirroredRequests() uint64 {
+	if x != nil {
+		return x.MirroredRequests
+	}
+	return 0
 }
 
 // NodeTraffic is one node's settled part of a step, over its reports
@@ -3552,7 +3573,7 @@ const file_shiftplane_v1_rollout_proto_rawDesc = "" +
 	"\bobserved\x18\x13 \x01(\v2\x1a.shiftplane.v1.StepTrafficR\bobserved\x12A\n" +
 	"\x0eobserved_steps\x18\x14 \x03(\v2\x1a.shiftplane.v1.StepTrafficR\robservedSteps\x128\n" +
 	"\x18observed_stable_requests\x18\x15 \x01(\x04R\x16observedStableRequests\x128\n" +
-	"\x18observed_canary_requests\x18\x16 \x01(\x04R\x16observedCanaryRequests\"\xe3\x04\n" +
+	"\x18observed_canary_requests\x18\x16 \x01(\x04R\x16observedCanaryRequests\"\xa8\x05\n" +
 	"\vStepTraffic\x12\x1d\n" +
 	"\n" +
 	"step_index\x18\x01 \x01(\x05R\tstepIndex\x12\x16\n" +
@@ -3569,7 +3590,9 @@ const file_shiftplane_v1_rollout_proto_rawDesc = "" +
 	"\x1atransition_stable_requests\x18\v \x01(\x04R\x18transitionStableRequests\x12<\n" +
 	"\x1atransition_canary_requests\x18\f \x01(\x04R\x18transitionCanaryRequests\x129\n" +
 	"\n" +
-	"settled_at\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\tsettledAtB\x0f\n" +
+	"settled_at\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\tsettledAt\x12\x16\n" +
+	"\x06mirror\x18\x0e \x01(\x05R\x06mirror\x12+\n" +
+	"\x11mirrored_requests\x18\x0f \x01(\x04R\x10mirroredRequestsB\x0f\n" +
 	"\r_canary_share\"\xcf\x01\n" +
 	"\vNodeTraffic\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12'\n" +
