@@ -42,7 +42,12 @@ const DefaultLoadReportingInterval = time.Second
 //   - cluster.<c>.upstream_rq_active: requests in progress at the report
 //     (a gauge; a cluster missing from a report has none in progress).
 //
-// A new stream of a node starts a new baseline, like a new metrics stream.
+// A node's counters continue over its streams, as an Envoy's counters do
+// over its metrics streams (they count since the process started): a
+// client that reconnects within lrsForget resumes from the totals its
+// last stream reached, so a reader that counts each report's rise from the
+// node's previous one (the observed split) is not misled by the new
+// stream's smaller sums. The first report of a stream has no Prev.
 type LoadReports struct {
 	log      *slog.Logger
 	now      func() time.Time
@@ -52,7 +57,21 @@ type LoadReports struct {
 	mu         sync.Mutex
 	nextStream int64
 	nodes      map[string]*lrsNode
+	retired    map[string]lrsRetired // totals of nodes whose stream closed
 }
+
+// lrsRetired is what a closed stream had counted.
+type lrsRetired struct {
+	at     time.Time
+	totals map[string]float64
+}
+
+// lrsForget is how long a closed stream's totals wait for the node to
+// reconnect; maxRetired bounds how many are kept.
+const (
+	lrsForget  = 10 * time.Minute
+	maxRetired = 4096
+)
 
 type lrsNode struct {
 	stream int64
@@ -73,7 +92,7 @@ func NewLoadReports(log *slog.Logger, interval time.Duration, now func() time.Ti
 	if interval <= 0 {
 		interval = DefaultLoadReportingInterval
 	}
-	return &LoadReports{log: log, now: now, interval: interval, nodes: map[string]*lrsNode{}}
+	return &LoadReports{log: log, now: now, interval: interval, nodes: map[string]*lrsNode{}, retired: map[string]lrsRetired{}}
 }
 
 // Interval is the load_reporting_interval clients are sent.
@@ -179,7 +198,14 @@ func (l *LoadReports) open(node string, ident Identity) (int64, error) {
 		return 0, status.Errorf(codes.AlreadyExists, "node id %q already reports load on open stream %d", node, old.stream)
 	}
 	l.nextStream++
-	l.nodes[node] = &lrsNode{stream: l.nextStream, ident: ident, since: l.now(), totals: map[string]float64{}}
+	totals := map[string]float64{}
+	if old, ok := l.nodes[node]; ok {
+		totals = maps.Clone(old.totals) // the same client, reconnecting
+	} else if r, ok := l.retired[node]; ok && l.now().Sub(r.at) <= lrsForget {
+		totals = r.totals
+	}
+	delete(l.retired, node)
+	l.nodes[node] = &lrsNode{stream: l.nextStream, ident: ident, since: l.now(), totals: totals}
 	return l.nextStream, nil
 }
 
@@ -188,6 +214,22 @@ func (l *LoadReports) closed(node string, stream int64) {
 	defer l.mu.Unlock()
 	if n, ok := l.nodes[node]; ok && n.stream == stream {
 		delete(l.nodes, node)
+		now := l.now()
+		for id, r := range l.retired {
+			if now.Sub(r.at) > lrsForget {
+				delete(l.retired, id)
+			}
+		}
+		if len(l.retired) >= maxRetired {
+			var oldest string
+			for id, r := range l.retired {
+				if oldest == "" || r.at.Before(l.retired[oldest].at) {
+					oldest = id
+				}
+			}
+			delete(l.retired, oldest)
+		}
+		l.retired[node] = lrsRetired{at: now, totals: n.totals}
 		l.log.Info("load report stream closed", "node", node, "stream", stream)
 	}
 }

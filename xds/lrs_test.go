@@ -281,7 +281,57 @@ func TestLoadReportsSecondStreamNeedsSameIdentity(t *testing.T) {
 	}
 	l.record("app-1", second, &lrsv3.LoadStatsRequest{ClusterStats: []*endpointv3.ClusterStats{load("c", 2, 1, 0, 3)}})
 	r = l.Reports()
-	if len(r) != 1 || r[0].Latest["cluster.c.upstream_rq_completed"] != 3 || r[0].Prev != nil {
-		t.Fatalf("reports %+v, want the new stream's own baseline (3 completed, no previous)", r)
+	// The counters continue from the first stream's (5 + 3), as an Envoy's
+	// do over its metrics streams; the new stream's first report has no
+	// previous one.
+	if len(r) != 1 || r[0].Latest["cluster.c.upstream_rq_completed"] != 8 || r[0].Prev != nil {
+		t.Fatalf("reports %+v, want 8 completed (5 before the takeover, 3 after), no previous", r)
 	}
+}
+
+// A node's counters continue over its streams, as an Envoy's counters do
+// over its metrics streams: the observed split counts a report's rise from
+// the node's last report, so a reconnecting client whose new stream has
+// reported more than its old one must not be read as having served only
+// the difference.
+func TestLoadReportsCountersContinueOverStreams(t *testing.T) {
+	var clock atomic.Int64
+	clock.Store(time.Unix(1000, 0).UnixNano())
+	now := func() time.Time { return time.Unix(0, clock.Load()) }
+	l, addr := startLRS(t, time.Second, now)
+	const completed = "cluster.app-v2.upstream_rq_completed"
+
+	send := func(s lrsv3.LoadReportingService_StreamLoadStatsClient, ok uint64, want float64) {
+		t.Helper()
+		clock.Add(int64(time.Second))
+		if err := s.Send(&lrsv3.LoadStatsRequest{ClusterStats: []*endpointv3.ClusterStats{load("app-v2", ok, 0, 0, ok)}}); err != nil {
+			t.Fatal(err)
+		}
+		at := time.Unix(0, clock.Load())
+		r := waitReport(t, l, "grpc-1", func(r model.NodeReport) bool { return r.At.Equal(at) })
+		if r.Latest[completed] != want {
+			t.Errorf("completed %g, want %g", r.Latest[completed], want)
+		}
+	}
+	open := func() lrsv3.LoadReportingService_StreamLoadStatsClient {
+		s := lrsStream(t, addr)
+		if err := s.Send(&lrsv3.LoadStatsRequest{Node: &corev3.Node{Id: "grpc-1"}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Recv(); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	s1 := open()
+	send(s1, 10, 10)
+	if err := s1.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(l.Nodes()) > 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	s2 := open()
+	send(s2, 15, 25)
 }
