@@ -351,6 +351,30 @@ func TestMirrorStepShadowsHalf(t *testing.T) {
 	}
 	st := rolloutStatus(t, r.rc, "mir")
 	t.Logf("status: %s step %d weight %d: %s", st.GetPhase(), st.GetStepIndex()+1, st.GetCanaryWeight(), st.GetMessage())
+
+	// The observed split (from Envoy's stats, which count the shadow
+	// copies on mir-v2) shows the copies apart: no user request was
+	// answered by the canary. Envoy's stats flush trails the backends.
+	var obs *shiftplanev1.StepTraffic
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		obs = rolloutStatus(t, r.rc, "mir").GetObserved()
+		if obs != nil && obs.GetStableRequests()+obs.GetTransitionStableRequests()+20 >= uint64(n)*9/10 {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Logf("observed mirror step: mirror %d%%, v1 %d (+%d settling), v2 %d, mirrored copies %d, share %.1f%% (set %v)",
+		obs.GetMirror(), obs.GetStableRequests(), obs.GetTransitionStableRequests(), obs.GetCanaryRequests(), obs.GetMirroredRequests(), obs.GetCanaryShare(), obs.CanaryShare != nil)
+	if obs.GetMirror() != 50 || obs.GetCanaryRequests() != 0 || obs.GetTransitionCanaryRequests() != 0 || (obs.CanaryShare != nil && obs.GetCanaryShare() != 0) {
+		t.Errorf("observed mirror step %v: want mirror 50 and no canary user requests (share 0 or unset)", obs)
+	}
+	// The node's first report is a baseline (not counted), so compare the
+	// copies with the stable requests counted alongside them.
+	users := obs.GetStableRequests() + obs.GetTransitionStableRequests()
+	if m := float64(obs.GetMirroredRequests()) / float64(users); users == 0 || math.Abs(m-0.5) > 0.05 {
+		t.Errorf("observed %d mirrored copies for %d stable requests, want 0.50 ± 0.05 of them", obs.GetMirroredRequests(), users)
+	}
 }
 
 // A mirrored canary that answers 503: the rollout holds at weight 0 (no
