@@ -416,3 +416,32 @@ func TestLoginIsRateLimited(t *testing.T) {
 		t.Errorf("the right token from a limited source got a session")
 	}
 }
+
+// During a mirror step the canary cluster's completed requests are the
+// shadow copies Envoy sends it: the timeline's observed share of users is
+// 0, not the copies' share of the counts.
+func TestTimelineMirrorStepIsNotCanaryShare(t *testing.T) {
+	zero, full := 0, 100
+	plan := policy.Plan{Name: "web", Steps: []policy.Step{{Weight: &zero, Mirror: 50, Hold: policy.Duration(time.Minute)}, {Weight: &full}}}
+	plan.Stable.Cluster, plan.Canary.Cluster = "web-v1", "web-v2"
+	e := &engine{st: policy.Status{Rollout: policy.Rollout{Plan: plan, State: policy.State{Phase: policy.PhaseProgressing, StepIndex: 0, Weight: 0,
+		CanaryPublished: true, StablePublished: true}}, Signal: policy.Signal{State: policy.SignalClear}, StepCount: 2}}
+	now := time.Now()
+	src := stats{{Node: "a", At: now, PrevAt: now.Add(-time.Second),
+		Latest: map[string]float64{"cluster.web-v2.upstream_rq_completed": 50, "cluster.web-v1.upstream_rq_completed": 100},
+		Prev:   map[string]float64{}}}
+	d := dashboard.New(dashboard.Options{Engine: e, Stats: []signal.StatsSource{src}, SampleEvery: 20 * time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go d.Run(ctx)
+	srv := httptest.NewServer(d)
+	defer srv.Close()
+	time.Sleep(100 * time.Millisecond)
+	ss := pageData(t, srv.URL+"/api/dashboard?rollout=web", nil).Rollout.Series
+	if len(ss) == 0 {
+		t.Fatal("no samples")
+	}
+	if last := ss[len(ss)-1]; last.Share == nil || *last.Share != 0 {
+		t.Fatalf("mirror step: observed share %v, want 0 (the 50 canary requests are mirrored copies)", deref(last.Share))
+	}
+}

@@ -102,8 +102,22 @@ func (d *Dashboard) observe(st policy.Status, now time.Time) observed {
 	if !seen || c+s == 0 {
 		return o
 	}
-	share := 100 * c / (c + s)
-	o.share = &share
+	// A mirror step answers every user from the stable: what the canary
+	// completed are Envoy's shadow copies (its 5xx rate still counts). With
+	// canary.match routes as well, matched users and copies are one count.
+	plan := st.Plan.WithDefaults()
+	users := c
+	if tr := policy.TrafficFor(plan, plan.Schedule(), st.State); tr.Mirror > 0 {
+		if len(tr.Match) > 0 {
+			users = -1
+		} else {
+			users = 0
+		}
+	}
+	if users >= 0 && users+s > 0 {
+		share := 100 * users / (users + s)
+		o.share = &share
+	}
 	if c > 0 {
 		rate := 100 * e / c
 		o.errors = &rate
