@@ -22,10 +22,7 @@ func startWeb(ctx context.Context, cfg Config, engine *policy.Engine, fleet *xds
 	if err != nil {
 		return nil, err
 	}
-	stats := []signal.StatsSource{deps.sink}
-	if deps.scraper != nil {
-		stats = append(stats, deps.scraper)
-	}
+	stats := dashboardStats(deps)
 	dash := dashboard.New(dashboard.Options{
 		Engine: engine,
 		Fleet:  fleetNodes{fleet: fleet, sink: deps.sink, lrs: deps.lrs},
@@ -56,4 +53,15 @@ func startWeb(ctx context.Context, cfg Config, engine *policy.Engine, fleet *xds
 	go dash.Run(ctx)
 	go n.Run(ctx, engine)
 	return dash, nil
+}
+
+// dashboardStats are the sources the dashboard's timeline reads: the sink's
+// Envoy stats and the proxyless clients' load reports (fleetStats), and the
+// admin scraper.
+func dashboardStats(deps *signalDeps) []signal.StatsSource {
+	stats := []signal.StatsSource{fleetStats{deps}}
+	if deps.scraper != nil {
+		stats = append(stats, deps.scraper)
+	}
+	return stats
 }
