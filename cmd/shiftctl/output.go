@@ -224,8 +224,12 @@ func stepSplitText(o *shiftplanev1.StepTraffic) string {
 	if o.CanaryShare == nil {
 		return shareText(o)
 	}
-	return fmt.Sprintf("v2 %.1f%% of %d requests (v1 %d, v2 %d)", o.GetCanaryShare(),
+	txt := fmt.Sprintf("v2 %.1f%% of %d requests (v1 %d, v2 %d)", o.GetCanaryShare(),
 		o.GetStableRequests()+o.GetCanaryRequests(), o.GetStableRequests(), o.GetCanaryRequests())
+	if m := o.GetMirroredRequests(); m > 0 {
+		txt += fmt.Sprintf("; v2 got %d mirrored copies (not user requests)", m)
+	}
+	return txt
 }
 
 // writeRolloutTable prints NAME PHASE WEIGHT STEP SIGNAL AGE, one rollout a

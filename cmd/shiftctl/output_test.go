@@ -382,4 +382,8 @@ func TestShareTextMirrorStep(t *testing.T) {
 			t.Errorf("shareText(%v) = %q, want %q", tc.o, got, tc.want)
 		}
 	}
+	o := &shiftplanev1.StepTraffic{Nodes: 1, Mirror: 50, StableRequests: 200, MirroredRequests: 100, CanaryShare: &zero}
+	if got, want := stepSplitText(o), "v2 0.0% of 200 requests (v1 200, v2 0); v2 got 100 mirrored copies (not user requests)"; got != want {
+		t.Errorf("stepSplitText = %q, want %q", got, want)
+	}
 }
