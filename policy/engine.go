@@ -58,6 +58,11 @@ type Status struct {
 	Fleet         Convergence
 	// StoreError is set while the store refuses writes: nothing moves.
 	StoreError string
+	// FleetWeight is the canary weight every connected node has ACKed: what
+	// the fleet holds. State.Weight is the target; while WeightPending the
+	// fleet has not ACKed it yet (an abort shows 0 only once it has).
+	FleetWeight   int
+	WeightPending bool
 }
 
 // Engine carries rollouts through their plans: a shell around Decide (in
@@ -90,7 +95,23 @@ type entry struct {
 	wantGen     uint64 // generation of this rollout's last desired-state change
 	persistedAt time.Time
 	storeErr    error
+	// fleetWeight is the canary weight the whole fleet last ACKed; sent are
+	// the route versions published since, with the weight each carries,
+	// oldest first. After a restart fleetWeight is the stored weight and the
+	// restore publish is pending.
+	fleetWeight int
+	sent        []sentWeight
 }
+
+// sentWeight is one published route version and the canary weight it carries.
+type sentWeight struct {
+	routeVersion string
+	weight       int
+}
+
+// maxSent bounds the published versions a rollout remembers while the
+// fleet has not ACKed them; the oldest are forgotten first.
+const maxSent = 32
 
 func newEntry(r Rollout) *entry {
 	e := &entry{Rollout: r}
@@ -123,7 +144,9 @@ func New(ctx context.Context, o Options) (*Engine, error) {
 		return nil, fmt.Errorf("load store: %w", err)
 	}
 	for _, r := range stored {
-		e.rollouts[r.Plan.Name] = newEntry(r)
+		en := newEntry(r)
+		en.fleetWeight = en.servedWeight()
+		e.rollouts[r.Plan.Name] = en
 	}
 	// The versions stored by the previous process mean nothing to this
 	// one's fleet: every rollout is stamped by the restore publish.
@@ -294,10 +317,37 @@ func (e *Engine) publish(reason string) error {
 	for _, r := range e.rollouts {
 		if r.wantGen <= gen && !r.State.versionsStamped() {
 			r.State.RouteVersion, r.State.ClusterVersion, r.State.ListenerVersion = res.RouteVersion, res.ClusterVersion, res.ListenerVersion
+			r.sent = append(r.sent, sentWeight{routeVersion: res.RouteVersion, weight: r.servedWeight()})
+			if len(r.sent) > maxSent {
+				r.sent = r.sent[len(r.sent)-maxSent:]
+			}
 			e.notifyLocked(r, nil)
 		}
 	}
 	return nil
+}
+
+// servedWeight is the canary weight the desired state gives r's routes: 0
+// until the canary cluster is published.
+func (r *entry) servedWeight() int {
+	if !r.State.CanaryPublished {
+		return 0
+	}
+	return r.State.Weight
+}
+
+// fleetWeightLocked moves r.fleetWeight to the newest published route
+// version every connected node has ACKed, and reports whether a newer one
+// is still on its way.
+func (e *Engine) fleetWeightLocked(r *entry) (weight int, pending bool) {
+	for i := len(r.sent) - 1; i >= 0; i-- {
+		if e.o.Fleet.Convergence(KindRoutes, r.sent[i].routeVersion).Converged {
+			r.fleetWeight = r.sent[i].weight
+			r.sent = append(r.sent[:0], r.sent[i+1:]...)
+			break
+		}
+	}
+	return r.fleetWeight, len(r.sent) > 0 || r.fleetWeight != r.servedWeight()
 }
 
 func (e *Engine) desiredLocked() DesiredState {
@@ -418,7 +468,11 @@ func (e *Engine) ApplyOutcome(plan Plan, source string) (Status, ApplyOutcome, e
 		return Status{}, "", fmt.Errorf("rollout %q: %w: %w", plan.Name, ErrStore, err)
 	}
 	if !exists || !next.State.Created.Equal(r.State.Created) { // new, or started over
+		old := r
 		r = newEntry(next)
+		if old != nil { // the fleet still holds what the old one was sent
+			r.fleetWeight, r.sent = old.fleetWeight, old.sent
+		}
 		e.rollouts[plan.Name] = r
 	} else {
 		r.Rollout = next
@@ -689,6 +743,12 @@ func (e *Engine) statusLocked(r *entry) Status {
 	}
 	if r.storeErr != nil {
 		s.StoreError = r.storeErr.Error()
+		// Nothing moves until the store takes the decision: say so.
+		if s.State.Phase == PhaseProgressing {
+			s.State.Phase = PhaseHolding
+		}
+		s.State.Reason = "store unavailable: " + s.StoreError
 	}
+	s.FleetWeight, s.WeightPending = e.fleetWeightLocked(r)
 	return s
 }

@@ -1295,7 +1295,8 @@ type Rollout struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Phase Phase                  `protobuf:"varint,2,opt,name=phase,proto3,enum=shiftplane.v1.Phase" json:"phase,omitempty"`
-	// The canary weight (0..100) the fleet was last sent.
+	// The canary weight (0..100) the fleet holds: the newest one every
+	// connected node ACKed. An abort shows 0 here only once the fleet has it.
 	CanaryWeight int32 `protobuf:"varint,3,opt,name=canary_weight,json=canaryWeight,proto3" json:"canary_weight,omitempty"`
 	// Index of the current step in the schedule, from 0.
 	StepIndex int32 `protobuf:"varint,4,opt,name=step_index,json=stepIndex,proto3" json:"step_index,omitempty"`
@@ -1319,7 +1320,12 @@ type Rollout struct {
 	// Where the plan came from: "api" or "file:<path>".
 	Source string `protobuf:"bytes,17,opt,name=source,proto3" json:"source,omitempty"`
 	// The last hook failure, if any.
-	HookError     string `protobuf:"bytes,18,opt,name=hook_error,json=hookError,proto3" json:"hook_error,omitempty"`
+	HookError string `protobuf:"bytes,18,opt,name=hook_error,json=hookError,proto3" json:"hook_error,omitempty"`
+	// The canary weight the rollout moves to (what the fleet was last sent);
+	// canary_weight once every connected node ACKed it.
+	TargetWeight int32 `protobuf:"varint,19,opt,name=target_weight,json=targetWeight,proto3" json:"target_weight,omitempty"`
+	// target_weight was sent but not every connected node has ACKed it yet.
+	WeightPending bool `protobuf:"varint,20,opt,name=weight_pending,json=weightPending,proto3" json:"weight_pending,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1478,6 +1484,20 @@ func (x *Rollout) GetHookError() string {
 		return x.HookError
 	}
 	return ""
+}
+
+func (x *Rollout) GetTargetWeight() int32 {
+	if x != nil {
+		return x.TargetWeight
+	}
+	return 0
+}
+
+func (x *Rollout) GetWeightPending() bool {
+	if x != nil {
+		return x.WeightPending
+	}
+	return false
 }
 
 // Event is one recorded transition or notable fact of a rollout.
@@ -2988,7 +3008,7 @@ const file_shiftplane_v1_rollout_proto_rawDesc = "" +
 	"\vFleetStatus\x12\x14\n" +
 	"\x05nodes\x18\x01 \x01(\x05R\x05nodes\x12\x1c\n" +
 	"\tconverged\x18\x02 \x01(\bR\tconverged\x12#\n" +
-	"\rroute_version\x18\x03 \x01(\tR\frouteVersion\"\xe3\x05\n" +
+	"\rroute_version\x18\x03 \x01(\tR\frouteVersion\"\xaf\x06\n" +
 	"\aRollout\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12*\n" +
 	"\x05phase\x18\x02 \x01(\x0e2\x14.shiftplane.v1.PhaseR\x05phase\x12#\n" +
@@ -3013,7 +3033,9 @@ const file_shiftplane_v1_rollout_proto_rawDesc = "" +
 	"\x0ecanary_cluster\x18\x10 \x01(\tR\rcanaryCluster\x12\x16\n" +
 	"\x06source\x18\x11 \x01(\tR\x06source\x12\x1d\n" +
 	"\n" +
-	"hook_error\x18\x12 \x01(\tR\thookError\"\xb0\x02\n" +
+	"hook_error\x18\x12 \x01(\tR\thookError\x12#\n" +
+	"\rtarget_weight\x18\x13 \x01(\x05R\ftargetWeight\x12%\n" +
+	"\x0eweight_pending\x18\x14 \x01(\bR\rweightPending\"\xb0\x02\n" +
 	"\x05Event\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x18\n" +
 	"\arollout\x18\x02 \x01(\tR\arollout\x123\n" +
