@@ -10,6 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials/insecure"
+
 	shiftplanev1 "github.com/shiftplane/shiftplane/proto/shiftplane/v1"
 	"github.com/shiftplane/shiftplane/test/harness"
 )
@@ -122,7 +126,15 @@ analysis: {minRequests: 0}
 			t.Fatalf("listener %s never came up: %v", l, err)
 		}
 	}
-	rc, _ := apiClients(t, sp)
+	// Reconnect at once after each restart: grpc-go's default backoff grows
+	// to minutes over dozens of lost connections.
+	cc, err := grpc.NewClient(sp.APIAddr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 20 * time.Millisecond, Multiplier: 1.5, MaxDelay: 200 * time.Millisecond}, MinConnectTimeout: time.Second}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	rc := shiftplanev1.NewRolloutServiceClient(cc)
 
 	w := &killWatch{envoyMax: map[string]uint32{}, stepMax: map[string]int32{}, targetMax: map[string]int32{}}
 	var kill struct {
