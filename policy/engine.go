@@ -340,12 +340,14 @@ func (r *entry) servedWeight() int {
 // version every connected node has ACKed, and reports whether a newer one
 // is still on its way.
 func (e *Engine) fleetWeightLocked(r *entry) (weight int, pending bool) {
-	for i := len(r.sent) - 1; i >= 0; i-- {
-		if e.o.Fleet.Convergence(KindRoutes, r.sent[i].routeVersion).Converged {
-			r.fleetWeight = r.sent[i].weight
-			r.sent = append(r.sent[:0], r.sent[i+1:]...)
-			break
-		}
+	// A node that ACKed a version holds every older one too: the converged
+	// entries are a prefix of sent, found by bisection.
+	n := sort.Search(len(r.sent), func(i int) bool {
+		return !e.o.Fleet.Convergence(KindRoutes, r.sent[i].routeVersion).Converged
+	})
+	if n > 0 {
+		r.fleetWeight = r.sent[n-1].weight
+		r.sent = append(r.sent[:0], r.sent[n:]...)
 	}
 	return r.fleetWeight, len(r.sent) > 0 || r.fleetWeight != r.servedWeight()
 }
