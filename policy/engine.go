@@ -80,10 +80,15 @@ type Engine struct {
 	rollouts map[string]*entry
 	dirty    bool   // desired state changed since the last publish
 	gen      uint64 // desired-state generation; a publish of gen G stamps rollouts changed at or before G
-	watchers map[int]chan Update
-	nextW    int
-	hookWG   sync.WaitGroup
-	ctx      context.Context
+	pubSeq   uint64 // publishes that stamped a rollout, counted
+	// probe is the publish that followed a quarantine; until the fleet has
+	// answered it, the NACKs of older publishes are not new causes.
+	probe        *[3]string
+	probePending bool
+	watchers     map[int]chan Update
+	nextW        int
+	hookWG       sync.WaitGroup
+	ctx          context.Context
 }
 
 type entry struct {
@@ -101,7 +106,28 @@ type entry struct {
 	// restore publish is pending.
 	fleetWeight int
 	sent        []sentWeight
+	// pending are the publishes that changed this rollout and are not yet
+	// ACKed for every resource kind, oldest first; accepted is its service
+	// state in the newest one that is (nil: the fleet never had it).
+	pending  []sentState
+	accepted *ServiceState
+	// quarantine is the fleet's rejection of this rollout's plan: until
+	// retryAt the fleet is sent accepted instead, so the rollouts beside it
+	// move on, and the rollout holds with the rejection.
+	quarantine string
+	retryAt    time.Time
 }
+
+// sentState is one publish that changed a rollout.
+type sentState struct {
+	seq      uint64
+	versions [3]string // clusters, listeners, routes
+	svc      ServiceState
+}
+
+// QuarantineRetry is how long a rollout whose plan the fleet rejected is
+// kept out of the fleet's config before it is offered again.
+const QuarantineRetry = 10 * time.Second
 
 // sentWeight is one published route version and the canary weight it carries.
 type sentWeight struct {
@@ -146,6 +172,8 @@ func New(ctx context.Context, o Options) (*Engine, error) {
 	for _, r := range stored {
 		en := newEntry(r)
 		en.fleetWeight = en.servedWeight()
+		svc := en.serviceState()
+		en.accepted = &svc // what the fleet holds from the last run, as far as we know
 		e.rollouts[r.Plan.Name] = en
 	}
 	// The versions stored by the previous process mean nothing to this
@@ -209,7 +237,7 @@ func (e *Engine) factsLocked(r *entry, now time.Time) Input {
 		return in
 	}
 	in.Signal = e.o.Gate.Evaluate(now, SignalQuery{Rollout: r.Plan.Name, CanaryCluster: r.plan.Canary.Cluster, Analysis: r.plan.Analysis, Since: r.State.Created})
-	in.Fleet = e.convergence(r.State)
+	in.Fleet = e.fleetOf(r)
 	if r.State.Phase == PhasePromoting && r.State.StablePublished {
 		in.Stable.Active, in.Stable.Known = e.o.Gate.ActiveRequests(now, r.plan.Stable.Cluster)
 	}
@@ -298,6 +326,9 @@ func (e *Engine) publish(reason string) error {
 	e.pubMu.Lock()
 	defer e.pubMu.Unlock()
 	e.mu.Lock()
+	if e.isolateRejectedLocked() {
+		e.dirty = true
+	}
 	if !e.dirty {
 		e.mu.Unlock()
 		return nil
@@ -314,9 +345,19 @@ func (e *Engine) publish(reason string) error {
 		e.dirty = true // the next tick tries again; the fleet keeps the last good config
 		return fmt.Errorf("publish: %w", err)
 	}
+	e.pubSeq++
+	if e.probePending {
+		e.probe, e.probePending = &[3]string{res.ClusterVersion, res.ListenerVersion, res.RouteVersion}, false
+	}
 	for _, r := range e.rollouts {
 		if r.wantGen <= gen && !r.State.versionsStamped() {
 			r.State.RouteVersion, r.State.ClusterVersion, r.State.ListenerVersion = res.RouteVersion, res.ClusterVersion, res.ListenerVersion
+			if r.quarantine == "" {
+				r.pending = append(r.pending, sentState{seq: e.pubSeq, versions: [3]string{res.ClusterVersion, res.ListenerVersion, res.RouteVersion}, svc: r.serviceState()})
+				if len(r.pending) > maxSent {
+					r.pending = r.pending[len(r.pending)-maxSent:]
+				}
+			}
 			r.sent = append(r.sent, sentWeight{routeVersion: res.RouteVersion, weight: r.servedWeight()})
 			if len(r.sent) > maxSent {
 				r.sent = r.sent[len(r.sent)-maxSent:]
@@ -340,6 +381,12 @@ func (r *entry) servedWeight() int {
 // version every connected node has ACKed, and reports whether a newer one
 // is still on its way.
 func (e *Engine) fleetWeightLocked(r *entry) (weight int, pending bool) {
+	if r.quarantine != "" { // the fleet is sent the accepted state
+		if r.accepted == nil {
+			return 0, true
+		}
+		return r.accepted.CanaryWeight, true
+	}
 	// A node that ACKed a version holds every older one too: the converged
 	// entries are a prefix of sent, found by bisection.
 	n := sort.Search(len(r.sent), func(i int) bool {
@@ -356,15 +403,142 @@ func (e *Engine) desiredLocked() DesiredState {
 	var ds DesiredState
 	for _, name := range e.namesLocked() {
 		r := e.rollouts[name]
-		ss := ServiceStateFor(r.Plan, r.State.Weight)
-		ss.CanaryPublished = r.State.CanaryPublished
-		ss.StablePublished = r.State.StablePublished
-		if !ss.CanaryPublished {
-			ss.CanaryWeight = 0
+		if r.quarantine != "" {
+			if r.accepted != nil {
+				ds.Services = append(ds.Services, *r.accepted)
+			}
+			continue
 		}
-		ds.Services = append(ds.Services, ss)
+		ds.Services = append(ds.Services, r.serviceState())
 	}
 	return ds
+}
+
+// serviceState is what r's state asks of the fleet.
+func (r *entry) serviceState() ServiceState {
+	ss := ServiceStateFor(r.Plan, r.State.Weight)
+	ss.CanaryPublished = r.State.CanaryPublished
+	ss.StablePublished = r.State.StablePublished
+	if !ss.CanaryPublished {
+		ss.CanaryWeight = 0
+	}
+	return ss
+}
+
+// fleetOf is r's convergence, and the rejection that holds it while it is
+// quarantined: a later version's ACK does not cover a change the fleet
+// was not sent again.
+func (e *Engine) fleetOf(r *entry) Convergence {
+	c := e.convergence(r.State)
+	if r.quarantine != "" {
+		c.Converged = false
+		c.Nacks = append([]string{r.quarantine}, c.Nacks...)
+	}
+	return c
+}
+
+// planChange reports whether svc differs from what the fleet accepted in
+// more than the weights and which clusters are published: a new rollout
+// or a changed plan, not a step.
+func planChange(svc ServiceState, accepted *ServiceState) bool {
+	if accepted == nil {
+		return true
+	}
+	a := *accepted
+	a.CanaryWeight, a.CanaryPublished, a.StablePublished = svc.CanaryWeight, svc.CanaryPublished, svc.StablePublished
+	return !reflect.DeepEqual(a, svc)
+}
+
+// isolateRejectedLocked keeps one bad plan from holding every rollout
+// beside it. It moves each rollout's accepted state to its newest publish
+// the fleet ACKed for every kind, and quarantines the rollouts whose plan
+// change came in the first publish the fleet rejected (later publishes
+// carried it too, so their rollouts see the NACK as well): the fleet is
+// sent their last accepted state (a new rollout: nothing) until
+// QuarantineRetry has passed. A rejected weight step is not quarantined:
+// it holds the rollout as before, and weights only move forward. It
+// reports whether the desired state changed.
+func (e *Engine) isolateRejectedLocked() bool {
+	now := e.o.Clock.Now()
+	changed := false
+	waiting := e.probePending
+	if e.probe != nil {
+		switch {
+		case e.convergedAll(*e.probe), e.firstNack(*e.probe) != "":
+			e.probe = nil
+		default:
+			waiting = true
+		}
+	}
+	var first uint64
+	var culprits []*entry
+	nacks := map[*entry]string{}
+	for _, r := range e.rollouts {
+		n := 0
+		for ; n < len(r.pending); n++ {
+			if !e.convergedAll(r.pending[n].versions) {
+				break
+			}
+		}
+		if n > 0 {
+			svc := r.pending[n-1].svc
+			r.accepted = &svc
+			r.pending = append(r.pending[:0], r.pending[n:]...)
+		}
+		if r.quarantine != "" {
+			if !now.Before(r.retryAt) { // offer the plan to the fleet again
+				e.o.Log.Info("offering a rejected rollout to the fleet again", "rollout", r.Plan.Name)
+				r.quarantine = ""
+				r.State.clearVersions()
+				e.gen++
+				r.wantGen = e.gen
+				changed = true
+			}
+			continue
+		}
+		if waiting || len(r.pending) == 0 || !planChange(r.pending[0].svc, r.accepted) {
+			continue
+		}
+		p := r.pending[0]
+		nack := e.firstNack(p.versions)
+		if nack == "" {
+			continue
+		}
+		nacks[r] = nack
+		switch {
+		case first == 0 || p.seq < first:
+			first, culprits = p.seq, []*entry{r}
+		case p.seq == first:
+			culprits = append(culprits, r)
+		}
+	}
+	for _, r := range culprits {
+		r.quarantine, r.retryAt, r.pending = nacks[r], now.Add(QuarantineRetry), nil
+		e.o.Log.Warn("the fleet rejected this rollout's plan; sending its last accepted state so the others move on", "rollout", r.Plan.Name, "nack", r.quarantine, "retryIn", QuarantineRetry)
+		e.notifyLocked(r, nil)
+	}
+	if len(culprits) > 0 {
+		e.probePending = true
+	}
+	return changed || len(culprits) > 0
+}
+
+func (e *Engine) convergedAll(v [3]string) bool {
+	for i, kind := range []ResourceKind{KindClusters, KindListeners, KindRoutes} {
+		if !e.o.Fleet.Convergence(kind, v[i]).Converged {
+			return false
+		}
+	}
+	return true
+}
+
+func (e *Engine) firstNack(v [3]string) string {
+	for i, kind := range []ResourceKind{KindClusters, KindListeners, KindRoutes} {
+		if c := e.o.Fleet.Convergence(kind, v[i]); len(c.Nacks) > 0 {
+			return c.Nacks[0]
+		}
+	}
+	return ""
 }
 
 func (e *Engine) namesLocked() []string {
@@ -473,12 +647,17 @@ func (e *Engine) ApplyOutcome(plan Plan, source string) (Status, ApplyOutcome, e
 		old := r
 		r = newEntry(next)
 		if old != nil { // the fleet still holds what the old one was sent
-			r.fleetWeight, r.sent = old.fleetWeight, old.sent
+			r.fleetWeight, r.sent, r.accepted = old.fleetWeight, old.sent, old.accepted
 		}
 		e.rollouts[plan.Name] = r
 	} else {
 		r.Rollout = next
 		r.setPlan(next.Plan)
+	}
+	if r.quarantine != "" { // a new plan: let the fleet judge it
+		r.quarantine = ""
+		r.State.clearVersions()
+		publish = true
 	}
 	r.persistedAt = now
 	if publish {
@@ -741,7 +920,7 @@ func (e *Engine) statusLocked(r *entry) Status {
 	}
 	s.Signal.Traffic = nil
 	if r.State.RouteVersion != "" {
-		s.Fleet = e.convergence(r.State)
+		s.Fleet = e.fleetOf(r)
 	}
 	if r.storeErr != nil {
 		s.StoreError = r.storeErr.Error()
