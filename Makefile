@@ -42,6 +42,13 @@ demo-migration:
 	PG_BIN="$$(bash scripts/install-postgres.sh)" .bin/migration/demo --envoy "$$(bash scripts/install-envoy.sh)" \
 		--shiftplane .bin/migration/shiftplane --users .bin/migration/users --migrate .bin/migration/migrate $(DEMO_ARGS)
 
+# The kill test at full strength: KILLS SIGKILLs of shiftplane serve under
+# three stepping rollouts against a real Envoy (CI runs it with 10).
+KILLS ?= 50
+.PHONY: killloop
+killloop:
+	KILLS=$(KILLS) ENVOY_BIN="$$(bash scripts/install-envoy.sh)" $(GO) test -count=1 -v -timeout 10m -run '^TestKillLoopNeverGoesBack$$' ./test/e2e/
+
 # Several replicas: 3 shiftplane replicas on a local 3-member etcd (embedded,
 # real Raft on loopback), 2 Envoys listing every replica, constant load; the
 # leader is SIGKILLed mid-rollout, then an Envoy's replica and an etcd member.

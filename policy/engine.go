@@ -65,6 +65,11 @@ type Status struct {
 	StoreError string
 	// Observed is the split the fleet reported per step (observed.go).
 	Observed Observed
+	// FleetWeight is the canary weight every connected node has ACKed: what
+	// the fleet holds. State.Weight is the target; while WeightPending the
+	// fleet has not ACKed it yet (an abort shows 0 only once it has).
+	FleetWeight   int
+	WeightPending bool
 }
 
 // Engine carries rollouts through their plans: a shell around Decide (in
@@ -82,10 +87,15 @@ type Engine struct {
 	rollouts map[string]*entry
 	dirty    bool   // desired state changed since the last publish
 	gen      uint64 // desired-state generation; a publish of gen G stamps rollouts changed at or before G
-	watchers map[int]chan Update
-	nextW    int
-	hookWG   sync.WaitGroup
-	ctx      context.Context
+	pubSeq   uint64 // publishes that stamped a rollout, counted
+	// probe is the publish that followed a quarantine; until the fleet has
+	// answered it, the NACKs of older publishes are not new causes.
+	probe        *[3]string
+	probePending bool
+	watchers     map[int]chan Update
+	nextW        int
+	hookWG       sync.WaitGroup
+	ctx          context.Context
 
 	statsAt    time.Time // when statsCache was read (observed.go)
 	statsCache []model.NodeReport
@@ -101,7 +111,44 @@ type entry struct {
 	persistedAt time.Time
 	storeErr    error
 	obs         observer
+	// fleetWeight is the canary weight the whole fleet last ACKed; sent are
+	// the route versions published since, with the weight each carries,
+	// oldest first. After a restart fleetWeight is the stored weight and the
+	// restore publish is pending.
+	fleetWeight int
+	sent        []sentWeight
+	// pending are the publishes that changed this rollout and are not yet
+	// ACKed for every resource kind, oldest first; accepted is its service
+	// state in the newest one that is (nil: the fleet never had it).
+	pending  []sentState
+	accepted *ServiceState
+	// quarantine is the fleet's rejection of this rollout's plan: until
+	// retryAt the fleet is sent accepted instead, so the rollouts beside it
+	// move on, and the rollout holds with the rejection.
+	quarantine string
+	retryAt    time.Time
 }
+
+// sentState is one publish that changed a rollout.
+type sentState struct {
+	seq      uint64
+	versions [3]string // clusters, listeners, routes
+	svc      ServiceState
+}
+
+// QuarantineRetry is how long a rollout whose plan the fleet rejected is
+// kept out of the fleet's config before it is offered again.
+const QuarantineRetry = 10 * time.Second
+
+// sentWeight is one published route version and the canary weight it carries.
+type sentWeight struct {
+	routeVersion string
+	weight       int
+}
+
+// maxSent bounds the published versions a rollout remembers while the
+// fleet has not ACKed them; the oldest are forgotten first.
+const maxSent = 32
 
 func newEntry(r Rollout) *entry {
 	e := &entry{Rollout: r}
@@ -134,7 +181,11 @@ func New(ctx context.Context, o Options) (*Engine, error) {
 		return nil, fmt.Errorf("load store: %w", err)
 	}
 	for _, r := range stored {
-		e.rollouts[r.Plan.Name] = newEntry(r)
+		en := newEntry(r)
+		en.fleetWeight = en.servedWeight()
+		svc := en.serviceState()
+		en.accepted = &svc // what the fleet holds from the last run, as far as we know
+		e.rollouts[r.Plan.Name] = en
 	}
 	// The versions stored by the previous process mean nothing to this
 	// one's fleet: every rollout is stamped by the restore publish.
@@ -197,7 +248,7 @@ func (e *Engine) factsLocked(r *entry, now time.Time) Input {
 		return in
 	}
 	in.Signal = e.o.Gate.Evaluate(now, SignalQuery{Rollout: r.Plan.Name, CanaryCluster: r.plan.Canary.Cluster, Analysis: r.plan.Analysis, Since: r.State.Created})
-	in.Fleet = e.convergence(r.State)
+	in.Fleet = e.fleetOf(r)
 	if r.State.Phase == PhasePromoting && r.State.StablePublished {
 		in.Stable.Active, in.Stable.Known = e.o.Gate.ActiveRequests(now, r.plan.Stable.Cluster)
 	}
@@ -289,6 +340,9 @@ func (e *Engine) publish(reason string) error {
 	e.pubMu.Lock()
 	defer e.pubMu.Unlock()
 	e.mu.Lock()
+	if e.isolateRejectedLocked() {
+		e.dirty = true
+	}
 	if !e.dirty {
 		e.mu.Unlock()
 		return nil
@@ -305,29 +359,201 @@ func (e *Engine) publish(reason string) error {
 		e.dirty = true // the next tick tries again; the fleet keeps the last good config
 		return fmt.Errorf("publish: %w", err)
 	}
+	e.pubSeq++
+	if e.probePending {
+		e.probe, e.probePending = &[3]string{res.ClusterVersion, res.ListenerVersion, res.RouteVersion}, false
+	}
 	for _, r := range e.rollouts {
 		if r.wantGen <= gen && !r.State.versionsStamped() {
 			r.State.RouteVersion, r.State.ClusterVersion, r.State.ListenerVersion = res.RouteVersion, res.ClusterVersion, res.ListenerVersion
+			if r.quarantine == "" {
+				r.pending = append(r.pending, sentState{seq: e.pubSeq, versions: [3]string{res.ClusterVersion, res.ListenerVersion, res.RouteVersion}, svc: r.serviceState()})
+				if len(r.pending) > maxSent {
+					r.pending = r.pending[len(r.pending)-maxSent:]
+				}
+			}
+			r.sent = append(r.sent, sentWeight{routeVersion: res.RouteVersion, weight: r.servedWeight()})
+			if len(r.sent) > maxSent {
+				r.sent = r.sent[len(r.sent)-maxSent:]
+			}
 			e.notifyLocked(r, nil)
 		}
 	}
 	return nil
 }
 
+// servedWeight is the canary weight the desired state gives r's routes: 0
+// until the canary cluster is published.
+func (r *entry) servedWeight() int {
+	if !r.State.CanaryPublished {
+		return 0
+	}
+	return r.State.Weight
+}
+
+// fleetWeightLocked moves r.fleetWeight to the newest published route
+// version every connected node has ACKed, and reports whether a newer one
+// is still on its way.
+func (e *Engine) fleetWeightLocked(r *entry) (weight int, pending bool) {
+	if r.quarantine != "" { // the fleet is sent the accepted state
+		if r.accepted == nil {
+			return 0, true
+		}
+		return r.accepted.CanaryWeight, true
+	}
+	// A node that ACKed a version holds every older one too: the converged
+	// entries are a prefix of sent, found by bisection.
+	n := sort.Search(len(r.sent), func(i int) bool {
+		return !e.o.Fleet.Convergence(KindRoutes, r.sent[i].routeVersion).Converged
+	})
+	if n > 0 {
+		r.fleetWeight = r.sent[n-1].weight
+		r.sent = append(r.sent[:0], r.sent[n:]...)
+	}
+	return r.fleetWeight, len(r.sent) > 0 || r.fleetWeight != r.servedWeight()
+}
+
 func (e *Engine) desiredLocked() DesiredState {
 	var ds DesiredState
 	for _, name := range e.namesLocked() {
 		r := e.rollouts[name]
-		ss := ServiceStateFor(r.Plan, r.State.Weight)
-		ss.CanaryPublished = r.State.CanaryPublished
-		ss.StablePublished = r.State.StablePublished
-		if !ss.CanaryPublished {
-			ss.CanaryWeight = 0
+		if r.quarantine != "" {
+			if r.accepted != nil {
+				ds.Services = append(ds.Services, *r.accepted)
+			}
+			continue
 		}
-		TrafficFor(r.plan, r.steps, r.State).Apply(&ss) // traffic.go
-		ds.Services = append(ds.Services, ss)
+		ds.Services = append(ds.Services, r.serviceState())
 	}
 	return ds
+}
+
+// serviceState is what r's state asks of the fleet.
+func (r *entry) serviceState() ServiceState {
+	ss := ServiceStateFor(r.Plan, r.State.Weight)
+	ss.CanaryPublished = r.State.CanaryPublished
+	ss.StablePublished = r.State.StablePublished
+	if !ss.CanaryPublished {
+		ss.CanaryWeight = 0
+	}
+	TrafficFor(r.plan, r.steps, r.State).Apply(&ss) // traffic.go
+	return ss
+}
+
+// fleetOf is r's convergence, and the rejection that holds it while it is
+// quarantined: a later version's ACK does not cover a change the fleet
+// was not sent again.
+func (e *Engine) fleetOf(r *entry) Convergence {
+	c := e.convergence(r.State)
+	if r.quarantine != "" {
+		c.Converged = false
+		c.Nacks = append([]string{r.quarantine}, c.Nacks...)
+	}
+	return c
+}
+
+// planChange reports whether svc differs from what the fleet accepted in
+// more than the weights and which clusters are published: a new rollout
+// or a changed plan, not a step.
+func planChange(svc ServiceState, accepted *ServiceState) bool {
+	if accepted == nil {
+		return true
+	}
+	a := *accepted
+	a.CanaryWeight, a.CanaryPublished, a.StablePublished = svc.CanaryWeight, svc.CanaryPublished, svc.StablePublished
+	return !reflect.DeepEqual(a, svc)
+}
+
+// isolateRejectedLocked keeps one bad plan from holding every rollout
+// beside it. It moves each rollout's accepted state to its newest publish
+// the fleet ACKed for every kind, and quarantines the rollouts whose plan
+// change came in the first publish the fleet rejected (later publishes
+// carried it too, so their rollouts see the NACK as well): the fleet is
+// sent their last accepted state (a new rollout: nothing) until
+// QuarantineRetry has passed. A rejected weight step is not quarantined:
+// it holds the rollout as before, and weights only move forward. It
+// reports whether the desired state changed.
+func (e *Engine) isolateRejectedLocked() bool {
+	now := e.o.Clock.Now()
+	changed := false
+	waiting := e.probePending
+	if e.probe != nil {
+		switch {
+		case e.convergedAll(*e.probe), e.firstNack(*e.probe) != "":
+			e.probe = nil
+		default:
+			waiting = true
+		}
+	}
+	var first uint64
+	var culprits []*entry
+	nacks := map[*entry]string{}
+	for _, r := range e.rollouts {
+		n := 0
+		for ; n < len(r.pending); n++ {
+			if !e.convergedAll(r.pending[n].versions) {
+				break
+			}
+		}
+		if n > 0 {
+			svc := r.pending[n-1].svc
+			r.accepted = &svc
+			r.pending = append(r.pending[:0], r.pending[n:]...)
+		}
+		if r.quarantine != "" {
+			if !now.Before(r.retryAt) { // offer the plan to the fleet again
+				e.o.Log.Info("offering a rejected rollout to the fleet again", "rollout", r.Plan.Name)
+				r.quarantine = ""
+				r.State.clearVersions()
+				e.gen++
+				r.wantGen = e.gen
+				changed = true
+			}
+			continue
+		}
+		if waiting || len(r.pending) == 0 || !planChange(r.pending[0].svc, r.accepted) {
+			continue
+		}
+		p := r.pending[0]
+		nack := e.firstNack(p.versions)
+		if nack == "" {
+			continue
+		}
+		nacks[r] = nack
+		switch {
+		case first == 0 || p.seq < first:
+			first, culprits = p.seq, []*entry{r}
+		case p.seq == first:
+			culprits = append(culprits, r)
+		}
+	}
+	for _, r := range culprits {
+		r.quarantine, r.retryAt, r.pending = nacks[r], now.Add(QuarantineRetry), nil
+		e.o.Log.Warn("the fleet rejected this rollout's plan; sending its last accepted state so the others move on", "rollout", r.Plan.Name, "nack", r.quarantine, "retryIn", QuarantineRetry)
+		e.notifyLocked(r, nil)
+	}
+	if len(culprits) > 0 {
+		e.probePending = true
+	}
+	return changed || len(culprits) > 0
+}
+
+func (e *Engine) convergedAll(v [3]string) bool {
+	for i, kind := range []ResourceKind{KindClusters, KindListeners, KindRoutes} {
+		if !e.o.Fleet.Convergence(kind, v[i]).Converged {
+			return false
+		}
+	}
+	return true
+}
+
+func (e *Engine) firstNack(v [3]string) string {
+	for i, kind := range []ResourceKind{KindClusters, KindListeners, KindRoutes} {
+		if c := e.o.Fleet.Convergence(kind, v[i]); len(c.Nacks) > 0 {
+			return c.Nacks[0]
+		}
+	}
+	return ""
 }
 
 func (e *Engine) namesLocked() []string {
@@ -433,11 +659,20 @@ func (e *Engine) ApplyOutcome(plan Plan, source string) (Status, ApplyOutcome, e
 		return Status{}, "", fmt.Errorf("rollout %q: %w: %w", plan.Name, ErrStore, err)
 	}
 	if !exists || !next.State.Created.Equal(r.State.Created) { // new, or started over
+		old := r
 		r = newEntry(next)
+		if old != nil { // the fleet still holds what the old one was sent
+			r.fleetWeight, r.sent, r.accepted = old.fleetWeight, old.sent, old.accepted
+		}
 		e.rollouts[plan.Name] = r
 	} else {
 		r.Rollout = next
 		r.setPlan(next.Plan)
+	}
+	if r.quarantine != "" { // a new plan: let the fleet judge it
+		r.quarantine = ""
+		r.State.clearVersions()
+		publish = true
 	}
 	r.persistedAt = now
 	if publish {
@@ -700,11 +935,17 @@ func (e *Engine) statusLocked(r *entry) Status {
 	}
 	s.Signal.Traffic = nil
 	if r.State.RouteVersion != "" {
-		s.Fleet = e.convergence(r.State)
+		s.Fleet = e.fleetOf(r)
 	}
 	if r.storeErr != nil {
 		s.StoreError = r.storeErr.Error()
+		// Nothing moves until the store takes the decision: say so.
+		if s.State.Phase == PhaseProgressing {
+			s.State.Phase = PhaseHolding
+		}
+		s.State.Reason = "store unavailable: " + s.StoreError
 	}
 	s.Observed = r.obs.view()
+	s.FleetWeight, s.WeightPending = e.fleetWeightLocked(r)
 	return s
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -493,10 +494,19 @@ func (pr *propRun) checkPublishes(before, st policy.Status) {
 	if len(recs) == pr.nPub {
 		return
 	}
-	for _, r := range recs[pr.nPub:] {
+	for i, r := range recs[pr.nPub:] {
 		s, ok := service(r.DS, propName)
 		if !ok {
-			pr.t.Errorf("publish %d at %s lacks the rollout", r.Version, r.At.Sub(epoch))
+			// A rollout the fleet rejected before it ever accepted it is
+			// left out (the others move on); one the fleet had, never.
+			for _, prev := range recs[:pr.nPub+i] {
+				if _, had := service(prev.DS, propName); had {
+					if at := pr.h.fleet.ConvergedAt(policy.KindListeners, strconv.FormatUint(prev.Version, 10)); !at.IsZero() && !at.After(r.At) {
+						pr.t.Errorf("publish %d at %s lacks the rollout, which the fleet accepted in publish %d", r.Version, r.At.Sub(epoch), prev.Version)
+						break
+					}
+				}
+			}
 			continue
 		}
 		w := s.CanaryWeight

@@ -32,6 +32,9 @@ func writeDetail(w io.Writer, r *shiftplanev1.Rollout, events []*shiftplanev1.Ev
 		field("Hook error", "%s", oneLine(e))
 	}
 	field("Weight", "%s %d%%, %s %d%%", orDash(r.GetStableCluster()), 100-r.GetCanaryWeight(), orDash(r.GetCanaryCluster()), r.GetCanaryWeight())
+	if r.GetWeightPending() && r.GetTargetWeight() != r.GetCanaryWeight() {
+		field("Sent", "%s %d%%, not yet ACKed by the fleet", orDash(r.GetCanaryCluster()), r.GetTargetWeight())
+	}
 	step := "step " + stepText(r)
 	if !phaseTerminal(r.GetPhase()) && r.GetStepCount() > 0 {
 		step += fmt.Sprintf(" (hold %s counted, %s left)", roundDuration(r.GetHoldCounted().AsDuration()), roundDuration(r.GetHoldRemaining().AsDuration()))

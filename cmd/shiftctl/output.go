@@ -44,7 +44,16 @@ func stepText(r *shiftplanev1.Rollout) string {
 
 // summary is the short state after a change: "PAUSED, weight 10%, step 2/4".
 func summary(r *shiftplanev1.Rollout) string {
-	return fmt.Sprintf("%s, weight %d%%, step %s", phaseName(r.GetPhase()), r.GetCanaryWeight(), stepText(r))
+	return fmt.Sprintf("%s, weight %s, step %s", phaseName(r.GetPhase()), weightText(r), stepText(r))
+}
+
+// weightText is the weight the fleet holds, and the one it was sent while
+// not every node has ACKed it: "10% (0% sent, not yet ACKed by the fleet)".
+func weightText(r *shiftplanev1.Rollout) string {
+	if r.GetWeightPending() && r.GetTargetWeight() != r.GetCanaryWeight() {
+		return fmt.Sprintf("%d%% (%d%% sent, not yet ACKed by the fleet)", r.GetCanaryWeight(), r.GetTargetWeight())
+	}
+	return fmt.Sprintf("%d%%", r.GetCanaryWeight())
 }
 
 // age is a compact duration since t: 42s, 5m, 3h, 2d; "-" when t is unset.
@@ -504,7 +513,7 @@ func statusLine(r *shiftplanev1.Rollout, live bool) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s", phaseName(r.GetPhase()))
 	if !live {
-		fmt.Fprintf(&b, "  weight %d%%", r.GetCanaryWeight())
+		fmt.Fprintf(&b, "  weight %s", weightText(r))
 	}
 	fmt.Fprintf(&b, "  step %s", stepText(r))
 	if live && r.GetHoldRemaining().AsDuration() > 0 && !phaseTerminal(r.GetPhase()) {

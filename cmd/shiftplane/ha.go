@@ -247,7 +247,9 @@ func (r *haReplica) lead(ctx context.Context, term leader.Term) {
 		return
 	}
 	engine, err := policy.New(ctx, policy.Options{
-		Store: fenced, Publisher: r.pub, Fleet: r.view, Gate: r.deps.gate, Stats: r.deps.gate,
+		// A leader that finds no rollouts (a new or wiped prefix) publishes
+		// nothing, so no replica serves an empty config to Envoys that have one.
+		Store: fenced, Publisher: policy.HoldEmptyAtStart(r.pub, r.cfg.XDS.AllowEmptyAtStart, r.log), Fleet: r.view, Gate: r.deps.gate, Stats: r.deps.gate,
 		Hooks:        policy.CommandHooks{AllowExec: r.cfg.Hooks.AllowExec, AllowHosts: r.cfg.Hooks.AllowHosts},
 		Clock:        policy.SystemClock{},
 		Log:          r.log,

@@ -35,6 +35,7 @@ func serveCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			ignoreFileSizeSignal()
 			ctx, stop := signalContext(cmd.Context())
 			defer stop()
 			return serve(ctx, cfg, plans, newLogger(cfg), nil)

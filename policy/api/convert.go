@@ -290,16 +290,19 @@ func PhaseFromProto(p shiftplanev1.Phase) policy.Phase {
 }
 
 // StatusToProto converts a rollout's status to the API's Rollout.
-// canaryWeight is what the fleet was last sent (State.Weight). Signal and
+// canaryWeight is what the fleet holds (every node ACKed it), targetWeight
+// what it was last sent (State.Weight). Signal and
 // fleet are always set, so JSON with unpopulated fields shows their zeros.
 func StatusToProto(s policy.Status) *shiftplanev1.Rollout {
 	st := s.State
 	r := &shiftplanev1.Rollout{
-		Name:         s.Plan.Name,
-		Phase:        PhaseToProto(st.Phase),
-		CanaryWeight: int32(st.Weight),
-		StepIndex:    int32(st.StepIndex),
-		StepCount:    int32(s.StepCount),
+		Name:          s.Plan.Name,
+		Phase:         PhaseToProto(st.Phase),
+		CanaryWeight:  int32(s.FleetWeight),
+		TargetWeight:  int32(st.Weight),
+		WeightPending: s.WeightPending,
+		StepIndex:     int32(st.StepIndex),
+		StepCount:     int32(s.StepCount),
 		// Zero durations are sent (not left unset) so "0s" shows in JSON.
 		HoldRemaining: durationpb.New(s.HoldRemaining),
 		HoldCounted:   durationpb.New(st.HoldCounted),

@@ -708,9 +708,10 @@ func TestStatusToProto(t *testing.T) {
 		HoldRemaining: 27 * time.Second,
 		StepCount:     4,
 		Fleet:         policy.Convergence{Converged: true, Nodes: 3},
+		FleetWeight:   20, WeightPending: true, // the fleet holds 20, 25 is on its way
 	}
 	want := &shiftplanev1.Rollout{
-		Name: "web", Phase: shiftplanev1.Phase_PHASE_HOLDING, CanaryWeight: 25, StepIndex: 1, StepCount: 4,
+		Name: "web", Phase: shiftplanev1.Phase_PHASE_HOLDING, CanaryWeight: 20, TargetWeight: 25, WeightPending: true, StepIndex: 1, StepCount: 4,
 		HoldRemaining: durationpb.New(27 * time.Second), HoldCounted: durationpb.New(3 * time.Second),
 		Signal:  &shiftplanev1.Signal{State: shiftplanev1.SignalState_SIGNAL_STATE_FIRING, Reason: "node envoy-1: ejections_active=1", Since: timestamppb.New(created.Add(30 * time.Second))},
 		Fleet:   &shiftplanev1.FleetStatus{Nodes: 3, Converged: true, RouteVersion: "17"},

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -34,7 +35,17 @@ const (
 // Store is a policy.Store in a bbolt file.
 type Store struct {
 	db *bolt.DB
+
+	// Snapshot versions are reserved in blocks: the file holds the highest
+	// reserved one, so most publishes need no write (a store that turned
+	// read-only still publishes what was saved before) and a restart goes
+	// on above every version handed out.
+	verMu            sync.Mutex
+	verNext, verLast uint64 // verNext..verLast are reserved and unused; verNext > verLast when none
 }
+
+// versionLease is how many snapshot versions one counter write reserves.
+const versionLease = 16
 
 var _ policy.Store = (*Store)(nil)
 
@@ -345,8 +356,25 @@ func (s *Store) Events(name string, limit int) ([]policy.Event, error) {
 	return out, err
 }
 
-// NextVersion implements policy.Store and xds.VersionCounter.
+// NextVersion implements policy.Store and xds.VersionCounter. It writes
+// the counter once every versionLease versions.
 func (s *Store) NextVersion() (uint64, error) {
+	s.verMu.Lock()
+	defer s.verMu.Unlock()
+	if s.verNext != 0 && s.verNext <= s.verLast {
+		s.verNext++
+		return s.verNext - 1, nil
+	}
+	last, err := s.reserveVersions(versionLease)
+	if err != nil {
+		return 0, err
+	}
+	s.verNext, s.verLast = last-versionLease+2, last
+	return last - versionLease + 1, nil
+}
+
+// reserveVersions moves the stored counter up by k and returns it.
+func (s *Store) reserveVersions(k uint64) (uint64, error) {
 	var n uint64
 	err := guardedUpdate(s.db, func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
@@ -359,7 +387,7 @@ func (s *Store) NextVersion() (uint64, error) {
 			}
 			n = binary.BigEndian.Uint64(payload)
 		}
-		n++
+		n += k
 		return meta.Put(keyVersion, seal(keyVersion, seqKey(n)))
 	})
 	return n, err

@@ -119,3 +119,36 @@ func TestSaveOnClosedStore(t *testing.T) {
 		t.Errorf("save on a closed store: %v", err)
 	}
 }
+
+// Versions come from a reserved block: within it a publish needs no write,
+// so one that follows a store turning unwritable still goes out; past it the
+// counter write fails; a reopen goes on above every version handed out.
+func TestVersionsNeedNoWriteWithinALease(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "shiftplane.db")
+	s, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, err := s.NextVersion(); err != nil || v != 1 {
+		t.Fatalf("first NextVersion = %d, %v; want 1", v, err)
+	}
+	if err := s.Close(); err != nil { // every write fails from here
+		t.Fatal(err)
+	}
+	for want := uint64(2); want <= 16; want++ {
+		if v, err := s.NextVersion(); err != nil || v != want {
+			t.Fatalf("NextVersion with the store unwritable = %d, %v; want %d from the reserved block", v, err, want)
+		}
+	}
+	if v, err := s.NextVersion(); err == nil {
+		t.Fatalf("NextVersion past the reserved block = %d with the store closed, want an error", v)
+	}
+	s, err = Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if v, err := s.NextVersion(); err != nil || v != 17 {
+		t.Fatalf("after reopen NextVersion = %d, %v; want 17", v, err)
+	}
+}

@@ -7,9 +7,14 @@
 //
 //	schema                   "1"
 //	version                  the snapshot version counter, decimal
-//	rollouts/<name>          the rollout, JSON
-//	eventseq/<name>          the last event Seq of the rollout, decimal
-//	events/<name>/<seq>      one event, JSON; seq is zero-padded to 20 digits
+//	rollouts/<name>          the rollout, JSON, sealed
+//	eventseq/<name>          the last event Seq of the rollout, decimal, sealed
+//	events/<name>/<seq>      one event, JSON, sealed; seq is zero-padded to 20 digits
+//
+// A sealed value is "crc32c:<8 hex digits> " and the payload; the CRC-32C
+// is over the key, a NUL byte and the payload, so a changed byte, or a value
+// copied under another key, is refused with the key named. Values written
+// before sealing (plain JSON or decimal) are still read as they are.
 package etcdstore
 
 import (
@@ -19,6 +24,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"os"
 	"sort"
 	"strconv"
@@ -267,9 +273,17 @@ func (s *Store) Load() ([]policy.Rollout, error) {
 func DecodeRollouts(resp *clientv3.GetResponse, prefix string) ([]policy.Rollout, error) {
 	var out []policy.Rollout
 	for _, kv := range resp.Kvs {
+		name := strings.TrimPrefix(string(kv.Key), prefix+"rollouts/")
 		var r policy.Rollout
-		if err := json.Unmarshal(kv.Value, &r); err != nil {
-			return nil, fmt.Errorf("rollout %q: corrupt record: %w", strings.TrimPrefix(string(kv.Key), prefix+"rollouts/"), err)
+		payload, err := unseal(string(kv.Key), kv.Value)
+		if err == nil {
+			err = json.Unmarshal(payload, &r)
+		}
+		if err == nil && r.Plan.Name != name {
+			err = fmt.Errorf("it holds rollout %q", r.Plan.Name)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("rollout %q: corrupt record at key %s: %w", name, kv.Key, err)
 		}
 		out = append(out, r)
 	}
@@ -287,8 +301,9 @@ func (s *Store) Save(r policy.Rollout, events ...policy.Event) error {
 	if err != nil {
 		return fmt.Errorf("rollout %q: encode: %w", name, err)
 	}
+	rkey := s.rolloutKey(name)
 	if len(events) == 0 {
-		return s.Commit(context.Background(), nil, clientv3.OpPut(s.rolloutKey(name), string(data)))
+		return s.Commit(context.Background(), nil, clientv3.OpPut(rkey, seal(rkey, data)))
 	}
 	return s.commitRetry(func(ctx context.Context) ([]clientv3.Cmp, []clientv3.Op, error) {
 		seqKey := s.eventSeqKey(name)
@@ -299,12 +314,16 @@ func (s *Store) Save(r policy.Rollout, events ...policy.Event) error {
 		var seq uint64
 		var rev int64
 		if len(resp.Kvs) == 1 {
-			if seq, err = strconv.ParseUint(string(resp.Kvs[0].Value), 10, 64); err != nil {
-				return nil, nil, fmt.Errorf("rollout %q: corrupt event sequence: %w", name, err)
+			payload, err := unseal(seqKey, resp.Kvs[0].Value)
+			if err == nil {
+				seq, err = strconv.ParseUint(string(payload), 10, 64)
+			}
+			if err != nil {
+				return nil, nil, fmt.Errorf("rollout %q: corrupt event sequence at key %s: %w", name, seqKey, err)
 			}
 			rev = resp.Kvs[0].ModRevision
 		}
-		ops := []clientv3.Op{clientv3.OpPut(s.rolloutKey(name), string(data))}
+		ops := []clientv3.Op{clientv3.OpPut(rkey, seal(rkey, data))}
 		for _, e := range events {
 			seq++
 			e.Seq = seq
@@ -313,9 +332,10 @@ func (s *Store) Save(r policy.Rollout, events ...policy.Event) error {
 			if err != nil {
 				return nil, nil, err
 			}
-			ops = append(ops, clientv3.OpPut(s.eventKey(name, seq), string(ed)))
+			ekey := s.eventKey(name, seq)
+			ops = append(ops, clientv3.OpPut(ekey, seal(ekey, ed)))
 		}
-		ops = append(ops, clientv3.OpPut(seqKey, strconv.FormatUint(seq, 10)))
+		ops = append(ops, clientv3.OpPut(seqKey, seal(seqKey, []byte(strconv.FormatUint(seq, 10)))))
 		return []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(seqKey), "=", rev)}, ops, nil
 	})
 }
@@ -342,9 +362,16 @@ func (s *Store) Events(name string, limit int) ([]policy.Event, error) {
 	for i := len(resp.Kvs) - 1; i >= 0; i-- {
 		kv := resp.Kvs[i]
 		var e policy.Event
-		if err := json.Unmarshal(kv.Value, &e); err != nil {
+		payload, err := unseal(string(kv.Key), kv.Value)
+		if err == nil {
+			err = json.Unmarshal(payload, &e)
+		}
+		if err == nil && e.Rollout != name {
+			err = fmt.Errorf("it belongs to rollout %q", e.Rollout)
+		}
+		if err != nil {
 			seq := strings.TrimLeft(strings.TrimPrefix(string(kv.Key), s.eventsPrefix(name)), "0")
-			return nil, fmt.Errorf("rollout %q: event %s: %w", name, seq, err)
+			return nil, fmt.Errorf("rollout %q: event %s: corrupt record at key %s: %w", name, seq, kv.Key, err)
 		}
 		out = append(out, e)
 	}
@@ -386,4 +413,46 @@ func (s *Store) Close() error {
 		return s.client.Close()
 	}
 	return nil
+}
+
+const sealTag = "crc32c:"
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+func sealSum(key string, payload []byte) uint32 {
+	h := crc32.New(castagnoli)
+	h.Write([]byte(key))
+	h.Write([]byte{0})
+	h.Write(payload)
+	return h.Sum32()
+}
+
+// seal wraps a value with its checksum over the key and the payload.
+func seal(key string, payload []byte) string {
+	return fmt.Sprintf("%s%08x %s", sealTag, sealSum(key, payload), payload)
+}
+
+// unseal checks a sealed value and returns its payload. A value without the
+// tag is one written before sealing and is returned as it is; its own
+// decoding is then the only check.
+func unseal(key string, v []byte) ([]byte, error) {
+	rest, ok := strings.CutPrefix(string(v), sealTag)
+	if !ok {
+		if len(v) > 0 && strings.HasPrefix(sealTag, string(v[:min(len(v), len(sealTag))])) {
+			return nil, errors.New("truncated checksum")
+		}
+		return v, nil
+	}
+	if len(rest) < 9 || rest[8] != ' ' {
+		return nil, errors.New("malformed checksum")
+	}
+	want, err := strconv.ParseUint(rest[:8], 16, 32)
+	if err != nil {
+		return nil, fmt.Errorf("malformed checksum %q", rest[:8])
+	}
+	payload := []byte(rest[9:])
+	if got := sealSum(key, payload); got != uint32(want) {
+		return nil, fmt.Errorf("checksum mismatch (stored %08x, computed %08x): the value was changed or moved", want, got)
+	}
+	return payload, nil
 }

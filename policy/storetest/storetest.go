@@ -180,9 +180,12 @@ func testNextVersionPersists(t *testing.T, backend Backend) {
 		}
 	}
 	s.Close()
+	// A store may reserve versions ahead (boltstore does, in blocks): after
+	// a reopen they only have to be above every version handed out.
 	s = open(t)
-	if v, err := s.NextVersion(); err != nil || v != 4 {
-		t.Fatalf("after reopen NextVersion = %d, %v; want 4", v, err)
+	first, err := s.NextVersion()
+	if err != nil || first < 4 {
+		t.Fatalf("after reopen NextVersion = %d, %v; want 4 or more", first, err)
 	}
 	// Concurrent callers never get the same version.
 	var mu sync.Mutex
@@ -202,8 +205,8 @@ func testNextVersionPersists(t *testing.T, backend Backend) {
 		})
 	}
 	wg.Wait()
-	if v, _ := s.NextVersion(); v != 85 {
-		t.Errorf("after 80 concurrent calls NextVersion = %d, want 85", v)
+	if v, _ := s.NextVersion(); v != first+81 {
+		t.Errorf("after 80 concurrent calls NextVersion = %d, want %d", v, first+81)
 	}
 }
 

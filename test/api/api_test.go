@@ -142,7 +142,9 @@ func TestAbort(t *testing.T) {
 	}
 
 	out = s.mustCtl("abort", "api", "--reason", "bad build 42")
-	if !strings.Contains(out, `rollout "api" aborting (ROLLING_BACK, weight 0%`) {
+	// The reply shows the weight the fleet holds: 0 only once Envoy ACKed it.
+	if !strings.Contains(out, `rollout "api" aborting (ROLLING_BACK, weight 0%, `) &&
+		!strings.Contains(out, `rollout "api" aborting (ROLLING_BACK, weight 10% (0% sent, not yet ACKed by the fleet), `) {
 		t.Errorf("abort printed %q", out)
 	}
 	r := s.ctl(nil, "watch", "api")
@@ -192,7 +194,8 @@ func TestPromoteAtManualGate(t *testing.T) {
 		t.Fatalf("left the gate on its own: %v", st)
 	}
 	out := s.mustCtl("promote", "gate")
-	if !strings.Contains(out, `rollout "gate" promoted (PROMOTING, weight 100%, step 2/2)`) {
+	if !strings.Contains(out, `rollout "gate" promoted (PROMOTING, weight 100%, step 2/2)`) &&
+		!strings.Contains(out, `rollout "gate" promoted (PROMOTING, weight 0% (100% sent, not yet ACKed by the fleet), step 2/2)`) {
 		t.Errorf("promote printed %q", out)
 	}
 	if r := s.ctl(nil, "watch", "gate"); r.Code != 0 || !strings.Contains(r.Stdout, "SUCCEEDED") {

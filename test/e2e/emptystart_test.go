@@ -4,9 +4,11 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/shiftplane/shiftplane/test/etcdharness"
 	"github.com/shiftplane/shiftplane/test/harness"
 )
 
@@ -15,8 +17,14 @@ import (
 // the earlier run's: the listener keeps serving at its weight. With
 // --xds-allow-empty-at-start it does push it, and the listener goes (the
 // negative control: the guard is what keeps it).
+//
+// "ha-etcd": the restart is into HA mode on an etcd prefix that holds
+// nothing; its leader must not push an empty configuration either.
 func TestRestartWithoutStateKeepsEnvoyConfig(t *testing.T) {
-	for name, allow := range map[string]bool{"default": false, "allow-empty-at-start": true} {
+	for name, tc := range map[string]struct{ allow, ha bool }{
+		"default": {}, "allow-empty-at-start": {allow: true}, "ha-etcd": {ha: true},
+	} {
+		allow := tc.allow
 		t.Run(name, func(t *testing.T) {
 			r := startWeightRig(t, harness.EnvoyOptions{NodeID: "envoy-empty-" + name}, 20)
 			if err := r.sp.Proc.Kill(); err != nil {
@@ -30,6 +38,11 @@ func TestRestartWithoutStateKeepsEnvoyConfig(t *testing.T) {
 			}
 			if allow {
 				r.sp.AddArgs("--xds-allow-empty-at-start")
+			}
+			if tc.ha {
+				etcd := etcdharness.Start(t, 1)
+				r.sp.AddArgs("--store-backend", "etcd", "--store-etcd-endpoints", strings.Join(etcd.Endpoints(), ","),
+					"--store-etcd-prefix", "/empty-start/", "--store-etcd-session-ttl", "2s")
 			}
 			r.sp.Start()
 			// Envoy reconnects (its ADS stream broke with the old process).

@@ -1529,7 +1529,8 @@ type Rollout struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Phase Phase                  `protobuf:"varint,2,opt,name=phase,proto3,enum=shiftplane.v1.Phase" json:"phase,omitempty"`
-	// The canary weight (0..100) the fleet was last sent.
+	// The canary weight (0..100) the fleet holds: the newest one every
+	// connected node ACKed. An abort shows 0 here only once the fleet has it.
 	CanaryWeight int32 `protobuf:"varint,3,opt,name=canary_weight,json=canaryWeight,proto3" json:"canary_weight,omitempty"`
 	// Index of the current step in the schedule, from 0.
 	StepIndex int32 `protobuf:"varint,4,opt,name=step_index,json=stepIndex,proto3" json:"step_index,omitempty"`
@@ -1565,8 +1566,13 @@ type Rollout struct {
 	// of this process), as in shiftplane_rollout_requests_total.
 	ObservedStableRequests uint64 `protobuf:"varint,21,opt,name=observed_stable_requests,json=observedStableRequests,proto3" json:"observed_stable_requests,omitempty"`
 	ObservedCanaryRequests uint64 `protobuf:"varint,22,opt,name=observed_canary_requests,json=observedCanaryRequests,proto3" json:"observed_canary_requests,omitempty"`
-	unknownFields          protoimpl.UnknownFields
-	sizeCache              protoimpl.SizeCache
+	// The canary weight the rollout moves to (what the fleet was last sent);
+	// canary_weight once every connected node ACKed it.
+	TargetWeight int32 `protobuf:"varint,23,opt,name=target_weight,json=targetWeight,proto3" json:"target_weight,omitempty"`
+	// target_weight was sent but not every connected node has ACKed it yet.
+	WeightPending bool `protobuf:"varint,24,opt,name=weight_pending,json=weightPending,proto3" json:"weight_pending,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Rollout) Reset() {
@@ -1751,6 +1757,20 @@ func (x *Rollout) GetObservedCanaryRequests() uint64 {
 		return x.ObservedCanaryRequests
 	}
 	return 0
+}
+
+func (x *Rollout) GetTargetWeight() int32 {
+	if x != nil {
+		return x.TargetWeight
+	}
+	return 0
+}
+
+func (x *Rollout) GetWeightPending() bool {
+	if x != nil {
+		return x.WeightPending
+	}
+	return false
 }
 
 // StepTraffic is what the fleet reported one step served: the data plane's
@@ -3544,7 +3564,7 @@ const file_shiftplane_v1_rollout_proto_rawDesc = "" +
 	"\vFleetStatus\x12\x14\n" +
 	"\x05nodes\x18\x01 \x01(\x05R\x05nodes\x12\x1c\n" +
 	"\tconverged\x18\x02 \x01(\bR\tconverged\x12#\n" +
-	"\rroute_version\x18\x03 \x01(\tR\frouteVersion\"\xd2\a\n" +
+	"\rroute_version\x18\x03 \x01(\tR\frouteVersion\"\x9e\b\n" +
 	"\aRollout\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12*\n" +
 	"\x05phase\x18\x02 \x01(\x0e2\x14.shiftplane.v1.PhaseR\x05phase\x12#\n" +
@@ -3573,7 +3593,9 @@ const file_shiftplane_v1_rollout_proto_rawDesc = "" +
 	"\bobserved\x18\x13 \x01(\v2\x1a.shiftplane.v1.StepTrafficR\bobserved\x12A\n" +
 	"\x0eobserved_steps\x18\x14 \x03(\v2\x1a.shiftplane.v1.StepTrafficR\robservedSteps\x128\n" +
 	"\x18observed_stable_requests\x18\x15 \x01(\x04R\x16observedStableRequests\x128\n" +
-	"\x18observed_canary_requests\x18\x16 \x01(\x04R\x16observedCanaryRequests\"\xa8\x05\n" +
+	"\x18observed_canary_requests\x18\x16 \x01(\x04R\x16observedCanaryRequests\x12#\n" +
+	"\rtarget_weight\x18\x17 \x01(\x05R\ftargetWeight\x12%\n" +
+	"\x0eweight_pending\x18\x18 \x01(\bR\rweightPending\"\xa8\x05\n" +
 	"\vStepTraffic\x12\x1d\n" +
 	"\n" +
 	"step_index\x18\x01 \x01(\x05R\tstepIndex\x12\x16\n" +
