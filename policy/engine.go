@@ -790,8 +790,9 @@ func (e *Engine) List() []Status {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	var out []Status
+	memo := map[convKey]Convergence{} // every rollout names the same few versions
 	for _, n := range e.namesLocked() {
-		out = append(out, e.statusLocked(e.rollouts[n]))
+		out = append(out, e.statusMemoLocked(e.rollouts[n], memo))
 	}
 	return out
 }
@@ -839,7 +840,9 @@ func (e *Engine) notifyLocked(r *entry, ev *Event) {
 	}
 }
 
-func (e *Engine) statusLocked(r *entry) Status {
+func (e *Engine) statusLocked(r *entry) Status { return e.statusMemoLocked(r, nil) }
+
+func (e *Engine) statusMemoLocked(r *entry, memo map[convKey]Convergence) Status {
 	s := Status{Rollout: r.Rollout, StepCount: len(r.steps)}
 	if !r.State.Phase.Terminal() {
 		s.Signal = r.tm.Signal
@@ -854,7 +857,7 @@ func (e *Engine) statusLocked(r *entry) Status {
 	}
 	s.Signal.Traffic = nil
 	if r.State.RouteVersion != "" {
-		s.Fleet = e.convergence(r.State, nil)
+		s.Fleet = e.convergence(r.State, memo)
 	}
 	if r.storeErr != nil {
 		s.StoreError = r.storeErr.Error()

@@ -77,7 +77,7 @@ type memberStats struct{ d *signalDeps }
 
 func (m memberStats) Reports() []model.NodeReport {
 	all := m.d.sink.Reports()
-	if m.d.members == nil {
+	if m.d.members == nil || len(all) == 0 {
 		return all
 	}
 	ready := map[string]bool{}
