@@ -443,7 +443,9 @@ func startServer(ctx context.Context, cfg PromoteConfig, dir, label string, extr
 		}
 	}
 	args := append([]string{"serve", "--xds-address", s.xds, "--api-address", s.api, "--http-address", s.http,
-		"--store-path", filepath.Join(dir, label+".db"), "--plan", planDir, "--log-level", "warn"}, extra...)
+		"--store-path", filepath.Join(dir, label+".db"), "--plan", planDir, "--log-level", "warn",
+		// Every simulated Envoy connects from 127.0.0.1.
+		"--xds-max-streams-per-source", "20000"}, extra...)
 	s.cmd = exec.Command(cfg.Shiftplane, args...)
 	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
 	if err := s.cmd.Start(); err != nil {
