@@ -401,7 +401,11 @@ func (e *Engine) commitLocked(r *entry, res Result, now time.Time) error {
 	r.next = res.Next
 	if res.Dirty && !write && e.o.PersistEvery > 0 {
 		// A counting hold is saved lazily: come back when it is due.
-		if due := r.persistedAt.Add(e.o.PersistEvery); r.next.IsZero() || due.Before(r.next) {
+		due := r.persistedAt.Add(e.o.PersistEvery)
+		if !due.After(now) { // the save just failed: try again a period on, not at once
+			due = now.Add(e.o.PersistEvery)
+		}
+		if r.next.IsZero() || due.Before(r.next) {
 			r.next = due
 		}
 	}
