@@ -74,7 +74,7 @@ func TestDecideNext(t *testing.T) {
 		},
 		"promoting, fleet not there yet: the ACK wakes it": {
 			state: at(PhasePromoting, 2, 100), timers: Timers{LastTick: now.Add(-time.Second), PromoteStart: now.Add(-5 * time.Second)},
-			in:   tick(clear, Convergence{Nodes: 1}, Drain{}),
+			in: tick(clear, Convergence{Nodes: 1}, Drain{}),
 		},
 		"finished: nothing": {
 			state: at(PhaseSucceeded, 2, 100), in: tick(clear, good, Drain{}),
