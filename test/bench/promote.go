@@ -567,7 +567,7 @@ func (s *server) waitPhase(ctx context.Context, names []string, phase string) er
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("waiting for %s: %s: %w", phase, missing, ctx.Err())
-		case <-time.After(20 * time.Millisecond):
+		case <-time.After(100 * time.Millisecond): // a scrape lists every rollout
 		}
 	}
 }
