@@ -44,6 +44,10 @@ type Options struct {
 	// Stats, when set, is read for the observed split per step
 	// (observed.go); usually the signal gate, which merges every source.
 	Stats model.StatsSource
+	// SignalGap is the least time between two ticks that stats reports
+	// (Notice) ask for (default 100ms): the first report after a quiet spell
+	// is acted on at once, a stream of them at most every SignalGap.
+	SignalGap time.Duration
 }
 
 // Update is what watchers receive: a rollout's new status, and the event
@@ -76,7 +80,11 @@ type Status struct {
 // machine.go) that gathers the facts, saves before it publishes, publishes
 // outside its lock, starts hooks and notifies watchers. All methods are safe
 // for concurrent use; Tick does the work and is driven by Run (or by tests
-// with a fake clock).
+// with a fake clock). Run is event-driven: operations, hook ends and
+// publishes wake it at once, as do Wake (an ACK completed convergence, a
+// NACK) and Notice (a stats report, a reported signal); a timer fires at the
+// earliest Result.Next of the rollouts; a slow safety tick covers what no
+// event announces.
 type Engine struct {
 	o Options
 
@@ -99,7 +107,19 @@ type Engine struct {
 
 	statsAt    time.Time // when statsCache was read (observed.go)
 	statsCache []model.NodeReport
+	wake       chan struct{} // buffered 1: tick every rollout now
+	soon       chan struct{} // buffered 1: tick every rollout, at most every SignalGap
+
+	// statusConv keeps the fleet's answers for statuses (what watchers and
+	// the API are shown) for statusConvFor: every commit notifies watchers,
+	// and asking a 1,000-stream fleet each time cost a quarter of the
+	// server's CPU during promotions. Decisions never read it.
+	statusConv   map[convKey]Convergence
+	statusConvAt time.Time
 }
+
+// statusConvFor is how long a status may show a fleet answer.
+const statusConvFor = 100 * time.Millisecond
 
 type entry struct {
 	Rollout
@@ -127,6 +147,9 @@ type entry struct {
 	// move on, and the rollout holds with the rejection.
 	quarantine string
 	retryAt    time.Time
+	// next is when this rollout needs a tick even if no fact changes
+	// (Result.Next, or the next lazy save); zero: only on an event.
+	next time.Time
 }
 
 // sentState is one publish that changed a rollout.
@@ -175,7 +198,11 @@ func New(ctx context.Context, o Options) (*Engine, error) {
 	if o.DrainQuiet == 0 {
 		o.DrainQuiet = 2 * time.Second
 	}
-	e := &Engine{o: o, rollouts: map[string]*entry{}, watchers: map[int]chan Update{}, ctx: ctx}
+	if o.SignalGap <= 0 {
+		o.SignalGap = 100 * time.Millisecond
+	}
+	e := &Engine{o: o, rollouts: map[string]*entry{}, watchers: map[int]chan Update{}, ctx: ctx,
+		wake: make(chan struct{}, 1), soon: make(chan struct{}, 1)}
 	stored, err := o.Store.Load()
 	if err != nil {
 		return nil, fmt.Errorf("load store: %w", err)
@@ -202,31 +229,153 @@ func New(ctx context.Context, o Options) (*Engine, error) {
 	return e, nil
 }
 
-// Run ticks the engine every interval until ctx ends.
-func (e *Engine) Run(ctx context.Context, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
+// AlarmClock is a Clock that can also wake its reader at a time of its
+// own. Run sets its deadline timer through it when the engine's clock has
+// one: SystemClock uses a time.Timer, and test/fakeclock fires when it is
+// moved past the deadline, so a fake-clock test wakes the engine by
+// advancing the clock. Any other Clock gets a real timer.
+type AlarmClock interface {
+	Clock
+	// After returns a channel that receives once the clock has moved d on,
+	// and a func that stops it.
+	After(d time.Duration) (<-chan time.Time, func() bool)
+}
+
+// After implements AlarmClock.
+func (SystemClock) After(d time.Duration) (<-chan time.Time, func() bool) {
+	t := time.NewTimer(d)
+	return t.C, t.Stop
+}
+
+func (e *Engine) after(d time.Duration) (<-chan time.Time, func() bool) {
+	if ac, ok := e.o.Clock.(AlarmClock); ok {
+		return ac.After(d)
+	}
+	return SystemClock{}.After(d)
+}
+
+// Wake makes Run tick every rollout now: a fact the engine reads changed
+// in a way that may let a rollout move (an ACK completed a version's
+// convergence, a NACK arrived). Safe from any goroutine, even under the
+// caller's own lock: it never blocks.
+func (e *Engine) Wake() {
+	select {
+	case e.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Notice is Wake for frequent facts (a stats report, a reported signal):
+// the first after a quiet spell is acted on at once, a stream of them at
+// most every Options.SignalGap. Never blocks.
+func (e *Engine) Notice() {
+	select {
+	case e.soon <- struct{}{}:
+	default:
+	}
+}
+
+// Run drives the engine until ctx ends. It ticks every rollout when woken
+// (Wake, Notice, an operation, a hook's end, a publish), ticks the rollouts
+// whose deadline (Result.Next) has come on a timer at the earliest of them,
+// and ticks everything every safety interval as a backstop for what no event
+// announces: the gate's staleness, a reported signal's expiry, a stream's
+// ready grace, a publish to retry. An idle engine does nothing between
+// safety ticks. safety <= 0 disables the backstop (tests).
+func (e *Engine) Run(ctx context.Context, safety time.Duration) {
+	var backstop <-chan time.Time
+	if safety > 0 {
+		t := time.NewTicker(safety)
+		defer t.Stop()
+		backstop = t.C
+	}
+	gap := time.NewTimer(time.Hour)
+	gap.Stop()
+	defer gap.Stop()
+	var lastFull time.Time // wall time of the last tick of every rollout
+	gapArmed := false
+	var stop func() bool
+	defer func() {
+		if stop != nil {
+			stop()
+		}
+	}()
+	tick := func(all bool) {
+		if all {
+			lastFull = time.Now()
+		}
+		if err := e.tick(all); err != nil {
+			e.o.Log.Error("engine tick", "error", err)
+		}
+	}
 	for {
+		if stop != nil {
+			stop()
+			stop = nil
+		}
+		var alarm <-chan time.Time
+		if next := e.nextDeadline(); !next.IsZero() {
+			alarm, stop = e.after(next.Sub(e.o.Clock.Now()))
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
-			if err := e.Tick(); err != nil {
-				e.o.Log.Error("engine tick", "error", err)
+		case <-e.wake:
+			tick(true)
+		case <-backstop:
+			tick(true)
+		case <-alarm:
+			tick(false)
+		case <-e.soon:
+			if wait := e.o.SignalGap - time.Since(lastFull); wait > 0 {
+				if !gapArmed {
+					gap.Reset(wait)
+					gapArmed = true
+				}
+				continue
 			}
+			tick(true)
+		case <-gap.C:
+			gapArmed = false
+			tick(true)
 		}
 	}
 }
 
+// nextDeadline is the earliest rollout deadline, zero if none.
+func (e *Engine) nextDeadline() time.Time {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var t time.Time
+	for _, r := range e.rollouts {
+		if !r.next.IsZero() && (t.IsZero() || r.next.Before(t)) {
+			t = r.next
+		}
+	}
+	return t
+}
+
 // Tick advances every rollout by what the clock, the signal and the fleet
 // allow, saves what changed, then publishes.
-func (e *Engine) Tick() error {
+func (e *Engine) Tick() error { return e.tick(true) }
+
+// tick is Tick over every rollout (all) or only those whose deadline has
+// come.
+func (e *Engine) tick(all bool) error {
 	e.mu.Lock()
 	now := e.o.Clock.Now()
 	var errs []error
+	// Every rollout names the same few versions: ask the fleet once per
+	// tick, not once per rollout.
+	memo := map[convKey]Convergence{}
+	// Statuses notified during this tick show what it decided on.
+	e.statusConv, e.statusConvAt = memo, time.Now()
 	for _, name := range e.namesLocked() {
 		r := e.rollouts[name]
-		res, err := Decide(r.plan, r.steps, r.State, r.tm, e.factsLocked(r, now))
+		if !all && (r.next.IsZero() || now.Before(r.next)) {
+			continue
+		}
+		res, err := Decide(r.plan, r.steps, r.State, r.tm, e.factsLocked(r, now, memo))
 		if err == nil {
 			err = e.commitLocked(r, res, now)
 		}
@@ -241,22 +390,28 @@ func (e *Engine) Tick() error {
 	return errors.Join(errs...)
 }
 
+type convKey struct {
+	kind    ResourceKind
+	version string
+}
+
 // factsLocked gathers what a tick of r needs from the gate and the fleet.
-func (e *Engine) factsLocked(r *entry, now time.Time) Input {
+func (e *Engine) factsLocked(r *entry, now time.Time, memo map[convKey]Convergence) Input {
 	in := Input{Op: OpTick, Now: now, Hook: r.hook, DrainQuiet: e.o.DrainQuiet}
 	if r.State.Phase.Terminal() {
 		return in
 	}
 	in.Signal = e.o.Gate.Evaluate(now, SignalQuery{Rollout: r.Plan.Name, CanaryCluster: r.plan.Canary.Cluster, Analysis: r.plan.Analysis, Since: r.State.Created})
-	in.Fleet = e.fleetOf(r)
+	in.Fleet = e.fleetOf(r, memo)
 	if r.State.Phase == PhasePromoting && r.State.StablePublished {
 		in.Stable.Active, in.Stable.Known = e.o.Gate.ActiveRequests(now, r.plan.Stable.Cluster)
 	}
 	return in
 }
 
-// convergence merges the fleet's progress on every version st names.
-func (e *Engine) convergence(st State) Convergence {
+// convergence merges the fleet's progress on every version st names; memo
+// (may be nil) keeps the fleet's answers within one tick.
+func (e *Engine) convergence(st State, memo map[convKey]Convergence) Convergence {
 	if !st.versionsStamped() {
 		return Convergence{}
 	}
@@ -266,7 +421,14 @@ func (e *Engine) convergence(st State) Convergence {
 		kind    ResourceKind
 		version string
 	}{{KindClusters, st.ClusterVersion}, {KindListeners, st.ListenerVersion}, {KindRoutes, st.RouteVersion}} {
-		c := e.o.Fleet.Convergence(kv.kind, kv.version)
+		k := convKey{kv.kind, kv.version}
+		c, ok := memo[k]
+		if !ok {
+			c = e.o.Fleet.Convergence(kv.kind, kv.version)
+			if memo != nil {
+				memo[k] = c
+			}
+		}
 		out.Converged = out.Converged && c.Converged
 		out.Nodes = max(out.Nodes, c.Nodes)
 		out.Nacks = append(out.Nacks, c.Nacks...)
@@ -312,6 +474,17 @@ func (e *Engine) commitLocked(r *entry, res Result, now time.Time) error {
 	r.State = res.State
 	r.tm = res.Timers
 	e.observedLocked(r)
+	r.next = res.Next
+	if res.Dirty && !write && e.o.PersistEvery > 0 {
+		// A counting hold is saved lazily: come back when it is due.
+		due := r.persistedAt.Add(e.o.PersistEvery)
+		if !due.After(now) { // the save just failed: try again a period on, not at once
+			due = now.Add(e.o.PersistEvery)
+		}
+		if r.next.IsZero() || due.Before(r.next) {
+			r.next = due
+		}
+	}
 	if res.HookDone {
 		r.hook = HookStatus{}
 	}
@@ -363,6 +536,7 @@ func (e *Engine) publish(reason string) error {
 	if e.probePending {
 		e.probe, e.probePending = &[3]string{res.ClusterVersion, res.ListenerVersion, res.RouteVersion}, false
 	}
+	stamped := false
 	for _, r := range e.rollouts {
 		if r.wantGen <= gen && !r.State.versionsStamped() {
 			r.State.RouteVersion, r.State.ClusterVersion, r.State.ListenerVersion = res.RouteVersion, res.ClusterVersion, res.ListenerVersion
@@ -377,7 +551,13 @@ func (e *Engine) publish(reason string) error {
 				r.sent = r.sent[len(r.sent)-maxSent:]
 			}
 			e.notifyLocked(r, nil)
+			stamped = true
 		}
+	}
+	if stamped {
+		// The fleet may hold these versions already (or have no node):
+		// the next tick finds out at once rather than at the next ACK.
+		e.Wake()
 	}
 	return nil
 }
@@ -443,8 +623,8 @@ func (r *entry) serviceState() ServiceState {
 // fleetOf is r's convergence, and the rejection that holds it while it is
 // quarantined: a later version's ACK does not cover a change the fleet
 // was not sent again.
-func (e *Engine) fleetOf(r *entry) Convergence {
-	c := e.convergence(r.State)
+func (e *Engine) fleetOf(r *entry, memo map[convKey]Convergence) Convergence {
+	c := e.convergence(r.State, memo)
 	if r.quarantine != "" {
 		c.Converged = false
 		c.Nacks = append([]string{r.quarantine}, c.Nacks...)
@@ -598,6 +778,7 @@ func (e *Engine) startHooksLocked(r *entry, hs HookStart) {
 		defer e.mu.Unlock()
 		if r.hook.Stage == hs.Stage && !r.hook.Done {
 			r.hook.Done, r.hook.Err, r.hook.Output = true, err, boundOutput(out)
+			e.Wake()
 		}
 	}()
 }
@@ -685,6 +866,7 @@ func (e *Engine) ApplyOutcome(plan Plan, source string) (Status, ApplyOutcome, e
 	}
 	e.mu.Unlock()
 	e.publishLogged("apply " + plan.Name)
+	e.Wake()
 	st, err := e.Get(plan.Name)
 	return st, outcome, err
 }
@@ -775,6 +957,7 @@ func (e *Engine) op(name string, op Op, opts []OpOption) (Status, error) {
 	}
 	e.mu.Unlock()
 	e.publishLogged(op.String() + " " + name)
+	e.Wake()
 	return e.Get(name)
 }
 
@@ -825,6 +1008,7 @@ func (e *Engine) Delete(name string, o DeleteOptions) (string, error) {
 	delete(e.rollouts, name)
 	e.dirty = true
 	e.mu.Unlock()
+	e.Wake()
 	err := e.publish("delete " + name)
 	e.o.Log.Info("rollout deleted", "rollout", name, "effect", effect)
 	return effect, err
@@ -921,6 +1105,13 @@ func (e *Engine) notifyLocked(r *entry, ev *Event) {
 }
 
 func (e *Engine) statusLocked(r *entry) Status {
+	if e.statusConv == nil || time.Since(e.statusConvAt) >= statusConvFor {
+		e.statusConv, e.statusConvAt = map[convKey]Convergence{}, time.Now()
+	}
+	return e.statusMemoLocked(r, e.statusConv)
+}
+
+func (e *Engine) statusMemoLocked(r *entry, memo map[convKey]Convergence) Status {
 	s := Status{Rollout: r.Rollout, StepCount: len(r.steps)}
 	if !r.State.Phase.Terminal() {
 		s.Signal = r.tm.Signal
@@ -935,7 +1126,7 @@ func (e *Engine) statusLocked(r *entry) Status {
 	}
 	s.Signal.Traffic = nil
 	if r.State.RouteVersion != "" {
-		s.Fleet = e.fleetOf(r)
+		s.Fleet = e.fleetOf(r, memo)
 	}
 	if r.storeErr != nil {
 		s.StoreError = r.storeErr.Error()

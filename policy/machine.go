@@ -146,6 +146,12 @@ type Result struct {
 	// Dirty: the state changed without an event (hold counted, a reason);
 	// worth saving, but lazily.
 	Dirty bool
+	// Next is the earliest time at which a tick would decide something new
+	// even if no fact changes (a hold ends, stableFor passes, a firing
+	// streak reaches rollbackAfter, the canary's traffic goes stale, a drain
+	// wait ends); zero when only a new fact (an operation, an ACK, a signal,
+	// a hook's end) can move the rollout. The engine sets a timer on it.
+	Next time.Time
 }
 
 // Decide applies one input to a rollout. plan has its defaults applied and
@@ -166,7 +172,62 @@ func Decide(plan Plan, steps []Step, st State, tm Timers, in Input) (Result, err
 	if TrafficFor(plan, steps, m.res.State).key() != before {
 		m.republish()
 	}
+	if in.Op == OpTick {
+		m.res.Next = m.next()
+	}
 	return m.res, nil
+}
+
+// next is Result.Next: the deadlines of the rollout's phase that lie ahead.
+// A deadline that does not depend on time alone (the gate's staleness, a
+// reported signal's expiry, a stream's ready grace) is not here: the
+// engine's slow safety tick covers those.
+func (m *machine) next() time.Time {
+	st, tm, a := m.st(), m.tm(), m.plan.Analysis
+	var t time.Time
+	at := func(x time.Time) {
+		if !x.IsZero() && x.After(m.now) && (t.IsZero() || x.Before(t)) {
+			t = x
+		}
+	}
+	switch st.Phase {
+	case PhaseProgressing, PhaseHolding, PhasePaused:
+		if after := a.RollbackAfterDuration(); after > 0 && tm.Signal.State == SignalFiring && !tm.FiringSince.IsZero() {
+			at(tm.FiringSince.Add(after))
+		}
+		if st.Phase == PhasePaused {
+			break
+		}
+		if !tm.ClearSince.IsZero() {
+			at(tm.ClearSince.Add(a.StableForDuration()))
+		}
+		if st.Weight > 0 && a.MinRequestsValue() > 0 && !tm.LastTraffic.IsZero() {
+			// blocked() holds once now-LastTraffic exceeds the window.
+			at(tm.LastTraffic.Add(a.StaleAfter.D() + time.Nanosecond))
+		}
+		if i := st.StepIndex; i < len(m.steps) && !isPause(m.steps, i) {
+			if blocked, _, _ := m.blocked(); !blocked {
+				if left := m.steps[i].Hold.D() - st.HoldCounted; left > 0 {
+					at(m.now.Add(left))
+				}
+			}
+		}
+	case PhasePromoting:
+		c := m.in.Fleet
+		if !st.StablePublished || !st.versionsStamped() || !c.Converged || len(c.Nacks) > 0 {
+			break
+		}
+		timeout := a.DrainTimeout.D()
+		switch d := m.in.Stable; {
+		case d.Known && d.Active == 0 && !tm.DrainZero.IsZero():
+			at(tm.DrainZero.Add(m.in.DrainQuiet))
+		case d.Known:
+			at(tm.PromoteStart.Add(10 * timeout))
+		default:
+			at(tm.PromoteStart.Add(timeout))
+		}
+	}
+	return t
 }
 
 type machine struct {

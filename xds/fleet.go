@@ -97,6 +97,7 @@ type Fleet struct {
 
 	statsNodes func() []string
 	grace      time.Duration
+	onChange   func()
 
 	mu      sync.Mutex
 	streams map[int64]*streamState
@@ -203,6 +204,7 @@ func (f *Fleet) Published(p Published) {
 func (f *Fleet) maybeConverged(tp *typeProgress) {
 	if tp.pending && tp.lagging == 0 {
 		tp.pending = false
+		f.changed()
 		if tp.acked > 0 && f.metrics != nil {
 			f.metrics.convergence.Observe(f.now().Sub(tp.published).Seconds())
 		}
@@ -310,6 +312,19 @@ func (f *Fleet) Lagging(typeURL string) (latest uint64, lagging int) {
 		return tp.latest, tp.lagging
 	}
 	return 0, 0
+}
+
+// SetOnChange makes the fleet call fn when a published version of a type
+// has reached every subscribed stream (the ACK or stream close that
+// completed it) and when a node NACKs a version: the engine's Wake. fn is
+// called with the fleet's lock held and must not block or call back into
+// the fleet. Call before serving.
+func (f *Fleet) SetOnChange(fn func()) { f.onChange = fn }
+
+func (f *Fleet) changed() {
+	if f.onChange != nil {
+		f.onChange()
+	}
 }
 
 // SetStatsNodes tells the fleet which nodes report stats, so a node whose
@@ -439,6 +454,7 @@ func (f *Fleet) request(id int64, node *corev3.Node, typeURL, nonce, version str
 		if st.nackedLog != sentVersion {
 			st.nackedLog = sentVersion
 			f.log.Warn("xds NACK", "node", s.node.GetId(), "type", shortType(typeURL), "version", sentVersion, "error", errDetail)
+			f.changed()
 		}
 		return nil
 	}

@@ -38,9 +38,10 @@ const (
 // false). It accepts both emit_tags_as_labels settings and stores the full
 // dotted names either way.
 type MetricsSink struct {
-	log     *slog.Logger
-	now     func() time.Time
-	metrics *Metrics
+	log      *slog.Logger
+	now      func() time.Time
+	metrics  *Metrics
+	onReport func()
 
 	mu         sync.Mutex
 	nextStream int64
@@ -135,12 +136,20 @@ func (ss sinkServer) StreamMetrics(stream metricsv3.MetricsService_StreamMetrics
 			}
 			s.log.Info("metrics stream opened", "node", node, "stream", id, "identity", ident.String())
 		}
-		if why := s.record(node, id, ident, msg.GetEnvoyMetrics()); why != "" && !ignoredWarned {
+		why := s.record(node, id, ident, msg.GetEnvoyMetrics())
+		if why != "" && !ignoredWarned {
 			ignoredWarned = true
 			s.log.Warn("ignoring metrics stream: "+why, "node", node, "stream", id, "identity", ident.String())
 		}
+		if why == "" && s.onReport != nil {
+			s.onReport()
+		}
 	}
 }
+
+// SetOnReport makes the sink call fn after each report it keeps (the
+// engine's Notice). fn must not block. Call before serving.
+func (s *MetricsSink) SetOnReport(fn func()) { s.onReport = fn }
 
 // SetRefusedCounter counts streams refused for their identity in m
 // (shiftplane_xds_refused_total{reason="identity"}). Call before serving.

@@ -132,7 +132,7 @@ var configKeys = []struct {
 	{"hooks.allowHosts", "hooks-allow-hosts", "hosts webhook hooks may call (default loopback)", []string{}},
 	{"signal.adminURLs", "signal-admin-urls", "Envoy admin URLs to poll for stats", []string{}},
 	{"signal.scrapeEvery", "signal-scrape-every", "how often to poll signal.adminURLs", time.Second},
-	{"engine.tick", "engine-tick", "how often the engine re-evaluates rollouts", 100 * time.Millisecond},
+	{"engine.tick", "engine-tick", "the engine's safety tick: events act at once, this re-evaluates every rollout as a backstop", time.Second},
 	{"log.level", "log-level", "debug, info, warn or error", "info"},
 	{"log.format", "log-format", "text or json", "text"},
 	{"notify.allowHosts", "notify-allow-hosts", "hosts notification sinks may call (default loopback)", []string{}},

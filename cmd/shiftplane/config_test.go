@@ -49,7 +49,7 @@ func TestConfigSources(t *testing.T) {
 		"file keeps what env lacks":        {env: map[string]string{"SHIFTPLANE_ENGINE_TICK": "2s"}, args: []string{"--config", file}, want: func(c Config) any { return c.Log.Level }, val: "warn"},
 		"SHIFTPLANE_CONFIG names the file": {env: map[string]string{"SHIFTPLANE_CONFIG": file}, want: func(c Config) any { return c.Engine.Tick }, val: 250 * time.Millisecond},
 		"--config over SHIFTPLANE_CONFIG":  {env: map[string]string{"SHIFTPLANE_CONFIG": file}, args: []string{"--config", other}, want: func(c Config) any { return c.Engine.Tick }, val: 3 * time.Second},
-		"default":                          {want: func(c Config) any { return c.Engine.Tick }, val: 100 * time.Millisecond},
+		"default":                          {want: func(c Config) any { return c.Engine.Tick }, val: time.Second},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

@@ -51,6 +51,7 @@ type haReplica struct {
 	fleet   *xds.Fleet
 	view    *replica.View
 	deps    *signalDeps
+	wake    engineWake
 	onReady func(*policy.Engine)
 
 	xdsReady atomic.Bool
@@ -117,6 +118,9 @@ func serveHA(ctx context.Context, cfg Config, planPaths []string, log *slog.Logg
 	}
 	r.deps.gate = signal.NewGate(log, sources...)
 	r.fleet.SetStatsNodes(r.deps.statsNodes)
+	r.fleet.SetOnChange(r.wake.wake)
+	r.view.SetOnChange(r.wake.wake)
+	r.deps.notifyTo(&r.wake)
 	reporter := &replica.Reporter{
 		Client: client, Prefix: store.Prefix(), ID: id, Local: local, Every: ec.ReportEvery, Log: log,
 		Lease: func() clientv3.LeaseID {
@@ -294,7 +298,9 @@ func (r *haReplica) lead(ctx context.Context, term leader.Term) {
 		r.onReady(engine)
 	}
 	r.log.Info("leading: engine running", "rollouts", len(engine.List()))
+	r.wake.set(engine)
 	engine.Run(ctx, r.cfg.Engine.Tick)
+	r.wake.set(nil)
 
 	r.mu.Lock()
 	r.engine, r.inner = nil, nil

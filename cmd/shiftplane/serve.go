@@ -92,6 +92,9 @@ func serve(ctx context.Context, cfg Config, planPaths []string, log *slog.Logger
 		return err
 	}
 	fleet.SetStatsNodes(deps.statsNodes)
+	var wake engineWake
+	fleet.SetOnChange(wake.wake)
+	deps.notifyTo(&wake)
 
 	engine, err := policy.New(ctx, policy.Options{
 		Store: store, Publisher: policy.HoldEmptyAtStart(pub, cfg.XDS.AllowEmptyAtStart, log), Fleet: fleet, Gate: deps.gate, Stats: deps.gate,
@@ -105,6 +108,7 @@ func serve(ctx context.Context, cfg Config, planPaths []string, log *slog.Logger
 	if err != nil {
 		return err
 	}
+	wake.set(engine)
 	registerRolloutMetrics(reg, engine)
 	registerSignalMetrics(reg, engine.List)
 	registerObservedMetrics(reg, engine.List)

@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 
+	"github.com/shiftplane/shiftplane/policy"
 	"github.com/shiftplane/shiftplane/policy/signal"
 	"github.com/shiftplane/shiftplane/xds"
 	"github.com/shiftplane/shiftplane/xds/model"
@@ -97,7 +99,7 @@ type memberStats struct{ d *signalDeps }
 
 func (m memberStats) Reports() []model.NodeReport {
 	all := fleetStats(m).Reports()
-	if m.d.members == nil {
+	if m.d.members == nil || len(all) == 0 {
 		return all
 	}
 	ready := map[string]bool{}
@@ -127,4 +129,35 @@ func (d *signalDeps) run(ctx context.Context) {
 	if err := d.scraper.Run(ctx); err != nil && ctx.Err() == nil {
 		d.log.Error("admin scraper stopped", "error", err)
 	}
+}
+
+// engineWake forwards change notices to the running engine, which is made
+// after the fleet and the signal sources (and, with HA, anew each term):
+// the fleet's (an ACK completed a version, a NACK) as Wake, the signal
+// sources' (a stats report, a reported signal) as Notice. Before there is
+// an engine, and between terms, notices are dropped: the engine's first
+// tick reads everything anyway.
+type engineWake struct{ e atomic.Pointer[policy.Engine] }
+
+func (w *engineWake) set(e *policy.Engine) { w.e.Store(e) }
+
+func (w *engineWake) wake() {
+	if e := w.e.Load(); e != nil {
+		e.Wake()
+	}
+}
+
+func (w *engineWake) notice() {
+	if e := w.e.Load(); e != nil {
+		e.Notice()
+	}
+}
+
+// notifyTo hooks every signal source to w.
+func (d *signalDeps) notifyTo(w *engineWake) {
+	d.sink.SetOnReport(w.notice)
+	if d.scraper != nil {
+		d.scraper.SetOnReport(w.notice)
+	}
+	d.gate.SetOnChange(w.notice)
 }

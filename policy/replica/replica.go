@@ -223,10 +223,23 @@ type View struct {
 	served  func() map[string]string
 	log     *slog.Logger
 
+	onChange func()
+
 	mu      sync.Mutex
 	records map[string]Record
 	synced  bool
 	grace   time.Duration
+}
+
+// SetOnChange makes the view call fn after it took in other replicas'
+// records (their streams' ACKs, their stats): the leader's engine's Wake.
+// fn must not block. Call before Run.
+func (v *View) SetOnChange(fn func()) { v.onChange = fn }
+
+func (v *View) changed() {
+	if v.onChange != nil {
+		v.onChange()
+	}
 }
 
 // SetReadyGrace makes a stream that has ACKed nothing stop holding back
@@ -266,6 +279,7 @@ func (v *View) Run(ctx context.Context) {
 		v.mu.Lock()
 		v.records, v.synced = recs, true
 		v.mu.Unlock()
+		v.changed()
 		wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 		for wr := range v.client.Watch(wctx, pfx, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1)) {
 			if err := wr.Err(); err != nil {
@@ -284,6 +298,7 @@ func (v *View) Run(ctx context.Context) {
 				}
 			}
 			v.mu.Unlock()
+			v.changed()
 		}
 		wcancel()
 		sleep(ctx, 200*time.Millisecond)

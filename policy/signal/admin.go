@@ -53,6 +53,7 @@ type AdminScraper struct {
 	client   *http.Client
 	log      *slog.Logger
 	now      func() time.Time
+	onReport func()
 
 	mu      sync.Mutex
 	reports map[string]NodeReport // by node name
@@ -179,7 +180,14 @@ func (s *AdminScraper) record(t adminTarget, values map[string]float64, err erro
 		r.Prev, r.PrevAt = old.Latest, old.At
 	}
 	s.reports[t.name] = r
+	if s.onReport != nil {
+		s.onReport()
+	}
 }
+
+// SetOnReport makes the scraper call fn after each report it keeps (the
+// engine's Notice), with its lock held: fn must not block. Call before Run.
+func (s *AdminScraper) SetOnReport(fn func()) { s.onReport = fn }
 
 // adminStats is Envoy's /stats?format=json. Counters and gauges are
 // {"name","value"} entries; histograms come as one {"histograms": ...}

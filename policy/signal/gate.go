@@ -35,9 +35,16 @@ type Gate struct {
 	sources []StatsSource
 	log     *slog.Logger
 
+	onChange func()
+
 	mu       sync.Mutex
 	reported map[string]map[string]reportedSignal // rollout → source → latest report
 }
+
+// SetOnChange makes the gate call fn after each reported signal it keeps
+// (the engine's Notice), with its lock held: fn must not block. Call
+// before use.
+func (g *Gate) SetOnChange(fn func()) { g.onChange = fn }
 
 var _ policy.SignalGate = (*Gate)(nil)
 

@@ -54,6 +54,9 @@ func (g *Gate) Report(rollout string, state policy.SignalState, reason, source s
 	}
 	bySource[source] = reportedSignal{state: state, reason: reason, at: now, until: now.Add(ttl)}
 	g.log.Info("signal reported", "rollout", rollout, "state", state, "source", source, "reason", reason, "ttl", ttl)
+	if g.onChange != nil {
+		g.onChange()
+	}
 	return nil
 }
 

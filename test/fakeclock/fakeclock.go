@@ -1,6 +1,7 @@
 // Package fakeclock is the one settable clock of the tests: it implements
-// model.Clock (Now), and its Now method value is the func() time.Time that
-// components such as xds.Fleet take. Safe for concurrent use.
+// model.Clock (Now) and policy.AlarmClock (After fires when the clock is
+// moved past the deadline), and its Now method value is the func()
+// time.Time that components such as xds.Fleet take. Safe for concurrent use.
 package fakeclock
 
 import (
@@ -10,8 +11,14 @@ import (
 
 // Clock is a clock that moves only when told.
 type Clock struct {
-	mu sync.Mutex
-	t  time.Time
+	mu     sync.Mutex
+	t      time.Time
+	alarms map[*alarm]struct{}
+}
+
+type alarm struct {
+	at time.Time
+	ch chan time.Time
 }
 
 // New returns a clock at t.
@@ -29,6 +36,7 @@ func (c *Clock) Set(t time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.t = t
+	c.fireLocked()
 }
 
 // Advance moves the clock by d and returns the new time.
@@ -36,5 +44,39 @@ func (c *Clock) Advance(d time.Duration) time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.t = c.t.Add(d)
+	c.fireLocked()
 	return c.t
+}
+
+// After returns a channel that receives the clock's time once it has been
+// moved d on (at once for d <= 0), and a func that cancels it (true if it
+// had not fired).
+func (c *Clock) After(d time.Duration) (<-chan time.Time, func() bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	a := &alarm{at: c.t.Add(d), ch: make(chan time.Time, 1)}
+	if d <= 0 {
+		a.ch <- c.t
+		return a.ch, func() bool { return false }
+	}
+	if c.alarms == nil {
+		c.alarms = map[*alarm]struct{}{}
+	}
+	c.alarms[a] = struct{}{}
+	return a.ch, func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		_, pending := c.alarms[a]
+		delete(c.alarms, a)
+		return pending
+	}
+}
+
+func (c *Clock) fireLocked() {
+	for a := range c.alarms {
+		if !c.t.Before(a.at) {
+			a.ch <- c.t
+			delete(c.alarms, a)
+		}
+	}
 }

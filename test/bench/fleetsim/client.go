@@ -116,6 +116,10 @@ type Config struct {
 	// off for large fleets.
 	KeepResources bool
 	DialOptions   []grpc.DialOption
+	// OnAck, when set, is called from the stream goroutine right after
+	// each ACK is sent, with the resources of the response ACKed (delta:
+	// the changed ones).
+	OnAck func(t Type, resources []*anypb.Any)
 }
 
 // Client is one simulated Envoy.
@@ -366,6 +370,9 @@ func (c *Client) runSotW(ctx context.Context, gen int64) error {
 		}
 		c.keep(t, kept, true, nil)
 		c.markAcked(t, resp.GetVersionInfo(), gen)
+		if c.cfg.OnAck != nil {
+			c.cfg.OnAck(t, resp.GetResources())
+		}
 		// Clusters are initialised once their endpoints arrived; then Envoy
 		// asks for listeners.
 		if t == EDS && !st.requested[LDS] {
@@ -464,6 +471,13 @@ func (c *Client) runDelta(ctx context.Context, gen int64) error {
 		}
 		c.keep(t, kept, false, resp.GetRemovedResources())
 		c.markAcked(t, resp.GetSystemVersionInfo(), gen)
+		if c.cfg.OnAck != nil {
+			rs := make([]*anypb.Any, 0, len(resp.GetResources()))
+			for _, r := range resp.GetResources() {
+				rs = append(rs, r.GetResource())
+			}
+			c.cfg.OnAck(t, rs)
+		}
 		if t == EDS && !st.requested[LDS] {
 			st.requested[LDS] = true
 			if err := send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: LDS.URL()}); err != nil {

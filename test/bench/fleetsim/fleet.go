@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // FleetConfig configures a simulated fleet.
@@ -23,6 +24,8 @@ type FleetConfig struct {
 	// batch fully configured before the next; 0 connects all at once.
 	Parallel    int
 	DialOptions []grpc.DialOption
+	// OnAck is Config.OnAck for client i.
+	OnAck func(i int) func(t Type, resources []*anypb.Any)
 }
 
 // Fleet is N simulated Envoys.
@@ -57,6 +60,9 @@ func Start(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
 			KeepResources: cfg.KeepResources,
 			DialOptions:   cfg.DialOptions,
 		})
+		if cfg.OnAck != nil {
+			f.clients[i].cfg.OnAck = cfg.OnAck(i)
+		}
 	}
 	batch := cfg.Parallel
 	if batch <= 0 {

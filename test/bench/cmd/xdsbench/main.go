@@ -49,6 +49,13 @@ func run() int {
 		perN      = flag.Duration("per-n", 5*time.Minute, "time limit for each fleet size")
 		total     = flag.Duration("timeout", 15*time.Minute, "time limit for the whole run")
 		neighbour = flag.String("neighbours", "1,100,1000", "rollouts on one listener for the bytes-per-step table, comma-separated (\"\" for none)")
+		table     = flag.Bool("table", true, "run the weight-step table")
+		promoteN  = flag.Int("promote-n", 1000, "streams per server in the promotion bench (0 skips it)")
+		promoteR  = flag.Int("promote-rounds", 5, "promotion rounds per server (each promotes every rollout once)")
+		idleN     = flag.Int("idle-rollouts", 1000, "rollouts in the idle-CPU measurement (0 skips it)")
+		idleFor   = flag.Duration("idle-for", 20*time.Second, "idle spell measured per engine tick")
+		spBin     = flag.String("shiftplane-bin", "", "shiftplane binary for the promotion bench (default: built from this module)")
+		ctlBin    = flag.String("shiftctl-bin", "", "shiftctl binary for the promotion bench (default: built from this module)")
 	)
 	flag.Parse()
 	m, err := fleetsim.ParseMode(*mode)
@@ -95,34 +102,47 @@ func run() int {
 		fmt.Fprintf(os.Stderr, "xdsbench: -neighbours %q: %v\n", *neighbour, err)
 		return 2
 	}
-	results, err := bench.RunTable(ctx, cfg, os.Stdout)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "xdsbench:", err)
-		return 1
-	}
-	// Bytes per step against neighbours: the mode measured, all on one
-	// listener (how plans share a port today), then each on its own
-	// listener over delta xDS (the one layout where a step is flat).
-	for _, nc := range []struct {
-		mode   fleetsim.Mode
-		shared bool
-	}{{m, true}, {fleetsim.Delta, false}} {
-		if len(ks) == 0 {
-			break
-		}
-		nb, err := bench.RunNeighbours(ctx, nc.mode, nc.shared, ks, 20, 10)
-		bench.WriteNeighbours(os.Stdout, nb)
+	rc := 0
+	if *table {
+		results, err := bench.RunTable(ctx, cfg, os.Stdout)
 		if err != nil {
-			fmt.Fprintln(os.Stderr, "xdsbench: neighbours:", err)
+			fmt.Fprintln(os.Stderr, "xdsbench:", err)
 			return 1
 		}
-	}
-	for _, r := range results {
-		if r.Err != "" {
-			return 1
+		// Bytes per step against neighbours: the mode measured, all on one
+		// listener (how plans share a port today), then each on its own
+		// listener over delta xDS (the one layout where a step is flat).
+		for _, nc := range []struct {
+			mode   fleetsim.Mode
+			shared bool
+		}{{m, true}, {fleetsim.Delta, false}} {
+			if len(ks) == 0 {
+				break
+			}
+			nb, err := bench.RunNeighbours(ctx, nc.mode, nc.shared, ks, 20, 10)
+			bench.WriteNeighbours(os.Stdout, nb)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "xdsbench: neighbours:", err)
+				return 1
+			}
+		}
+		for _, r := range results {
+			if r.Err != "" {
+				rc = 1
+			}
 		}
 	}
-	return 0
+	if *promoteN > 0 {
+		pc := bench.PromoteConfig{N: *promoteN, Rollouts: 10, Gap: 300 * time.Millisecond, Rounds: *promoteR,
+			DrainTimeout: 200 * time.Millisecond, IdleRollouts: *idleN, IdleFor: *idleFor, Shiftplane: *spBin, Shiftctl: *ctlBin, Log: os.Stderr}
+		pr, err := bench.RunPromotion(ctx, pc)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "xdsbench: promotion bench:", err)
+			return 1
+		}
+		bench.WritePromoteTable(os.Stdout, pc, pr)
+	}
+	return rc
 }
 
 // child serves the parent's requests with a simulated fleet.
