@@ -24,6 +24,11 @@ type storeFault struct {
 	storePath func(t *testing.T) string // where the store lives
 	fault     func(t *testing.T, sp *Shiftplane)
 	heal      func(t *testing.T, sp *Shiftplane)
+	// growOnly: the fault fails only writes that need new space. bbolt
+	// reuses the pages it freed, so a running rollout's small saves may
+	// still succeed on a full disk; a write that grows the store (a new,
+	// large plan) cannot.
+	growOnly bool
 }
 
 // TestStoreFaultsLoseNoDecision runs a rollout against a real Envoy, breaks
@@ -36,7 +41,10 @@ type storeFault struct {
 //
 //   - disk full: the store on a 1 MiB tmpfs made for the test (root only;
 //     under CI=true a failed mount fails the test), filled by another file;
-//     writes fail with ENOSPC; mended by removing that file.
+//     writes that need new space fail with ENOSPC (bbolt reuses the pages
+//     it freed, so the rollout's own small saves may go on succeeding: then
+//     it must keep telling the truth, and a new large plan, which needs new
+//     space, is refused and changes nothing); mended by removing that file.
 //   - read-only: every write to the store fails, by a file size limit of 0
 //     bytes on the running process (prlimit RLIMIT_FSIZE; writes fail with
 //     EFBIG, as a read-only filesystem refuses them with EROFS); mended by
@@ -76,6 +84,7 @@ func TestStoreFaultsLoseNoDecision(t *testing.T) {
 				}
 				t.Fatal("1 MiB tmpfs did not fill up with 4 MiB")
 			},
+			growOnly: true,
 			heal: func(t *testing.T, sp *Shiftplane) {
 				if err := os.Remove(filepath.Join(filepath.Dir(sp.Store), "filler")); err != nil {
 					t.Fatal(err)
@@ -140,6 +149,11 @@ analysis: {minRequests: 0}
 	WaitRouteWeights(t, envoy, "web-v2", 20)
 
 	c.fault(t, sp)
+	if c.growOnly {
+		w0 := fullDiskRefusesGrowth(t, ctx, sp, rc, envoy, canary, listen, v1.Addr)
+		healAndAbort(t, ctx, c, sp, rc, canary, w0)
+		return
+	}
 	// What was decided before the fault is stored and goes out; nothing after.
 	held := rolloutStatus(t, rc, "web")
 	waitFor(t, 10*time.Second, "the rollout to say the store is unavailable", func() (bool, string) {
@@ -175,14 +189,22 @@ analysis: {minRequests: 0}
 		t.Fatalf("a refused abort changed the status: %s weight %d", st.GetPhase(), st.GetCanaryWeight())
 	}
 	t.Logf("store down at weight %d: 3 s held on Envoy and in the status (%q); abort refused: %v", w0, held.GetMessage(), err)
+	healAndAbort(t, ctx, c, sp, rc, canary, w0)
+}
 
+// healAndAbort mends the store and checks the rollout moves on by itself,
+// that an abort reaches Envoy, and that it survives a SIGKILL and restart.
+func healAndAbort(t *testing.T, ctx context.Context, c storeFault, sp *Shiftplane, rc shiftplanev1.RolloutServiceClient, canary func() uint32, w0 uint32) {
 	c.heal(t, sp)
-	waitFor(t, 15*time.Second, "the rollout to move on once the store is writable", func() (bool, string) {
-		st := rolloutStatus(t, rc, "web")
-		return canary() > w0 && !strings.Contains(st.GetMessage(), "store unavailable"), fmt.Sprintf("Envoy %d; %s: %s", canary(), st.GetPhase(), st.GetMessage())
-	})
+	// A rollout that held moves on by itself once writes work again.
+	if !c.growOnly {
+		waitFor(t, 15*time.Second, "the rollout to move on once the store is writable", func() (bool, string) {
+			st := rolloutStatus(t, rc, "web")
+			return canary() > w0 && !strings.Contains(st.GetMessage(), "store unavailable"), fmt.Sprintf("Envoy %d; %s: %s", canary(), st.GetPhase(), st.GetMessage())
+		})
+	}
 	resumed := canary()
-	actx, acancel = context.WithTimeout(ctx, 5*time.Second)
+	actx, acancel := context.WithTimeout(ctx, 5*time.Second)
 	resp, err := rc.Abort(actx, &shiftplanev1.AbortRequest{Name: "web", Reason: "store fault test"})
 	acancel()
 	if err != nil {
@@ -216,5 +238,59 @@ analysis: {minRequests: 0}
 			t.Fatalf("after the restart Envoy's canary weight is %d, want 0", w)
 		}
 	}
-	t.Logf("store writable again: moved on to %d by itself; abort reached Envoy (0) and survived a SIGKILL and restart (ABORTED)", resumed)
+	t.Logf("store writable again, Envoy at %d; abort reached Envoy (0) and survived a SIGKILL and restart (ABORTED)", resumed)
+}
+
+// fullDiskRefusesGrowth checks a full disk from the outside: a new plan
+// large enough to need new pages in the store is refused (UNAVAILABLE,
+// the store named), and nothing of it reaches the API or Envoy; the
+// running rollout never reports a weight Envoy does not hold. It returns
+// the canary weight Envoy holds afterwards.
+func fullDiskRefusesGrowth(t *testing.T, ctx context.Context, sp *Shiftplane, rc shiftplanev1.RolloutServiceClient, envoy *harness.Envoy, canary func() uint32, listen, backend string) uint32 {
+	t.Helper()
+	var eps []string
+	for i := range 1000 {
+		eps = append(eps, fmt.Sprintf("%q", fmt.Sprintf("127.0.%d.%d:%d", i/250, i%250+1, 20000+i)))
+	}
+	big := fmt.Sprintf(`name: big
+listener: {address: %q, domains: ["big.example"]}
+stable: {cluster: big-v1, endpoints: [%s]}
+canary: {cluster: big-v2, endpoints: [%q]}
+steps: [{weight: 10}, {weight: 100}]
+`, listen, strings.Join(eps, ", "), backend)
+	actx, acancel := context.WithTimeout(ctx, 5*time.Second)
+	_, err := rc.Apply(actx, &shiftplanev1.ApplyRequest{Source: &shiftplanev1.ApplyRequest_PlanYaml{PlanYaml: big}})
+	acancel()
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "store") {
+		t.Fatalf("apply of a large plan on a full disk: %v, want UNAVAILABLE naming the store", err)
+	}
+	lctx, lcancel := context.WithTimeout(ctx, 5*time.Second)
+	list, lerr := rc.List(lctx, &shiftplanev1.ListRequest{})
+	lcancel()
+	if lerr != nil {
+		t.Fatal(lerr)
+	}
+	for _, r := range list.GetRollouts() {
+		if r.GetName() == "big" {
+			t.Fatalf("a refused apply is listed: %v", r)
+		}
+	}
+	// Three holds' worth: Envoy never gets the refused plan, and the
+	// running rollout's status never claims a weight Envoy lacks.
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		ws, err := envoy.RouteWeights(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := ws["big-v1"]; ok {
+			t.Fatalf("a refused apply reached Envoy: %v", ws)
+		}
+		st := rolloutStatus(t, rc, "web")
+		if w := ws["web-v2"]; !st.GetWeightPending() && uint32(st.GetCanaryWeight()) > w {
+			t.Fatalf("on a full disk the status says weight %d, Envoy holds %d", st.GetCanaryWeight(), w)
+		}
+	}
+	w0 := canary()
+	t.Logf("disk full: a 1,000-endpoint plan was refused (%v) and reached neither the API nor Envoy; the running rollout is at %d on Envoy", err, w0)
+	return w0
 }
