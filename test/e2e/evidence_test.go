@@ -166,7 +166,7 @@ analysis: {rollbackAfter: %s}
 		}
 		return false, "none yet"
 	})
-	rolled := sp.WaitPhase("bad", "ROLLING_BACK", rollbackAfter+30*time.Second)
+	rolled := sp.WaitPhaseAny("bad", rollbackAfter+30*time.Second, "ROLLING_BACK", "ROLLED_BACK")
 	took := rolled.Sub(first)
 	WaitRouteWeights(t, envoy, "bad-v2", 0)
 	stopLoad()

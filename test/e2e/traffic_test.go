@@ -417,7 +417,7 @@ func TestFailingMirroredCanaryHolds(t *testing.T) {
 	if st.GetStepIndex() != 0 || st.GetCanaryWeight() != 0 || !strings.Contains(st.GetMessage(), "shadow-v2") {
 		t.Fatalf("want HOLDING at the mirror step, weight 0, firing on shadow-v2's own stats; got step %d weight %d: %s", st.GetStepIndex()+1, st.GetCanaryWeight(), st.GetMessage())
 	}
-	rolled := r.sp.WaitPhase("shadow", "ROLLING_BACK", rollbackAfter+20*time.Second)
+	rolled := r.sp.WaitPhaseAny("shadow", rollbackAfter+20*time.Second, "ROLLING_BACK", "ROLLED_BACK")
 	r.sp.WaitPhase("shadow", "ROLLED_BACK", 20*time.Second)
 	rs := waitVhost(t, r.envoy, "shadow", "the rollback's route without a mirror", func(rs []vhostRoute) bool { return len(rs) == 1 && len(rs[0].Mirror) == 0 })
 	// After the rollback the mirror is gone: v2 receives nothing more.

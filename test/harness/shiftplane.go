@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -138,15 +139,24 @@ func (s *Shiftplane) Phase(rollout string) string {
 // WaitPhase polls until the rollout is in phase, and returns when it saw it.
 func (s *Shiftplane) WaitPhase(rollout, phase string, within time.Duration) time.Time {
 	s.t.Helper()
+	return s.WaitPhaseAny(rollout, within, phase)
+}
+
+// WaitPhaseAny polls until the rollout is in one of phases and returns
+// when it saw it. A phase the engine passes through at once (ROLLING_BACK
+// when the fleet ACKs weight 0 within milliseconds) can be missed by a
+// poll: wait for it or the phase after it.
+func (s *Shiftplane) WaitPhaseAny(rollout string, within time.Duration, phases ...string) time.Time {
+	s.t.Helper()
 	deadline := time.Now().Add(within)
 	last := ""
 	for time.Now().Before(deadline) {
-		if last = s.Phase(rollout); last == phase {
+		if last = s.Phase(rollout); slices.Contains(phases, last) {
 			return time.Now()
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	s.t.Fatalf("rollout %s never reached %s within %s (last %q)", rollout, phase, within, last)
+	s.t.Fatalf("rollout %s never reached %s within %s (last %q)", rollout, strings.Join(phases, " or "), within, last)
 	return time.Time{}
 }
 
