@@ -116,6 +116,9 @@ type Engine struct {
 	// server's CPU during promotions. Decisions never read it.
 	statusConv   map[convKey]Convergence
 	statusConvAt time.Time
+	// tickConv is the running tick's memo (nil outside a tick): what the
+	// tick's decisions saw of the fleet, reused by commitLocked.
+	tickConv map[convKey]Convergence
 }
 
 // statusConvFor is how long a status may show a fleet answer.
@@ -370,6 +373,7 @@ func (e *Engine) tick(all bool) error {
 	memo := map[convKey]Convergence{}
 	// Statuses notified during this tick show what it decided on.
 	e.statusConv, e.statusConvAt = memo, time.Now()
+	e.tickConv = memo
 	for _, name := range e.namesLocked() {
 		r := e.rollouts[name]
 		if !all && (r.next.IsZero() || now.Before(r.next)) {
@@ -383,6 +387,7 @@ func (e *Engine) tick(all bool) error {
 			errs = append(errs, err)
 		}
 	}
+	e.tickConv = nil
 	e.mu.Unlock()
 	if err := e.publish("tick"); err != nil {
 		errs = append(errs, err)
@@ -421,14 +426,7 @@ func (e *Engine) convergence(st State, memo map[convKey]Convergence) Convergence
 		kind    ResourceKind
 		version string
 	}{{KindClusters, st.ClusterVersion}, {KindListeners, st.ListenerVersion}, {KindRoutes, st.RouteVersion}} {
-		k := convKey{kv.kind, kv.version}
-		c, ok := memo[k]
-		if !ok {
-			c = e.o.Fleet.Convergence(kv.kind, kv.version)
-			if memo != nil {
-				memo[k] = c
-			}
-		}
+		c := e.fleetConv(kv.kind, kv.version, memo)
 		out.Converged = out.Converged && c.Converged
 		out.Nodes = max(out.Nodes, c.Nodes)
 		out.Nacks = append(out.Nacks, c.Nacks...)
@@ -441,6 +439,21 @@ func (e *Engine) convergence(st State, memo map[convKey]Convergence) Convergence
 		}
 	}
 	return out
+}
+
+// fleetConv is the fleet's convergence on version of kind, kept in memo
+// (may be nil): each call walks every connected stream under the fleet's
+// lock, which the fleet's ACKs wait on.
+func (e *Engine) fleetConv(kind ResourceKind, version string, memo map[convKey]Convergence) Convergence {
+	k := convKey{kind, version}
+	c, ok := memo[k]
+	if !ok {
+		c = e.o.Fleet.Convergence(kind, version)
+		if memo != nil {
+			memo[k] = c
+		}
+	}
+	return c
 }
 
 // commitLocked carries out a decision. A decision that records events or
@@ -657,9 +670,12 @@ func (e *Engine) isolateRejectedLocked() bool {
 	now := e.o.Clock.Now()
 	changed := false
 	waiting := e.probePending
+	// Rollouts stamped by one publish name the same versions: ask the
+	// fleet once per version in this pass.
+	memo := map[convKey]Convergence{}
 	if e.probe != nil {
 		switch {
-		case e.convergedAll(*e.probe), e.firstNack(*e.probe) != "":
+		case e.convergedAll(*e.probe, memo), e.firstNack(*e.probe, memo) != "":
 			e.probe = nil
 		default:
 			waiting = true
@@ -671,7 +687,7 @@ func (e *Engine) isolateRejectedLocked() bool {
 	for _, r := range e.rollouts {
 		n := 0
 		for ; n < len(r.pending); n++ {
-			if !e.convergedAll(r.pending[n].versions) {
+			if !e.convergedAll(r.pending[n].versions, memo) {
 				break
 			}
 		}
@@ -695,7 +711,7 @@ func (e *Engine) isolateRejectedLocked() bool {
 			continue
 		}
 		p := r.pending[0]
-		nack := e.firstNack(p.versions)
+		nack := e.firstNack(p.versions, memo)
 		if nack == "" {
 			continue
 		}
@@ -718,18 +734,18 @@ func (e *Engine) isolateRejectedLocked() bool {
 	return changed || len(culprits) > 0
 }
 
-func (e *Engine) convergedAll(v [3]string) bool {
+func (e *Engine) convergedAll(v [3]string, memo map[convKey]Convergence) bool {
 	for i, kind := range []ResourceKind{KindClusters, KindListeners, KindRoutes} {
-		if !e.o.Fleet.Convergence(kind, v[i]).Converged {
+		if !e.fleetConv(kind, v[i], memo).Converged {
 			return false
 		}
 	}
 	return true
 }
 
-func (e *Engine) firstNack(v [3]string) string {
+func (e *Engine) firstNack(v [3]string, memo map[convKey]Convergence) string {
 	for i, kind := range []ResourceKind{KindClusters, KindListeners, KindRoutes} {
-		if c := e.o.Fleet.Convergence(kind, v[i]); len(c.Nacks) > 0 {
+		if c := e.fleetConv(kind, v[i], memo); len(c.Nacks) > 0 {
 			return c.Nacks[0]
 		}
 	}

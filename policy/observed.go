@@ -345,7 +345,7 @@ func (e *Engine) observeLocked(r *entry, res *Result, now time.Time) {
 		return
 	}
 	r.obs.follow(r.State, TrafficFor(r.plan, r.steps, r.State), r.plan.Stable.Cluster, r.plan.Canary.Cluster)
-	if r.obs.running && r.obs.settled.IsZero() && e.convergence(r.State, nil).Converged {
+	if r.obs.running && r.obs.settled.IsZero() && e.convergence(r.State, e.tickConv).Converged {
 		r.obs.settle(now)
 	}
 	r.obs.consume(e.statsLocked(now), now)

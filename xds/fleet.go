@@ -111,6 +111,7 @@ type streamState struct {
 	since    time.Time
 	ident    Identity
 	types    map[string]*streamType
+	ready    bool // some type was ACKed (Members)
 }
 
 type streamType struct {
@@ -236,22 +237,16 @@ func (f *Fleet) Convergence(kind model.ResourceKind, version string) model.Conve
 		edsLatest = tp.latest
 	}
 	for _, s := range f.streams {
-		ready := false
-		for _, st := range s.types {
-			if st.acked != "" {
-				ready = true
-				break
-			}
-		}
-		if !ready && now.Sub(s.since) >= f.grace {
+		if !s.ready && now.Sub(s.since) >= f.grace {
 			continue // not a member (Members)
 		}
 		if connected != nil {
 			connected[s.node.GetId()] = true
 		}
 		subscribed := false
-		for t, st := range s.types {
-			if !slices.Contains(types, t) {
+		for _, t := range types {
+			st, ok := s.types[t]
+			if !ok {
 				continue
 			}
 			subscribed = true
@@ -471,6 +466,7 @@ func (f *Fleet) request(id int64, node *corev3.Node, typeURL, nonce, version str
 		return nil
 	}
 	st.acked, st.ackedN = version, n
+	s.ready = true
 	if st.nacked != "" && n >= parseVersion(st.nacked) {
 		st.nacked, st.nackErr = "", ""
 	}

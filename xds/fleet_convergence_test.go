@@ -112,3 +112,33 @@ func TestFleetConvergenceMatchesConvergenceOf(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkFleetConvergence is one engine question to a fleet of 1,000
+// streams, each ACKing all four types (the promotion bench's fleet): the
+// engine asks a few times per rollout per tick, under the fleet's lock.
+func BenchmarkFleetConvergence(b *testing.B) {
+	now := time.Unix(1000, 0)
+	f := NewFleet(slog.New(slog.DiscardHandler), nil, func() time.Time { return now })
+	f.Published(Published{Version: 1, Time: now, Changed: publishedTypes})
+	for id := int64(1); id <= 1000; id++ {
+		if err := f.OnStreamOpen(context.Background(), id, ""); err != nil {
+			b.Fatal(err)
+		}
+		node := &corev3.Node{Id: fmt.Sprintf("node-%d", id)}
+		for k, typ := range publishedTypes {
+			_ = f.OnStreamRequest(id, &discoveryv3.DiscoveryRequest{Node: node, TypeUrl: typ})
+			n := fmt.Sprintf("%d-%d", id, k)
+			f.OnStreamResponse(context.Background(), id, nil, &discoveryv3.DiscoveryResponse{TypeUrl: typ, Nonce: n, VersionInfo: "1"})
+			_ = f.OnStreamRequest(id, &discoveryv3.DiscoveryRequest{Node: node, TypeUrl: typ, ResponseNonce: n, VersionInfo: "1"})
+		}
+	}
+	if c := f.Convergence(model.KindClusters, "1"); !c.Converged || c.Nodes != 1000 {
+		b.Fatalf("fleet not converged: %+v", c)
+	}
+	b.ResetTimer()
+	for range b.N {
+		for _, kind := range []model.ResourceKind{model.KindClusters, model.KindListeners, model.KindRoutes} {
+			_ = f.Convergence(kind, "1")
+		}
+	}
+}
