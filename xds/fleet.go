@@ -265,11 +265,8 @@ func (f *Fleet) Convergence(kind model.ResourceKind, version string) model.Conve
 			}
 			// As in ConvergenceOf: a node is converged only with the
 			// resources it asked for.
-			if len(st.missing) > 0 && acked >= v {
-				c.Converged = false
-				for _, name := range st.missing {
-					c.Lacking = append(c.Lacking, fmt.Sprintf("node %s lacks %s %q", s.node.GetId(), resourceWord(t), name))
-				}
+			if acked >= v {
+				lacks(&c, s.node.GetId(), t, st.missing)
 			}
 		}
 		switch {
@@ -281,18 +278,7 @@ func (f *Fleet) Convergence(kind model.ResourceKind, version string) model.Conve
 		}
 	}
 	f.mu.Unlock()
-	if c.Nodes == 0 {
-		c.Converged = false
-	}
-	for _, id := range stats {
-		if !connected[id] {
-			c.Missing = append(c.Missing, id)
-			c.Converged = false
-		}
-	}
-	sort.Strings(c.Nacks)
-	sort.Strings(c.Missing)
-	sort.Strings(c.Lacking)
+	finishConvergence(&c, connected, stats)
 	return c
 }
 

@@ -140,11 +140,8 @@ func ConvergenceOf(kind model.ResourceKind, version string, nodes []NodeStatus, 
 			// A node is converged only with the resources it asked for:
 			// a proxyless client that ACKed an answer without its
 			// listener (or route, cluster, endpoints) cannot route.
-			if len(st.Missing) > 0 && acked >= v {
-				c.Converged = false
-				for _, name := range st.Missing {
-					c.Lacking = append(c.Lacking, fmt.Sprintf("node %s lacks %s %q", n.ID, resourceWord(st.TypeURL), name))
-				}
+			if acked >= v {
+				lacks(&c, n.ID, st.TypeURL, st.Missing)
 			}
 		}
 		switch {
@@ -157,6 +154,27 @@ func ConvergenceOf(kind model.ResourceKind, version string, nodes []NodeStatus, 
 			c.Converged = false
 		}
 	}
+	finishConvergence(&c, connected, statsNodes)
+	return c
+}
+
+// lacks records that node ACKed an answer of typeURL without the
+// resources it asked for (missing): it cannot route, so it is not
+// converged.
+func lacks(c *model.Convergence, node, typeURL string, missing []string) {
+	if len(missing) == 0 {
+		return
+	}
+	c.Converged = false
+	for _, name := range missing {
+		c.Lacking = append(c.Lacking, fmt.Sprintf("node %s lacks %s %q", node, resourceWord(typeURL), name))
+	}
+}
+
+// finishConvergence applies the fleet-wide rules once every node is
+// counted: no node is not converged, nor is a node that reports stats but
+// has no xDS stream (connected); the lists are sorted.
+func finishConvergence(c *model.Convergence, connected map[string]bool, statsNodes []string) {
 	if c.Nodes == 0 {
 		c.Converged = false
 	}
@@ -169,7 +187,6 @@ func ConvergenceOf(kind model.ResourceKind, version string, nodes []NodeStatus, 
 	sort.Strings(c.Nacks)
 	sort.Strings(c.Missing)
 	sort.Strings(c.Lacking)
-	return c
 }
 
 // resourceWord names a resource type for people.
