@@ -593,8 +593,12 @@ func TestMigrationReleaseTrain(t *testing.T) {
 	if handover == 0 || handoverFailed != 0 || handoverV1 != 0 || handoverBy["v2"] < handover-2 {
 		t.Errorf("hand-over: %d writes, %d failed, by version %v; want them all answered, by v2", handover, handoverFailed, handoverBy)
 	}
-	if routesBefore["users-v2"] != 100 || routesAfter["users-v2"] != 100 || routesAfter["users-v1"] != 0 {
-		t.Errorf("routes before the second apply %v, after %v; want users-v2 at 100 on both sides", routesBefore, routesAfter)
+	// Just after the apply Envoy holds v2 at 100, or already the first
+	// step (25 on v3: the engine acts on the fleet's ACK at once, so the
+	// step can beat this read), and never anything on v1.
+	if v3w := routesAfter["users-v3"]; routesBefore["users-v2"] != 100 || routesAfter["users-v1"] != 0 ||
+		(v3w != 0 && v3w != 25) || routesAfter["users-v2"] != 100-v3w {
+		t.Errorf("routes before the second apply %v, after %v; want users-v2 at 100 before, and after it 100 or the first step (75/25), nothing on v1", routesBefore, routesAfter)
 	}
 	if sum.ByVersion["v3"] == 0 || s3.Writes == 0 {
 		t.Errorf("v3 took no writes")
