@@ -78,11 +78,28 @@ type preparedResource struct {
 type served struct {
 	types    map[string]*preparedType
 	versions map[string]string
+	known    [numKnownTypes]servedType // the known types' entries of both maps
+}
+
+type servedType struct {
+	pt *preparedType
+	v  string
+}
+
+func newServed(types map[string]*preparedType, versions map[string]string) *served {
+	s := &served{types: types, versions: versions}
+	for i, t := range knownTypes {
+		s.known[i] = servedType{pt: types[t], v: versions[t]}
+	}
+	return s
 }
 
 func (s *served) typ(typeURL string) (*preparedType, string) {
 	if s == nil {
 		return nil, ""
+	}
+	if i := knownType(typeURL); i >= 0 {
+		return s.known[i].pt, s.known[i].v
 	}
 	return s.types[typeURL], s.versions[typeURL]
 }
@@ -140,16 +157,17 @@ func (c *Cache) Set(ctx context.Context, p *PreparedResources, versions map[stri
 	c.setMu.Lock()
 	defer c.setMu.Unlock()
 	old := c.cur.Load()
-	next := &served{types: maps.Clone(p.types), versions: copyMap(versions)}
+	types := maps.Clone(p.types)
 	var changed []string
-	for t, pt := range next.types {
+	for t, pt := range types {
 		was, v := old.typ(t)
-		if was != nil && v == next.versions[t] && maps.Equal(was.hashes, pt.hashes) {
-			next.types[t] = was // unchanged: its watches need no look
+		if was != nil && v == versions[t] && maps.Equal(was.hashes, pt.hashes) {
+			types[t] = was // unchanged: its watches need no look
 			continue
 		}
 		changed = append(changed, t)
 	}
+	next := newServed(types, copyMap(versions))
 	// Store before scanning: a watch registered after a shard's scan saw
 	// next when it registered (both happen under the shard's lock).
 	c.cur.Store(next)
@@ -167,8 +185,10 @@ func (c *Cache) Set(ctx context.Context, p *PreparedResources, versions map[stri
 			sotw, delta = sotw[:0], delta[:0]
 			answered, answeredDelta = answered[:0], answeredDelta[:0]
 			sh.mu.Lock()
-			for w := range sh.sotw[t] {
-				sotw = append(sotw, w)
+			if l, ok := sh.sotw.get(t); ok {
+				for w := l.head; w != nil; w = w.next {
+					sotw = append(sotw, w)
+				}
 			}
 			for w := range sh.delta[t] {
 				delta = append(delta, w)
@@ -187,7 +207,7 @@ func (c *Cache) Set(ctx context.Context, p *PreparedResources, versions map[stri
 			if len(answered)+len(answeredDelta) > 0 {
 				sh.mu.Lock()
 				for _, w := range answered {
-					delete(sh.sotw[t], w)
+					w.unlink()
 				}
 				for _, w := range answeredDelta {
 					delete(sh.delta[t], w)
@@ -209,8 +229,39 @@ func (c *Cache) Versions() map[string]string {
 
 type watchShard struct {
 	mu    sync.Mutex
-	sotw  map[string]map[*sotwWatch]struct{}
+	sotw  byType[watchList]
 	delta map[string]map[*deltaWatch]struct{}
+}
+
+// watchList is a shard's open SotW watches of one type, linked through the
+// watches themselves: every ACK re-arms a watch, and adding or removing one
+// is then two pointer writes instead of a map insert and delete. Guarded by
+// the shard's mu.
+type watchList struct{ head *sotwWatch }
+
+func (l *watchList) add(w *sotwWatch) {
+	w.list, w.prev, w.next = l, nil, l.head
+	if l.head != nil {
+		l.head.prev = w
+	}
+	l.head = w
+}
+
+// unlink removes w from its list, if it is in one.
+func (w *sotwWatch) unlink() {
+	l := w.list
+	if l == nil {
+		return
+	}
+	if w.prev != nil {
+		w.prev.next = w.next
+	} else {
+		l.head = w.next
+	}
+	if w.next != nil {
+		w.next.prev = w.prev
+	}
+	w.list, w.prev, w.next = nil, nil, nil
 }
 
 func (c *Cache) shard() *watchShard {
@@ -228,6 +279,9 @@ type sotwWatch struct {
 	sub     cachev3.Subscription
 	ch      chan cachev3.Response
 	shard   *watchShard
+
+	list       *watchList // nil once answered or cancelled; shard's mu
+	prev, next *sotwWatch
 }
 
 // CreateWatch implements cache.ConfigWatcher: it answers at once when the
@@ -246,15 +300,8 @@ func (c *Cache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, ch c
 		}
 	}
 	w := &sotwWatch{typeURL: t, version: req.GetVersionInfo(), req: req, sub: sub, ch: ch, shard: sh}
-	if sh.sotw == nil {
-		sh.sotw = map[string]map[*sotwWatch]struct{}{}
-	}
-	m := sh.sotw[t]
-	if m == nil {
-		m = map[*sotwWatch]struct{}{}
-		sh.sotw[t] = m
-	}
-	m[w] = struct{}{}
+	l, _ := sh.sotw.getOrNew(t)
+	l.add(w)
 	sh.mu.Unlock()
 	return w.cancel, nil
 }
@@ -264,7 +311,7 @@ func (w *sotwWatch) cancel() {
 	w.done = true
 	w.mu.Unlock()
 	w.shard.mu.Lock()
-	delete(w.shard.sotw[w.typeURL], w)
+	w.unlink()
 	w.shard.mu.Unlock()
 }
 
@@ -327,8 +374,11 @@ type sotwResponse struct {
 	req      *cachev3.Request
 	pt       *preparedType
 	version  string
-	out      *discoveryv3.DiscoveryResponse
+	out      *discoveryv3.DiscoveryResponse // &resp once built
 	returned map[string]string
+	// resp is allocated with the response (one allocation, not two, per
+	// stream and answer); the server writes its nonce into it.
+	resp discoveryv3.DiscoveryResponse
 }
 
 var _ cachev3.Response = (*sotwResponse)(nil)
@@ -343,9 +393,10 @@ func (r *sotwResponse) build() {
 	if r.out != nil {
 		return
 	}
-	r.out = &discoveryv3.DiscoveryResponse{VersionInfo: r.version, TypeUrl: r.req.GetTypeUrl()}
-	r.returned = map[string]string{}
+	r.out = &r.resp
+	r.out.VersionInfo, r.out.TypeUrl = r.version, r.req.GetTypeUrl()
 	if r.pt == nil {
+		r.returned = map[string]string{}
 		return
 	}
 	names := r.req.GetResourceNames()
@@ -357,7 +408,8 @@ func (r *sotwResponse) build() {
 		}
 	}
 	if !all {
-		var idx []int
+		var buf [8]int
+		idx := buf[:0]
 		for _, n := range names {
 			if i, ok := r.pt.names[n]; ok {
 				idx = append(idx, i)

@@ -101,7 +101,7 @@ type Fleet struct {
 
 	mu      sync.Mutex
 	streams map[int64]*streamState
-	types   map[string]*typeProgress
+	types   byType[typeProgress]
 }
 
 type streamState struct {
@@ -110,7 +110,7 @@ type streamState struct {
 	protocol string
 	since    time.Time
 	ident    Identity
-	types    map[string]*streamType
+	types    byType[streamType]
 	ready    bool // some type was ACKed (Members)
 }
 
@@ -142,7 +142,7 @@ type typeProgress struct {
 
 // NewFleet returns an empty fleet tracker.
 func NewFleet(log *slog.Logger, m *Metrics, now func() time.Time) *Fleet {
-	return &Fleet{log: log, metrics: m, now: now, grace: DefaultReadyGrace, streams: map[int64]*streamState{}, types: map[string]*typeProgress{}}
+	return &Fleet{log: log, metrics: m, now: now, grace: DefaultReadyGrace, streams: map[int64]*streamState{}}
 }
 
 // DefaultReadyGrace is how long a stream may go without ACKing anything
@@ -163,11 +163,7 @@ func (f *Fleet) ReadyGrace() time.Duration { return f.grace }
 var _ serverv3.Callbacks = (*Fleet)(nil)
 
 func (f *Fleet) progress(typeURL string) *typeProgress {
-	tp, ok := f.types[typeURL]
-	if !ok {
-		tp = &typeProgress{}
-		f.types[typeURL] = tp
-	}
+	tp, _ := f.types.getOrNew(typeURL)
 	return tp
 }
 
@@ -185,7 +181,7 @@ func (f *Fleet) Published(p Published) {
 		tp.published = p.Time
 		tp.lagging, tp.acked = 0, 0
 		for _, s := range f.streams {
-			if st, ok := s.types[t]; ok {
+			if st, ok := s.types.get(t); ok {
 				st.upToDate = st.ackedN >= tp.latest
 				if !st.upToDate {
 					tp.lagging++
@@ -233,7 +229,7 @@ func (f *Fleet) Convergence(kind model.ResourceKind, version string) model.Conve
 	}
 	f.mu.Lock()
 	var edsLatest uint64
-	if tp, ok := f.types[resourcev3.EndpointType]; ok {
+	if tp, ok := f.types.get(resourcev3.EndpointType); ok {
 		edsLatest = tp.latest
 	}
 	for _, s := range f.streams {
@@ -245,7 +241,7 @@ func (f *Fleet) Convergence(kind model.ResourceKind, version string) model.Conve
 		}
 		subscribed := false
 		for _, t := range types {
-			st, ok := s.types[t]
+			st, ok := s.types.get(t)
 			if !ok {
 				continue
 			}
@@ -272,7 +268,7 @@ func (f *Fleet) Convergence(kind model.ResourceKind, version string) model.Conve
 		switch {
 		case subscribed:
 			c.Nodes++
-		case len(s.types) > 0:
+		case s.types.len() > 0:
 			c.Nodes++
 			c.Converged = false
 		}
@@ -289,7 +285,7 @@ func (f *Fleet) Convergence(kind model.ResourceKind, version string) model.Conve
 func (f *Fleet) Lagging(typeURL string) (latest uint64, lagging int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if tp, ok := f.types[typeURL]; ok {
+	if tp, ok := f.types.get(typeURL); ok {
 		return tp.latest, tp.lagging
 	}
 	return 0, 0
@@ -333,7 +329,7 @@ func (f *Fleet) Nodes() []NodeStatus {
 		if !s.ident.Authenticated() {
 			ns.Identity = ""
 		}
-		for t, st := range s.types {
+		for t, st := range s.types.all() {
 			if st.acked != "" {
 				ns.Ready = true
 			}
@@ -357,7 +353,7 @@ func (f *Fleet) Nodes() []NodeStatus {
 func (f *Fleet) open(ctx context.Context, id int64, protocol string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.streams[id] = &streamState{id: id, protocol: protocol, since: f.now(), ident: PeerIdentity(ctx), types: map[string]*streamType{}}
+	f.streams[id] = &streamState{id: id, protocol: protocol, since: f.now(), ident: PeerIdentity(ctx)}
 	if f.metrics != nil {
 		f.metrics.streams.Inc()
 	}
@@ -371,7 +367,7 @@ func (f *Fleet) closed(id int64) {
 		return
 	}
 	delete(f.streams, id)
-	for t, st := range s.types {
+	for t, st := range s.types.all() {
 		tp := f.progress(t)
 		if !st.upToDate {
 			tp.lagging--
@@ -412,10 +408,8 @@ func (f *Fleet) request(id int64, node *corev3.Node, typeURL, nonce, version str
 		return errNodeNotAllowed(s.ident, "")
 	}
 	tp := f.progress(typeURL)
-	st, ok := s.types[typeURL]
-	if !ok {
-		st = &streamType{}
-		s.types[typeURL] = st
+	st, added := s.types.getOrNew(typeURL)
+	if added {
 		st.upToDate = tp.latest == 0
 		if !st.upToDate {
 			tp.lagging++
@@ -475,11 +469,7 @@ func (f *Fleet) response(id int64, typeURL, nonce, version string) {
 	if !ok {
 		return
 	}
-	st, ok := s.types[typeURL]
-	if !ok {
-		st = &streamType{}
-		s.types[typeURL] = st
-	}
+	st, _ := s.types.getOrNew(typeURL)
 	st.sent, st.sentN = version, parseVersion(version)
 	st.nonces[0], st.nonces[1] = st.nonces[1], nonceVersion{nonce: nonce, version: version}
 	if f.metrics != nil {
@@ -552,7 +542,7 @@ func (f *Fleet) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRe
 func (f *Fleet) resumedVersion(typeURL string, subscribe []string, held map[string]string) string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	tp, ok := f.types[typeURL]
+	tp, ok := f.types.get(typeURL)
 	if !ok || tp.hashes == nil || tp.latest == 0 {
 		return ""
 	}

@@ -100,7 +100,7 @@ func TestFleetConvergenceMatchesConvergenceOf(t *testing.T) {
 				got := f.Convergence(kind, version)
 				f.mu.Lock()
 				lat := map[string]string{}
-				for typ, tp := range f.types {
+				for typ, tp := range f.types.all() {
 					lat[typ] = strconv.FormatUint(tp.latest, 10)
 				}
 				f.mu.Unlock()

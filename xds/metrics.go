@@ -1,20 +1,19 @@
 package xds
 
 import (
-	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
 // servedTypes are the resource types shiftplane serves; their push and NACK
 // counters exist at 0 from the start, so a rate() or an alert on the first
 // NACK sees it.
-var servedTypes = []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType}
+var servedTypes = knownTypes[:]
 
 // Metrics are the xDS server's Prometheus metrics.
 type Metrics struct {
 	streams     prometheus.Gauge
 	pushes      *prometheus.CounterVec
-	pushesOf    map[string]prometheus.Counter // type URL → pushes counter, for servedTypes
+	pushesOf    [numKnownTypes]prometheus.Counter // pushes counter by knownType
 	nacks       *prometheus.CounterVec
 	convergence prometheus.Histogram
 	refused     *prometheus.CounterVec
@@ -44,9 +43,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, r := range []string{"identity", "limit"} {
 		m.refused.WithLabelValues(r)
 	}
-	m.pushesOf = make(map[string]prometheus.Counter, len(servedTypes))
-	for _, t := range servedTypes {
-		m.pushesOf[t] = m.pushes.WithLabelValues(shortType(t))
+	for i, t := range servedTypes {
+		m.pushesOf[i] = m.pushes.WithLabelValues(shortType(t))
 		m.nacks.WithLabelValues(shortType(t))
 	}
 	if reg != nil {
@@ -57,8 +55,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 
 // pushed counts a response sent of typeURL.
 func (m *Metrics) pushed(typeURL string) {
-	if c, ok := m.pushesOf[typeURL]; ok {
-		c.Inc()
+	if i := knownType(typeURL); i >= 0 {
+		m.pushesOf[i].Inc()
 		return
 	}
 	m.pushes.WithLabelValues(shortType(typeURL)).Inc()
