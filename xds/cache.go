@@ -295,7 +295,7 @@ func (c *Cache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, ch c
 	if cur != nil {
 		if pt, v := cur.typ(t); sotwBehind(pt, v, req.GetVersionInfo(), sub) {
 			sh.mu.Unlock()
-			ch <- newSotwResponse(context.Background(), req, pt, v)
+			ch <- newSotwResponse(context.Background(), req, sub, pt, v)
 			return func() {}, nil
 		}
 	}
@@ -331,7 +331,7 @@ func (w *sotwWatch) answer(ctx context.Context, pt *preparedType, v string) bool
 	// ADS: one per type on a shared channel; otherwise a channel of one
 	// per watch), and a watch is answered once, so this never blocks.
 	select {
-	case w.ch <- newSotwResponse(ctx, w.req, pt, v):
+	case w.ch <- newSotwResponse(ctx, w.req, w.sub, pt, v):
 	default:
 	}
 	return true
@@ -372,6 +372,7 @@ func sotwBehind(pt *preparedType, v, version string, sub cachev3.Subscription) b
 type sotwResponse struct {
 	ctx      context.Context
 	req      *cachev3.Request
+	sub      cachev3.Subscription // the stream's, nil for a REST fetch
 	pt       *preparedType
 	version  string
 	out      *discoveryv3.DiscoveryResponse // &resp once built
@@ -383,8 +384,8 @@ type sotwResponse struct {
 
 var _ cachev3.Response = (*sotwResponse)(nil)
 
-func newSotwResponse(ctx context.Context, req *cachev3.Request, pt *preparedType, version string) *sotwResponse {
-	return &sotwResponse{ctx: ctx, req: req, pt: pt, version: version}
+func newSotwResponse(ctx context.Context, req *cachev3.Request, sub cachev3.Subscription, pt *preparedType, version string) *sotwResponse {
+	return &sotwResponse{ctx: ctx, req: req, sub: sub, pt: pt, version: version}
 }
 
 // build picks the resources the request names (all of them when it names
@@ -419,18 +420,62 @@ func (r *sotwResponse) build() {
 		idx = compactInts(idx)
 		if len(idx) < len(r.pt.res) {
 			r.out.Resources = make([]*anypb.Any, len(idx))
-			r.returned = make(map[string]string, len(idx))
 			for j, i := range idx {
 				r.out.Resources[j] = r.pt.res[i].any
-				r.returned[r.pt.res[i].name] = r.version
 			}
+			r.record(idx)
 			return
 		}
 	}
 	r.out.Resources = r.pt.all
-	r.returned = make(map[string]string, len(r.pt.res))
-	for _, res := range r.pt.res {
-		r.returned[res.name] = r.version
+	r.record(nil)
+}
+
+// record sets what the response sends, name → version, for the stream's
+// subscription (go-control-plane's SetReturnedResources). The
+// subscription still holds the map its previous answer of this type
+// recorded; when that names the same resources, it is updated in place
+// instead of a new map being made for every stream on every answer (at
+// N=10000 that map was the largest cost shiftplane itself added per step).
+// Nothing else reads or writes that map meanwhile: go-control-plane's
+// server (v0.14, SotW, ADS or not) builds a response on the stream's own
+// goroutine when it sends it, after the watch that produced it finished
+// (answer and cancel, under the watch's mu) and before the stream's next
+// watch of the type is made; the map belongs to this stream and type alone.
+//
+// idx are the indices in r.pt.res of the resources sent; nil: all of them.
+func (r *sotwResponse) record(idx []int) {
+	n := len(r.pt.res)
+	if idx != nil {
+		n = len(idx)
+	}
+	name := func(i int) string {
+		if idx != nil {
+			i = idx[i]
+		}
+		return r.pt.res[i].name
+	}
+	if r.sub != nil {
+		if m := r.sub.ReturnedResources(); m != nil && len(m) == n {
+			same := true
+			for i := range n {
+				if _, ok := m[name(i)]; !ok {
+					same = false
+					break
+				}
+			}
+			if same {
+				for i := range n {
+					m[name(i)] = r.version
+				}
+				r.returned = m
+				return
+			}
+		}
+	}
+	r.returned = make(map[string]string, n)
+	for i := range n {
+		r.returned[name(i)] = r.version
 	}
 }
 
@@ -478,7 +523,7 @@ func (c *Cache) Fetch(ctx context.Context, req *cachev3.Request) (cachev3.Respon
 	if req.GetVersionInfo() == v {
 		return nil, &types.SkipFetchError{}
 	}
-	return newSotwResponse(ctx, req, pt, v), nil
+	return newSotwResponse(ctx, req, nil, pt, v), nil
 }
 
 // deltaWatch is one open delta watch; mu as in sotwWatch.

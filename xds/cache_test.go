@@ -304,3 +304,67 @@ func TestCacheDeltaSendsChangesOnly(t *testing.T) {
 	case <-time.After(50 * time.Millisecond):
 	}
 }
+
+// A stream's record of what it was sent (go-control-plane's returned
+// resources) follows every answer, whether the cache updates the map the
+// subscription holds (same resources as last time) or makes a new one.
+func TestCacheRecordsReturnedResourcesPerAnswer(t *testing.T) {
+	c := NewCache()
+	set := func(v string, w int) {
+		mustSet(t, c, map[string][]types.Resource{resourcev3.RouteType: routes(3, w)}, map[string]string{resourcev3.RouteType: v})
+	}
+	set("1", 1)
+	// answer does what go-control-plane's server does with a response.
+	answer := func(sub *stream.Subscription, names []string, version string) map[string]string {
+		t.Helper()
+		ch := make(chan cachev3.Response, 1)
+		sub.SetResourceSubscription(names)
+		req := &discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.RouteType, ResourceNames: names, VersionInfo: version}
+		if _, err := c.CreateWatch(req, sub, ch); err != nil {
+			t.Fatal(err)
+		}
+		var r cachev3.Response
+		select {
+		case r = <-ch:
+		case <-time.After(5 * time.Second):
+			t.Fatal("no response")
+		}
+		if _, err := r.GetDiscoveryResponse(); err != nil {
+			t.Fatal(err)
+		}
+		sub.SetReturnedResources(r.GetReturnedResources())
+		return r.GetReturnedResources()
+	}
+	two := []string{"route-0", "route-2"}
+	sub := stream.NewSotwSubscription(two, true)
+	first := answer(&sub, two, "")
+	if fmt.Sprint(first) != "map[route-0:1 route-2:1]" {
+		t.Fatalf("first answer recorded %v", first)
+	}
+	set("2", 2)
+	again := answer(&sub, two, "1")
+	if fmt.Sprint(again) != "map[route-0:2 route-2:2]" || fmt.Sprint(sub.ReturnedResources()) != "map[route-0:2 route-2:2]" {
+		t.Fatalf("second answer recorded %v (subscription %v)", again, sub.ReturnedResources())
+	}
+	// Another stream with the same names keeps its own record.
+	other := stream.NewSotwSubscription(two, true)
+	if got := answer(&other, two, ""); fmt.Sprint(got) != "map[route-0:2 route-2:2]" {
+		t.Fatalf("other stream recorded %v", got)
+	}
+	set("3", 3)
+	one := []string{"route-1"}
+	if got := answer(&sub, one, "2"); fmt.Sprint(got) != "map[route-1:3]" {
+		t.Fatalf("after changing names recorded %v", got)
+	}
+	if fmt.Sprint(other.ReturnedResources()) != "map[route-0:2 route-2:2]" {
+		t.Fatalf("the other stream's record changed: %v", other.ReturnedResources())
+	}
+	all := stream.NewSotwSubscription(nil, true)
+	if got := answer(&all, nil, ""); fmt.Sprint(got) != "map[route-0:3 route-1:3 route-2:3]" {
+		t.Fatalf("wildcard recorded %v", got)
+	}
+	set("4", 4)
+	if got := answer(&all, nil, "3"); fmt.Sprint(got) != "map[route-0:4 route-1:4 route-2:4]" {
+		t.Fatalf("wildcard again recorded %v", got)
+	}
+}
