@@ -122,13 +122,18 @@ func ProcessCPU() time.Duration {
 }
 
 // childRequest and childResponse are the JSON lines between the bench and
-// its client process.
+// its child processes: the client process (ServeChild) and the floor
+// process (ServeFloor).
 type childRequest struct {
-	Op      string `json:"op"` // connect, wait, counters, storm, disconnect
+	// Op is connect, wait, counters, storm or disconnect (client process);
+	// start, mem, step, settle or profile (floor process).
+	Op      string `json:"op"`
 	Addr    string `json:"addr,omitempty"`
 	N       int    `json:"n,omitempty"`
 	Type    int    `json:"type,omitempty"`
 	Version uint64 `json:"version,omitempty"`
+	Weight  int    `json:"weight,omitempty"`
+	Path    string `json:"path,omitempty"`
 	// Timeout bounds the child's own wait, a little under the parent's.
 	Timeout time.Duration `json:"timeout,omitempty"`
 }
@@ -139,30 +144,36 @@ type childResponse struct {
 	Span     fleetsim.Span  `json:"span"`
 	Counters ClientCounters `json:"counters"`
 	Storm    fleetsim.Storm `json:"storm"`
+	// Floor process.
+	Addr string    `json:"addr,omitempty"`
+	Mem  Mem       `json:"mem"`
+	Step floorStep `json:"step"`
+	Cost StepCost  `json:"cost"`
 }
 
 // ChildEnv marks a process started by StartChild; its main calls ServeChild.
 const ChildEnv = "SHIFTPLANE_BENCH_CHILD"
 
-// ChildClients runs the fleet in a child process: the same binary, started
-// with ChildEnv set, serving ServeChild on its stdin and stdout. The child
-// exits when its stdin closes and is killed with the parent (Pdeathsig).
-type ChildClients struct {
+// child is a child process of the bench: the same binary, started with an
+// environment variable that makes its main serve JSON requests on stdin and
+// replies on stdout. It exits when its stdin closes and is killed with the
+// parent (Pdeathsig).
+type child struct {
+	what      string // "client process", "floor process": for errors
 	cmd       *exec.Cmd
 	stdin     io.WriteCloser
 	lines     chan []byte
-	quit      chan struct{} // closed by Close: stop reading replies
+	quit      chan struct{} // closed by close: stop reading replies
 	closeOnce sync.Once
 	stderr    *tailBuffer
 	done      chan struct{}
 	err       error
 }
 
-// StartChild starts exe (normally os.Executable()) with args as a client
-// process speaking mode.
-func StartChild(exe string, args []string, mode fleetsim.Mode, parallel int) (*ChildClients, error) {
+// startChildProcess starts exe with args and the extra environment env.
+func startChildProcess(what, exe string, args, env []string) (*child, error) {
 	cmd := exec.Command(exe, args...)
-	cmd.Env = append(os.Environ(), ChildEnv+"=1", "SHIFTPLANE_BENCH_MODE="+string(mode), fmt.Sprintf("SHIFTPLANE_BENCH_PARALLEL=%d", parallel))
+	cmd.Env = append(os.Environ(), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -172,10 +183,10 @@ func StartChild(exe string, args []string, mode fleetsim.Mode, parallel int) (*C
 	if err != nil {
 		return nil, err
 	}
-	c := &ChildClients{cmd: cmd, stdin: stdin, lines: make(chan []byte), quit: make(chan struct{}), stderr: &tailBuffer{max: 8 << 10}, done: make(chan struct{})}
+	c := &child{what: what, cmd: cmd, stdin: stdin, lines: make(chan []byte), quit: make(chan struct{}), stderr: &tailBuffer{max: 8 << 10}, done: make(chan struct{})}
 	cmd.Stderr = c.stderr
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start client process: %w", err)
+		return nil, fmt.Errorf("start %s: %w", what, err)
 	}
 	go func() {
 		defer close(c.lines)
@@ -196,45 +207,73 @@ func StartChild(exe string, args []string, mode fleetsim.Mode, parallel int) (*C
 	return c, nil
 }
 
-func (c *ChildClients) call(ctx context.Context, req childRequest) (childResponse, error) {
+func (c *child) call(ctx context.Context, req childRequest) (childResponse, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		req.Timeout = time.Until(dl) * 9 / 10
 	}
 	b, _ := json.Marshal(req)
 	if _, err := c.stdin.Write(append(b, '\n')); err != nil {
-		return childResponse{}, fmt.Errorf("client process: %s: %w%s", req.Op, err, c.tail())
+		return childResponse{}, fmt.Errorf("%s: %s: %w%s", c.what, req.Op, err, c.tail())
 	}
 	select {
 	case line, ok := <-c.lines:
 		if !ok {
 			<-c.done
-			return childResponse{}, fmt.Errorf("client process exited (%v) during %s%s", c.err, req.Op, c.tail())
+			return childResponse{}, fmt.Errorf("%s exited (%v) during %s%s", c.what, c.err, req.Op, c.tail())
 		}
 		var resp childResponse
 		if err := json.Unmarshal(line, &resp); err != nil {
-			return childResponse{}, fmt.Errorf("client process: %s: bad reply %q: %w", req.Op, line, err)
+			return childResponse{}, fmt.Errorf("%s: %s: bad reply %q: %w", c.what, req.Op, line, err)
 		}
 		if resp.Err != "" {
-			return resp, fmt.Errorf("client process: %s", resp.Err)
+			return resp, fmt.Errorf("%s: %s", c.what, resp.Err)
 		}
 		return resp, nil
 	case <-ctx.Done():
 		c.kill()
-		return childResponse{}, fmt.Errorf("client process: %s: %w%s", req.Op, ctx.Err(), c.tail())
+		return childResponse{}, fmt.Errorf("%s: %s: %w%s", c.what, req.Op, ctx.Err(), c.tail())
 	}
 }
 
-func (c *ChildClients) tail() string {
+func (c *child) tail() string {
 	if s := strings.TrimSpace(c.stderr.String()); s != "" {
-		return "\nclient process stderr:\n" + s
+		return "\n" + c.what + " stderr:\n" + s
 	}
 	return ""
 }
 
-func (c *ChildClients) kill() {
+func (c *child) kill() {
 	if c.cmd.Process != nil {
 		_ = c.cmd.Process.Kill() // by PID: the child we started
 	}
+}
+
+// close ends the child: its stdin closes and it exits; after 10 s it is
+// killed.
+func (c *child) close() {
+	c.closeOnce.Do(func() { close(c.quit) })
+	_ = c.stdin.Close()
+	select {
+	case <-c.done:
+	case <-time.After(10 * time.Second):
+		c.kill()
+		<-c.done
+	}
+}
+
+// ChildClients runs the fleet in a child process: the same binary, started
+// with ChildEnv set, serving ServeChild on its stdin and stdout.
+type ChildClients struct{ *child }
+
+// StartChild starts exe (normally os.Executable()) with args as a client
+// process speaking mode.
+func StartChild(exe string, args []string, mode fleetsim.Mode, parallel int) (*ChildClients, error) {
+	c, err := startChildProcess("client process", exe, args,
+		[]string{ChildEnv + "=1", "SHIFTPLANE_BENCH_MODE=" + string(mode), fmt.Sprintf("SHIFTPLANE_BENCH_PARALLEL=%d", parallel)})
+	if err != nil {
+		return nil, err
+	}
+	return &ChildClients{c}, nil
 }
 
 // Connect implements Clients.
@@ -270,14 +309,7 @@ func (c *ChildClients) Disconnect(ctx context.Context) error {
 // Close ends the child: its stdin closes, it stops its clients and exits;
 // after 10 s it is killed.
 func (c *ChildClients) Close() error {
-	c.closeOnce.Do(func() { close(c.quit) })
-	_ = c.stdin.Close()
-	select {
-	case <-c.done:
-	case <-time.After(10 * time.Second):
-		c.kill()
-		<-c.done
-	}
+	c.close()
 	return nil
 }
 

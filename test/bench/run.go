@@ -33,13 +33,13 @@ type Steps struct {
 	Set []time.Duration
 	// Received is what the clients received during the measured steps.
 	Received fleetsim.Counters
-	// CPU is this process's CPU time during the measured steps (from
+	// CPU is the server process's CPU time during the measured steps (from
 	// publish until the server saw every ACK); ClientCPU the client
-	// process's over the whole measured phase (when the clients run in this
-	// process, both include both).
+	// process's over the whole measured phase (when the clients run in the
+	// server's process, both include both).
 	CPU, ClientCPU time.Duration
-	// Alloc is the bytes this process allocated during the measured steps,
-	// GCs the garbage collections that ended meanwhile.
+	// Alloc is the bytes the server process allocated during the measured
+	// steps, GCs the garbage collections that ended there meanwhile.
 	Alloc, GCs uint64
 }
 
@@ -99,19 +99,64 @@ func (s *Stepper) End(ctx context.Context) error {
 	return nil
 }
 
+// StepCost is what one step cost a server process: CPU time (user +
+// system, getrusage), bytes allocated and GC cycles completed
+// (runtime/metrics), from just before the publish until the server had
+// seen every ACK.
+type StepCost struct {
+	CPU   time.Duration `json:"cpu"`
+	Alloc uint64        `json:"alloc"`
+	GCs   uint64        `json:"gcs"`
+}
+
+// costMeter reads this process's StepCost counters.
+type costMeter struct {
+	cpu        time.Duration
+	alloc, gcs uint64
+}
+
+func startCost() costMeter {
+	m := costMeter{cpu: ProcessCPU()}
+	m.alloc, m.gcs = readAllocs()
+	return m
+}
+
+// since returns the cost from m until now.
+func (m costMeter) since() StepCost {
+	a, g := readAllocs()
+	return StepCost{CPU: ProcessCPU() - m.cpu, Alloc: a - m.alloc, GCs: g - m.gcs}
+}
+
+// SelfMeasured is a Target that runs in a process of its own (FloorProcess)
+// and so times and costs its steps there, not in the process that drives
+// them. After Step and Settle returned, the Stepper asks it for the step's
+// start, how long its publish took and what the step cost that process.
+type SelfMeasured interface {
+	Target
+	// LastStep returns when the last Step's publish began (fleetsim.Mono)
+	// and how long it took.
+	LastStep() (start int64, set time.Duration)
+	// LastCost returns the last step's cost to the target's process, from
+	// the start of its publish until its Settle returned.
+	LastCost() StepCost
+}
+
 // Step publishes the next weight, waits until every client ACKed the new
 // RDS version, then until the server has seen those ACKs.
 func (s *Stepper) Step(ctx context.Context) error {
 	i := s.next
 	s.next++
-	cpu0 := ProcessCPU()
-	alloc0, gc0 := readAllocs()
+	cost := startCost()
 	t0 := fleetsim.Mono()
 	v, err := s.tg.Step(ctx, StepWeight(i))
 	if err != nil {
 		return fmt.Errorf("step %d: %w", i, err)
 	}
 	set := time.Duration(fleetsim.Mono() - t0)
+	sm, remote := s.tg.(SelfMeasured)
+	if remote {
+		t0, set = sm.LastStep()
+	}
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	span, err := s.cl.WaitVersion(sctx, fleetsim.RDS, v)
 	if err == nil {
@@ -122,14 +167,17 @@ func (s *Stepper) Step(ctx context.Context) error {
 		return fmt.Errorf("step %d (version %d): %w", i, v, err)
 	}
 	if s.measuring {
+		c := cost.since()
+		if remote {
+			c = sm.LastCost()
+		}
 		r := &s.Result
 		r.Latency = append(r.Latency, time.Duration(span.Last-t0))
 		r.FirstAck = append(r.FirstAck, time.Duration(span.First-t0))
 		r.Set = append(r.Set, set)
-		r.CPU += ProcessCPU() - cpu0
-		alloc1, gc1 := readAllocs()
-		r.Alloc += alloc1 - alloc0
-		r.GCs += gc1 - gc0
+		r.CPU += c.CPU
+		r.Alloc += c.Alloc
+		r.GCs += c.GCs
 	}
 	return nil
 }
@@ -179,9 +227,9 @@ func Percentile(ds []time.Duration, p float64) time.Duration {
 
 // Mem is a process memory reading after a full GC.
 type Mem struct {
-	HeapInuse  uint64
-	RSS        uint64
-	Goroutines int
+	HeapInuse  uint64 `json:"heapInuse"`
+	RSS        uint64 `json:"rss"`
+	Goroutines int    `json:"goroutines"`
 }
 
 // ReadMem collects garbage, returns freed memory to the OS and reads the

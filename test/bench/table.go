@@ -30,15 +30,17 @@ type TableConfig struct {
 	StormAt []int
 	// Parallel is fleetsim.FleetConfig.Parallel (0: all clients at once).
 	Parallel int
-	// InProcess runs the clients in this process; by default they run in a
-	// child process (this binary, with ChildEnv set) so that heap, RSS and
-	// CPU are the server's alone.
+	// InProcess runs the clients and the floor server in this process; by
+	// default the clients run in child processes (this binary, with
+	// ChildEnv set) and so does the floor (FloorProcess, FloorEnv), so that
+	// heap, RSS and CPU are each server's alone.
 	InProcess bool
 	// Gap is the pause between steps (RunStepsGap).
 	Gap time.Duration
 	// CPUProfile, if set, is a path prefix: the measured steps at each N
-	// are CPU-profiled into <prefix>-<N>.pprof (both servers: tell them
-	// apart by package, test/bench/floor vs go-control-plane and xds).
+	// are CPU-profiled into <prefix>-<N>.pprof (this process: shiftplane,
+	// and the floor too if in-process) and <prefix>-<N>-floor.pprof (the
+	// floor process).
 	CPUProfile string
 	// Variant is the shiftplane stack to measure (Shipped by default).
 	Variant Variant
@@ -69,7 +71,8 @@ type Result struct {
 
 	Load [2]float64 // 1-minute load average before and after
 	// SideBySide says shiftplane and the floor ran at once with
-	// alternating steps; false: one after the other (descriptor limit).
+	// alternating steps; false: one after the other (in-process only, when
+	// the descriptor limit does not allow both fleets in one process).
 	SideBySide bool
 
 	Storm    *StormResult
@@ -100,25 +103,29 @@ func RunTable(ctx context.Context, cfg TableConfig, out io.Writer) ([]Result, er
 	var results []Result
 	for _, n := range cfg.Ns {
 		r := Result{N: n}
-		// Side by side the server process holds both servers' streams; one
-		// after the other, one server's. In-process clients double it.
-		perFleet := uint64(1)
+		// Each server process holds its own fleet's streams, one
+		// descriptor each: shiftplane's here, the floor's in the floor
+		// process. In process, this one holds both servers' streams and
+		// the clients' ends too; if that does not fit, the two run one
+		// after the other.
+		one := uint64(n) + fdMargin
+		need := one
 		if cfg.InProcess {
-			perFleet = 2
+			one = 2*uint64(n) + fdMargin
+			need = 4*uint64(n) + fdMargin
 		}
-		need := 2*perFleet*uint64(n) + fdMargin
-		_, err := RaiseNoFile(need)
+		got, err := RaiseNoFile(need)
 		r.SideBySide = err == nil
-		if !r.SideBySide {
-			need = perFleet*uint64(n) + fdMargin
-			got, err := RaiseNoFile(need)
-			if err != nil {
-				r.Skip = fmt.Sprintf("RLIMIT_NOFILE: need %d, have %d (%v)", need, got, err)
-				fmt.Fprintf(logw, "N=%d skipped: %s\n", n, r.Skip)
-				results = append(results, r)
-				continue
+		if !r.SideBySide && need != one {
+			if got, err = RaiseNoFile(one); err == nil {
+				fmt.Fprintf(logw, "N=%d: descriptor limit %d: shiftplane and the floor run one after the other\n", n, got)
 			}
-			fmt.Fprintf(logw, "N=%d: descriptor limit %d: shiftplane and the floor run one after the other\n", n, got)
+		}
+		if err != nil {
+			r.Skip = fmt.Sprintf("RLIMIT_NOFILE: need %d, have %d (%v)", one, got, err)
+			fmt.Fprintf(logw, "N=%d skipped: %s\n", n, r.Skip)
+			results = append(results, r)
+			continue
 		}
 		nctx, cancel := context.WithTimeout(ctx, cfg.PerN)
 		t0 := time.Now()
@@ -145,11 +152,13 @@ func newClients(cfg TableConfig, exe string) (Clients, error) {
 	return StartChild(exe, nil, cfg.Mode, cfg.Parallel)
 }
 
-// runOne measures one N. When the descriptor limit allows, shiftplane and
-// the floor run side by side, each with its own N clients (its own client
-// process), and their steps alternate, so that both see the same machine:
-// on a shared 2-core box the noise from other work is larger than the
-// difference being measured. Otherwise they run one after the other.
+// runOne measures one N. Shiftplane (in this process) and the floor (in
+// the floor process) run side by side, each with its own N clients (its
+// own client process), and their steps alternate, so that both see the
+// same machine: on a shared 2-core box the noise from other work is larger
+// than the difference being measured. With cfg.InProcess everything is in
+// this process, and if the descriptor limit does not allow both fleets
+// here (r.SideBySide false) they run one after the other.
 func runOne(ctx context.Context, cfg TableConfig, exe string, r *Result, logw io.Writer) (err error) {
 	n := r.N
 	r.Load[0] = LoadAvg()
@@ -189,19 +198,35 @@ func runOne(ctx context.Context, cfg TableConfig, exe string, r *Result, logw io
 		n, r.Connect.Round(time.Millisecond), r.HeapPerStream/1024, r.RSSPerStream/1024)
 	sps := NewStepper(sp, clSP, n, 0)
 
-	var fl *Floor
+	var fl floorServer
 	var fls *Stepper
 	startFloor := func() error {
-		var err error
-		if fl, err = StartFloor(); err != nil {
+		// Assigned only on success: fl is stopped if non-nil.
+		if cfg.InProcess {
+			f, err := StartFloor()
+			if err != nil {
+				return err
+			}
+			fl = f
+		} else {
+			f, err := StartFloorProcess(ctx, exe)
+			if err != nil {
+				return err
+			}
+			fl = f
+		}
+		m0, err := fl.Mem(ctx)
+		if err != nil {
 			return err
 		}
-		m0 := ReadMem()
 		if r.FloorConnect, err = clFL.Connect(ctx, fl.Addr(), n); err != nil {
 			return fmt.Errorf("floor: %w", err)
 		}
 		time.Sleep(500 * time.Millisecond)
-		m1 := ReadMem()
+		m1, err := fl.Mem(ctx)
+		if err != nil {
+			return err
+		}
 		r.FloorHeapPerStream = (float64(m1.HeapInuse) - float64(m0.HeapInuse)) / float64(n)
 		fmt.Fprintf(logw, "N=%d floor: connected in %s, heap %.1f KiB/stream\n", n, r.FloorConnect.Round(time.Millisecond), r.FloorHeapPerStream/1024)
 		fls = NewStepper(fl, clFL, n, 0)
@@ -302,14 +327,19 @@ func runSteppers(ctx context.Context, cfg TableConfig, n int, label string, ss .
 			return err
 		}
 	}
-	stop := profile(cfg, fmt.Sprintf("%d%s", n, label))
+	stop, err := profile(ctx, cfg, fmt.Sprintf("%d%s", n, label), ss)
+	if err != nil {
+		return err
+	}
 	for i := range cfg.stepsFor(n) {
 		if err := round(i); err != nil {
 			stop()
 			return err
 		}
 	}
-	stop()
+	if err := stop(); err != nil {
+		return err
+	}
 	for _, s := range ss {
 		if err := s.End(ctx); err != nil {
 			return err
@@ -332,26 +362,48 @@ func LoadAvg() float64 {
 	return v
 }
 
-// profile starts a CPU profile of this process if cfg asks for one and
-// returns the function that stops it.
-func profile(cfg TableConfig, suffix string) func() {
+// profiler is a target in a process of its own that can CPU-profile it
+// (FloorProcess).
+type profiler interface {
+	StartProfile(ctx context.Context, path string) error
+	StopProfile(ctx context.Context) error
+}
+
+// profile starts a CPU profile of this process, and of every stepper's
+// target process that has one, if cfg asks for profiles, and returns the
+// function that stops them.
+func profile(ctx context.Context, cfg TableConfig, suffix string, ss []*Stepper) (func() error, error) {
 	if cfg.CPUProfile == "" {
-		return func() {}
+		return func() error { return nil }, nil
+	}
+	var remote []profiler
+	stopRemote := func() error {
+		var errs error
+		for _, p := range remote {
+			errs = errors.Join(errs, p.StopProfile(ctx))
+		}
+		return errs
+	}
+	for _, s := range ss {
+		if p, ok := s.tg.(profiler); ok {
+			if err := p.StartProfile(ctx, fmt.Sprintf("%s-%s-%s.pprof", cfg.CPUProfile, suffix, s.tg.Name())); err != nil {
+				return nil, errors.Join(fmt.Errorf("cpu profile of %s: %w", s.tg.Name(), err), stopRemote())
+			}
+			remote = append(remote, p)
+		}
 	}
 	f, err := os.Create(fmt.Sprintf("%s-%s.pprof", cfg.CPUProfile, suffix))
 	if err != nil {
-		fmt.Fprintln(cfg.Log, "cpu profile:", err)
-		return func() {}
+		return nil, errors.Join(fmt.Errorf("cpu profile: %w", err), stopRemote())
 	}
 	if err := pprof.StartCPUProfile(f); err != nil {
-		fmt.Fprintln(cfg.Log, "cpu profile:", err)
 		f.Close()
-		return func() {}
+		return nil, errors.Join(fmt.Errorf("cpu profile: %w", err), stopRemote())
 	}
-	return func() {
+	return func() error {
 		pprof.StopCPUProfile()
-		f.Close()
-	}
+		return errors.Join(f.Close(), stopRemote())
+	}, nil
 }
 
 func writeHeapProfile(cfg TableConfig, n int, logw io.Writer) {
@@ -371,9 +423,9 @@ func writeHeapProfile(cfg TableConfig, n int, logw io.Writer) {
 
 // WriteTable prints results as one table: a row per metric, a column per N.
 func WriteTable(out io.Writer, cfg TableConfig, rs []Result) {
-	where := "clients in a child process: heap, RSS and CPU are the server's alone"
+	where := "clients in child processes, the floor in its own: heap, RSS and CPU are each server's alone"
 	if cfg.InProcess {
-		where = "clients IN THIS PROCESS: heap, RSS and CPU include the clients"
+		where = "clients and floor IN THIS PROCESS: heap, RSS and CPU include the clients"
 	}
 	fmt.Fprintf(out, "shiftplane xDS bench: %s ADS, %s; %d CPUs, %s %s/%s\n", cfg.Mode, where, runtime.NumCPU(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 	if cfg.Variant != Shipped {
@@ -535,7 +587,7 @@ func WriteTable(out io.Writer, cfg TableConfig, rs []Result) {
 			fmt.Fprintf(out, "N=%d error: %s\n", r.N, r.Err)
 		}
 		if r.Skip == "" && !r.SideBySide {
-			fmt.Fprintf(out, "N=%d: shiftplane and the floor ran one after the other, not side by side (RLIMIT_NOFILE too low for both fleets)\n", r.N)
+			fmt.Fprintf(out, "N=%d: shiftplane and the floor ran one after the other, not side by side (RLIMIT_NOFILE too low for both fleets in one process)\n", r.N)
 		}
 		if r.StormErr != "" {
 			fmt.Fprintf(out, "N=%d storm: %s\n", r.N, r.StormErr)

@@ -5,8 +5,9 @@
 //	xdsbench [-n 100,1000,10000] [-mode sotw|delta] [-steps 100] [-steps-large 40] [-storm 1000,10000]
 //	xdsbench -ab ordered-ads [-n 1000,5000]   shipped stack vs a proposed change, side by side
 //
-// The simulated Envoys run in a child process (this binary again) so the
-// server's heap, RSS and CPU are its own; -in-process runs them here.
+// The simulated Envoys run in child processes (this binary again), and so
+// does the floor server, so that each server's heap, RSS and CPU are its
+// own; -in-process runs them all here.
 package main
 
 import (
@@ -25,8 +26,8 @@ import (
 )
 
 func main() {
-	if os.Getenv(bench.ChildEnv) != "" {
-		os.Exit(child())
+	if code, ok := bench.RunChild(); ok {
+		os.Exit(code)
 	}
 	os.Exit(run())
 }
@@ -40,7 +41,7 @@ func run() int {
 		warmup    = flag.Int("warmup", 3, "unmeasured weight steps first")
 		storm     = flag.String("storm", "1000,10000", "fleet sizes to run the reconnect storm at, comma-separated (\"\" for none)")
 		parallel  = flag.Int("parallel", 0, "connect clients in batches of this size (0: all at once)")
-		inProcess = flag.Bool("in-process", false, "run the clients in this process (heap and CPU then include them)")
+		inProcess = flag.Bool("in-process", false, "run the clients and the floor in this process (heap and CPU then include them)")
 		gap       = flag.Duration("gap", 50*time.Millisecond, "pause between weight steps")
 		cpuprof   = flag.String("cpuprofile", "", "CPU-profile the measured steps into PREFIX-<server>-<N>.pprof")
 		variant   = flag.String("variant", "shipped", "xds stack: shipped, or ordered-ads (an experiment, see bench.OrderedADS)")
@@ -143,24 +144,6 @@ func run() int {
 		bench.WritePromoteTable(os.Stdout, pc, pr)
 	}
 	return rc
-}
-
-// child serves the parent's requests with a simulated fleet.
-func child() int {
-	mode, err := fleetsim.ParseMode(os.Getenv("SHIFTPLANE_BENCH_MODE"))
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "xdsbench client process:", err)
-		return 2
-	}
-	parallel, _ := strconv.Atoi(os.Getenv("SHIFTPLANE_BENCH_PARALLEL"))
-	if _, err := bench.RaiseNoFileMax(); err != nil {
-		fmt.Fprintln(os.Stderr, "xdsbench client process:", err)
-	}
-	if err := bench.ServeChild(os.Stdin, os.Stdout, mode, parallel); err != nil {
-		fmt.Fprintln(os.Stderr, "xdsbench client process:", err)
-		return 1
-	}
-	return 0
 }
 
 func ints(s string) ([]int, error) {
