@@ -174,20 +174,32 @@ func (c *Cache) Set(ctx context.Context, p *PreparedResources, versions map[stri
 	if len(changed) == 0 {
 		return nil
 	}
+	// Each shard's lock is taken once, to copy its watches out: an answered
+	// SotW watch stays listed until its stream cancels it (go-control-plane
+	// does on the stream's next request of the type, or when it closes) or
+	// a later Set finds it finished. A second lock per shard to remove them
+	// made Set wait behind the very streams it had just woken (they re-arm
+	// and cancel watches in the same shards), and a goroutine that waits
+	// there queues behind thousands of runnable ones.
 	var sotw []*sotwWatch
 	var delta []*deltaWatch
-	var answered []*sotwWatch
 	var answeredDelta []*deltaWatch
 	for _, t := range changed {
 		pt, v := next.types[t], next.versions[t]
 		for i := range c.shards {
 			sh := &c.shards[i]
 			sotw, delta = sotw[:0], delta[:0]
-			answered, answeredDelta = answered[:0], answeredDelta[:0]
+			answeredDelta = answeredDelta[:0]
 			sh.mu.Lock()
 			if l, ok := sh.sotw.get(t); ok {
-				for w := l.head; w != nil; w = w.next {
-					sotw = append(sotw, w)
+				for w := l.head; w != nil; {
+					nw := w.next
+					if w.finished.Load() {
+						w.unlink()
+					} else {
+						sotw = append(sotw, w)
+					}
+					w = nw
 				}
 			}
 			for w := range sh.delta[t] {
@@ -195,20 +207,15 @@ func (c *Cache) Set(ctx context.Context, p *PreparedResources, versions map[stri
 			}
 			sh.mu.Unlock()
 			for _, w := range sotw {
-				if w.answer(ctx, pt, v) {
-					answered = append(answered, w)
-				}
+				w.answer(ctx, pt, v)
 			}
 			for _, w := range delta {
 				if w.answer(ctx, next) {
 					answeredDelta = append(answeredDelta, w)
 				}
 			}
-			if len(answered)+len(answeredDelta) > 0 {
+			if len(answeredDelta) > 0 {
 				sh.mu.Lock()
-				for _, w := range answered {
-					w.unlink()
-				}
 				for _, w := range answeredDelta {
 					delete(sh.delta[t], w)
 				}
@@ -280,8 +287,19 @@ type sotwWatch struct {
 	ch      chan cachev3.Response
 	shard   *watchShard
 
-	list       *watchList // nil once answered or cancelled; shard's mu
+	list       *watchList // nil once unlinked; shard's mu
 	prev, next *sotwWatch
+	finished   atomic.Bool // answered or cancelled: Set skips and unlinks it
+
+	// resp is the watch's answer, allocated with it on the stream's own
+	// goroutine, so Set (which answers every stream of the fleet in turn)
+	// allocates nothing per watch.
+	resp sotwResponse
+}
+
+func (w *sotwWatch) answerAt(ctx context.Context, pt *preparedType, v string) *sotwResponse {
+	w.resp.ctx, w.resp.pt, w.resp.version = ctx, pt, v
+	return &w.resp
 }
 
 // CreateWatch implements cache.ConfigWatcher: it answers at once when the
@@ -300,6 +318,7 @@ func (c *Cache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, ch c
 		}
 	}
 	w := &sotwWatch{typeURL: t, version: req.GetVersionInfo(), req: req, sub: sub, ch: ch, shard: sh}
+	w.resp.req, w.resp.sub = req, sub
 	l, _ := sh.sotw.getOrNew(t)
 	l.add(w)
 	sh.mu.Unlock()
@@ -309,6 +328,7 @@ func (c *Cache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, ch c
 func (w *sotwWatch) cancel() {
 	w.mu.Lock()
 	w.done = true
+	w.finished.Store(true)
 	w.mu.Unlock()
 	w.shard.mu.Lock()
 	w.unlink()
@@ -327,11 +347,12 @@ func (w *sotwWatch) answer(ctx context.Context, pt *preparedType, v string) bool
 		return false
 	}
 	w.done = true
+	w.finished.Store(true)
 	// go-control-plane's server buffers a response per open watch (ordered
 	// ADS: one per type on a shared channel; otherwise a channel of one
 	// per watch), and a watch is answered once, so this never blocks.
 	select {
-	case w.ch <- newSotwResponse(ctx, w.req, w.sub, pt, v):
+	case w.ch <- w.answerAt(ctx, pt, v):
 	default:
 	}
 	return true

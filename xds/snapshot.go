@@ -54,7 +54,9 @@ type Publisher struct {
 }
 
 // NewPublisher returns a publisher over cache. onSet, if not nil, is called
-// after each snapshot is set (the fleet tracker uses it to time convergence).
+// with each snapshot once its version is assigned, just before the cache
+// serves it (the fleet tracker counts every stream behind from there and
+// times convergence).
 func NewPublisher(cache *Cache, counter VersionCounter, now func() time.Time, onSet func(Published)) *Publisher {
 	return &Publisher{
 		cache:    cache,
@@ -134,6 +136,17 @@ func (p *Publisher) Set(ctx context.Context, ds model.State, reason string) (Pub
 			return Published{}, fmt.Errorf("snapshot %s: %w", v, err)
 		}
 	}
+	// Time is when the publish began, so convergence timing includes
+	// Set's own work of answering every open watch.
+	rec := Published{Version: n, Time: start, Reason: reason, Changed: changed, Versions: copyMap(versions), ResourceVersions: hashes}
+	// The fleet learns of the version before any stream is answered: its
+	// walk over every stream then runs while they are idle, not under the
+	// ACKs of the answers (where it held every stream's callback up and
+	// itself waited behind thousands of woken streams), and no ACK can
+	// arrive before the fleet counts its stream as behind.
+	if p.onSet != nil {
+		p.onSet(rec)
+	}
 	if err := p.cache.Set(ctx, prep, versions); err != nil {
 		return Published{}, fmt.Errorf("set snapshot %s: %w", v, err)
 	}
@@ -142,15 +155,9 @@ func (p *Publisher) Set(ctx context.Context, ds model.State, reason string) (Pub
 	for t, rs := range byType {
 		p.last[t] = rs
 	}
-	// Time is when the publish began, so convergence timing includes
-	// Set's own work of answering every open watch.
-	rec := Published{Version: n, Time: start, Reason: reason, Changed: changed, Versions: copyMap(versions), ResourceVersions: hashes}
 	p.history = append(p.history, rec)
 	if len(p.history) > p.keep {
 		p.history = p.history[len(p.history)-p.keep:]
-	}
-	if p.onSet != nil {
-		p.onSet(rec)
 	}
 	return rec, nil
 }
