@@ -167,6 +167,7 @@ func (c *Cache) Set(ctx context.Context, p *PreparedResources, versions map[stri
 		}
 		changed = append(changed, t)
 	}
+	answerOrder(changed, old, types)
 	next := newServed(types, copyMap(versions))
 	// Store before scanning: a watch registered after a shard's scan saw
 	// next when it registered (both happen under the shard's lock).
@@ -224,6 +225,55 @@ func (c *Cache) Set(ctx context.Context, p *PreparedResources, versions map[stri
 		}
 	}
 	return nil
+}
+
+// answerOrder sorts the changed types into the order Set answers them, which
+// is the order each stream's responses go out in: make before break. A
+// publish that adds a cluster or endpoints sends them before the listeners
+// and routes that may name them (CDS, EDS, LDS, RDS). One that adds none
+// sends the consumers first (LDS, RDS, CDS, EDS): a route stops
+// naming a withdrawn cluster before the cluster goes, and the route change,
+// which is what moves traffic, is not queued behind cluster removals (a
+// promotion landing while the last one's stable is withdrawn waited for
+// that stream's whole withdrawal). Other types go last, by name.
+func answerOrder(changed []string, old *served, next map[string]*preparedType) {
+	adds := false
+	for _, t := range []string{knownTypes[0], knownTypes[1]} {
+		pt := next[t]
+		if pt == nil {
+			continue
+		}
+		was, _ := old.typ(t)
+		for name := range pt.hashes {
+			if was == nil {
+				adds = true
+				break
+			}
+			if _, ok := was.hashes[name]; !ok {
+				adds = true
+				break
+			}
+		}
+	}
+	// knownTypes is CDS, EDS, LDS, RDS.
+	rank := func(t string) int {
+		i := knownType(t)
+		switch {
+		case i < 0:
+			return numKnownTypes
+		case adds:
+			return i
+		default:
+			return (i + 2) % numKnownTypes // LDS, RDS, CDS, EDS
+		}
+	}
+	sort.Slice(changed, func(i, j int) bool {
+		ri, rj := rank(changed[i]), rank(changed[j])
+		if ri != rj {
+			return ri < rj
+		}
+		return changed[i] < changed[j]
+	})
 }
 
 // Versions returns the version served per type (nil before the first Set).

@@ -368,3 +368,75 @@ func TestCacheRecordsReturnedResourcesPerAnswer(t *testing.T) {
 		t.Fatalf("wildcard again recorded %v", got)
 	}
 }
+
+// An ADS stream gets a publish's types make before break: new clusters
+// before the routes that may name them; when nothing is added (a stable's
+// withdrawal), the route that stops naming the cluster before the cluster
+// goes.
+func TestCacheAnswersMakeBeforeBreak(t *testing.T) {
+	c := NewCache()
+	all := []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType}
+	clusters := func(names ...string) map[string][]types.Resource {
+		m := map[string][]types.Resource{
+			resourcev3.ListenerType: {resourceOf(resourcev3.ListenerType, 1)},
+			resourcev3.RouteType:    {&routev3.RouteConfiguration{Name: "r", VirtualHosts: []*routev3.VirtualHost{{Name: "vh", Domains: []string{fmt.Sprint(names)}}}}},
+		}
+		for _, n := range names {
+			m[resourcev3.ClusterType] = append(m[resourcev3.ClusterType], &clusterv3.Cluster{Name: n})
+			m[resourcev3.EndpointType] = append(m[resourcev3.EndpointType], &endpointv3.ClusterLoadAssignment{ClusterName: n})
+		}
+		return m
+	}
+	at := func(base, v string, changed ...string) map[string]string {
+		m := map[string]string{}
+		for _, t := range all {
+			m[t] = base
+		}
+		for _, t := range changed {
+			m[t] = v
+		}
+		return m
+	}
+	// order connects one ADS stream (every type fetched and ACKed, as the
+	// server records it), publishes, and returns the types in the order
+	// the stream got them.
+	order := func(byType map[string][]types.Resource, versions map[string]string, n int) []string {
+		t.Helper()
+		ch := make(chan cachev3.Response, len(all))
+		var cancels []func()
+		for _, typ := range all {
+			sub := stream.NewSotwSubscription(nil, true)
+			if _, err := c.CreateWatch(&discoveryv3.DiscoveryRequest{TypeUrl: typ}, &sub, ch); err != nil {
+				t.Fatal(err)
+			}
+			r := <-ch
+			sub.SetReturnedResources(r.GetReturnedResources())
+			v, _ := r.GetVersion()
+			cancel, err := c.CreateWatch(&discoveryv3.DiscoveryRequest{TypeUrl: typ, VersionInfo: v}, &sub, ch)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cancels = append(cancels, cancel)
+		}
+		noResponse(t, ch, "a stream that holds what is served")
+		defer func() {
+			for _, cancel := range cancels {
+				cancel()
+			}
+		}()
+		mustSet(t, c, byType, versions)
+		var got []string
+		for range n {
+			got = append(got, shortType(recv(t, ch).GetTypeUrl()))
+		}
+		noResponse(t, ch, "a type that did not change")
+		return got
+	}
+	mustSet(t, c, clusters("a", "b"), at("1", ""))
+	if got := order(clusters("a", "b", "c"), at("1", "2", all...), 4); fmt.Sprint(got) != "[Cluster ClusterLoadAssignment Listener RouteConfiguration]" {
+		t.Fatalf("a publish adding a cluster answered %v, want clusters first", got)
+	}
+	if got := order(clusters("a"), at("2", "3", resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.RouteType), 3); fmt.Sprint(got) != "[RouteConfiguration Cluster ClusterLoadAssignment]" {
+		t.Fatalf("a withdrawal answered %v, want the route first", got)
+	}
+}
