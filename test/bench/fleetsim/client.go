@@ -159,6 +159,11 @@ type protoState struct {
 	refs  [NumTypes]map[string]string
 }
 
+// envoyWindow is Envoy's default HTTP/2 stream and connection window
+// (http2_protocol_options initial_stream_window_size and
+// initial_connection_window_size).
+const envoyWindow = 256 << 20
+
 // NewClient returns a client; Start connects it.
 func NewClient(cfg Config) *Client {
 	c := &Client{cfg: cfg}
@@ -178,6 +183,11 @@ func (c *Client) Start() error {
 	opts := append([]grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.WaitForReady(true), grpc.MaxCallRecvMsgSize(64<<20)),
+		// Like Envoy: fixed HTTP/2 windows (Envoy's default is 256 MiB per
+		// stream and connection) and so no BDP PINGs, which grpc-go's
+		// client would otherwise send the server after every response.
+		grpc.WithInitialWindowSize(envoyWindow),
+		grpc.WithInitialConnWindowSize(envoyWindow),
 	}, c.cfg.DialOptions...)
 	cc, err := grpc.NewClient("passthrough:///"+c.cfg.Addr, opts...)
 	if err != nil {

@@ -28,6 +28,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/shiftplane/shiftplane/test/bench/fleetsim"
+	"github.com/shiftplane/shiftplane/xds"
 )
 
 // raw is a message already in wire form; rawCodec writes it as it is.
@@ -83,6 +84,10 @@ func New(version string, initial [fleetsim.NumTypes][]Resource, opts ...grpc.Ser
 	base := []grpc.ServerOption{
 		grpc.ForceServerCodecV2(rawCodec{encoding.GetCodecV2("proto")}),
 		grpc.MaxConcurrentStreams(1 << 20),
+		// The transport settings of xds.NewGRPCServer (fixed windows, no
+		// BDP PINGs), so the floor stays a floor for shiftplane's server.
+		grpc.InitialWindowSize(xds.StreamWindow),
+		grpc.InitialConnWindowSize(xds.ConnWindow),
 	}
 	s.gs = grpc.NewServer(append(base, opts...)...)
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(s.gs, (*ads)(s))
