@@ -318,6 +318,29 @@ func (c *ChildClients) Close() error {
 func ServeChild(r io.Reader, w io.Writer, mode fleetsim.Mode, parallel int) error {
 	local := &LocalClients{Mode: mode, Parallel: parallel}
 	defer local.Close()
+	return serveRequests(r, w, func(ctx context.Context, req childRequest, resp *childResponse) (err error) {
+		switch req.Op {
+		case "connect":
+			resp.Connect, err = local.Connect(ctx, req.Addr, req.N)
+		case "wait":
+			resp.Span, err = local.WaitVersion(ctx, fleetsim.Type(req.Type), req.Version)
+		case "counters":
+			resp.Counters, err = local.Counters(ctx)
+		case "storm":
+			resp.Storm, err = local.Storm(ctx)
+		case "disconnect":
+			err = local.Disconnect(ctx)
+		default:
+			err = fmt.Errorf("unknown op %q", req.Op)
+		}
+		return err
+	})
+}
+
+// serveRequests is a child process's loop: one JSON request per line on
+// r, each handled under its timeout (a minute if unset), one JSON reply per
+// line on w carrying the handler's error, until r closes.
+func serveRequests(r io.Reader, w io.Writer, handle func(context.Context, childRequest, *childResponse) error) error {
 	dec := json.NewDecoder(r)
 	enc := json.NewEncoder(w)
 	for {
@@ -334,21 +357,7 @@ func ServeChild(r io.Reader, w io.Writer, mode fleetsim.Mode, parallel int) erro
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		var resp childResponse
-		var err error
-		switch req.Op {
-		case "connect":
-			resp.Connect, err = local.Connect(ctx, req.Addr, req.N)
-		case "wait":
-			resp.Span, err = local.WaitVersion(ctx, fleetsim.Type(req.Type), req.Version)
-		case "counters":
-			resp.Counters, err = local.Counters(ctx)
-		case "storm":
-			resp.Storm, err = local.Storm(ctx)
-		case "disconnect":
-			err = local.Disconnect(ctx)
-		default:
-			err = fmt.Errorf("unknown op %q", req.Op)
-		}
+		err := handle(ctx, req, &resp)
 		cancel()
 		if err != nil {
 			resp.Err = err.Error()

@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -139,23 +138,7 @@ func ServeFloor(r io.Reader, w io.Writer) (err error) {
 		}
 	}()
 	var meter costMeter
-	dec := json.NewDecoder(r)
-	enc := json.NewEncoder(w)
-	for {
-		var req childRequest
-		if err := dec.Decode(&req); err != nil {
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
-			return err
-		}
-		timeout := req.Timeout
-		if timeout <= 0 {
-			timeout = time.Minute
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), timeout)
-		var resp childResponse
-		var err error
+	return serveRequests(r, w, func(ctx context.Context, req childRequest, resp *childResponse) (err error) {
 		switch {
 		case req.Op == "start":
 			if fl != nil {
@@ -207,14 +190,8 @@ func ServeFloor(r io.Reader, w io.Writer) (err error) {
 		default:
 			err = fmt.Errorf("unknown op %q", req.Op)
 		}
-		cancel()
-		if err != nil {
-			resp.Err = err.Error()
-		}
-		if err := enc.Encode(resp); err != nil {
-			return err
-		}
-	}
+		return err
+	})
 }
 
 // RunChild runs this process as one of the bench's child processes if its
