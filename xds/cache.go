@@ -238,7 +238,7 @@ func (c *Cache) Set(ctx context.Context, p *PreparedResources, versions map[stri
 // that stream's whole withdrawal). Other types go last, by name.
 func answerOrder(changed []string, old *served, next map[string]*preparedType) {
 	adds := false
-	for _, t := range []string{knownTypes[0], knownTypes[1]} {
+	for _, t := range knownTypes[:2] { // CDS, EDS
 		pt := next[t]
 		if pt == nil {
 			continue
@@ -329,21 +329,20 @@ func (c *Cache) shard() *watchShard {
 // cancel returns, nothing reads the subscription or sends on ch.
 type sotwWatch struct {
 	mu      sync.Mutex
-	done    bool
-	typeURL string
 	version string // the request's version_info
-	req     *cachev3.Request
-	sub     cachev3.Subscription
 	ch      chan cachev3.Response
 	shard   *watchShard
 
 	list       *watchList // nil once unlinked; shard's mu
 	prev, next *sotwWatch
-	finished   atomic.Bool // answered or cancelled: Set skips and unlinks it
+	// finished: answered or cancelled. Set under mu (which orders answer
+	// against cancel); Set's scan reads it without, to skip and unlink.
+	finished atomic.Bool
 
-	// resp is the watch's answer, allocated with it on the stream's own
-	// goroutine, so Set (which answers every stream of the fleet in turn)
-	// allocates nothing per watch.
+	// resp is the watch's answer (it holds the request and the stream's
+	// subscription), allocated with it on the stream's own goroutine, so
+	// Set (which answers every stream of the fleet in turn) allocates
+	// nothing per watch.
 	resp sotwResponse
 }
 
@@ -367,7 +366,7 @@ func (c *Cache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, ch c
 			return func() {}, nil
 		}
 	}
-	w := &sotwWatch{typeURL: t, version: req.GetVersionInfo(), req: req, sub: sub, ch: ch, shard: sh}
+	w := &sotwWatch{version: req.GetVersionInfo(), ch: ch, shard: sh}
 	w.resp.req, w.resp.sub = req, sub
 	l, _ := sh.sotw.getOrNew(t)
 	l.add(w)
@@ -377,7 +376,6 @@ func (c *Cache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, ch c
 
 func (w *sotwWatch) cancel() {
 	w.mu.Lock()
-	w.done = true
 	w.finished.Store(true)
 	w.mu.Unlock()
 	w.shard.mu.Lock()
@@ -386,17 +384,13 @@ func (w *sotwWatch) cancel() {
 }
 
 // answer queues the response at (pt, v) if the watch is behind it and
-// still open. It reports whether the watch is finished.
-func (w *sotwWatch) answer(ctx context.Context, pt *preparedType, v string) bool {
+// still open.
+func (w *sotwWatch) answer(ctx context.Context, pt *preparedType, v string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.done {
-		return true
+	if w.finished.Load() || !sotwBehind(pt, v, w.version, w.resp.sub) {
+		return
 	}
-	if !sotwBehind(pt, v, w.version, w.sub) {
-		return false
-	}
-	w.done = true
 	w.finished.Store(true)
 	// go-control-plane's server buffers a response per open watch (ordered
 	// ADS: one per type on a shared channel; otherwise a channel of one
@@ -405,7 +399,6 @@ func (w *sotwWatch) answer(ctx context.Context, pt *preparedType, v string) bool
 	case w.ch <- w.answerAt(ctx, pt, v):
 	default:
 	}
-	return true
 }
 
 // sotwBehind reports whether a SotW watch at version has to be answered
