@@ -64,6 +64,9 @@ type preparedType struct {
 	res     []preparedResource
 	all     []*anypb.Any // every resource, shared by full-state SotW responses
 	hashes  map[string]string
+	// wire is a full-state SotW response at the version the type is served
+	// at, marshalled once (wire.go); set by Cache.Set.
+	wire atomic.Pointer[wireBody]
 }
 
 type preparedResource struct {
@@ -168,10 +171,22 @@ func (c *Cache) Set(ctx context.Context, p *PreparedResources, versions map[stri
 		changed = append(changed, t)
 	}
 	answerOrder(changed, old, types)
+	for _, t := range changed {
+		if err := serveWire(types[t], versions[t]); err != nil {
+			return fmt.Errorf("set: %s: %w", shortType(t), err)
+		}
+	}
 	next := newServed(types, copyMap(versions))
 	// Store before scanning: a watch registered after a shard's scan saw
 	// next when it registered (both happen under the shard's lock).
 	c.cur.Store(next)
+	if old != nil {
+		for t, was := range old.types {
+			if types[t] != was {
+				retireWire(was)
+			}
+		}
+	}
 	if len(changed) == 0 {
 		return nil
 	}

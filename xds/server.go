@@ -56,6 +56,9 @@ const (
 // ones. opts come after the defaults (ServerOptions: TLS and limits).
 func NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 	base := []grpc.ServerOption{
+		// Prepared full-state responses are sent from bytes marshalled once
+		// per publish, not marshalled again per stream (wire.go).
+		grpc.ForceServerCodecV2(newWireCodec()),
 		grpc.MaxConcurrentStreams(1 << 20),
 		// Envoy's MetricsService sink sends every used stat each flush;
 		// ServerOptions lowers this to xds.limits.maxMessageBytes.

@@ -190,7 +190,7 @@ func runOne(ctx context.Context, cfg TableConfig, exe string, r *Result, logw io
 	}
 	time.Sleep(500 * time.Millisecond)
 	m1 := ReadMem()
-	writeHeapProfile(cfg, n, logw)
+	writeHeapProfile(cfg, n, "", logw)
 	r.HeapPerStream = (float64(m1.HeapInuse) - float64(m0.HeapInuse)) / float64(n)
 	r.RSSPerStream = (float64(m1.RSS) - float64(m0.RSS)) / float64(n)
 	r.GoroutinesPerStream = float64(m1.Goroutines-m0.Goroutines) / float64(n)
@@ -250,6 +250,7 @@ func runOne(ctx context.Context, cfg TableConfig, exe string, r *Result, logw io
 		return err
 	}
 	c1, s1 := sp.ConvergenceHistogram()
+	writeHeapProfile(cfg, n, "-steps", logw)
 	r.HistCount, r.HistSum = c1-c0, s1-s0
 	r.Shiftplane = sps.Result
 	fmt.Fprintf(logw, "N=%d shiftplane: p50 %s p99 %s; all steps (ms): %s\n", n, Percentile(r.Shiftplane.Latency, 50), Percentile(r.Shiftplane.Latency, 99), msList(r.Shiftplane.Latency))
@@ -406,11 +407,14 @@ func profile(ctx context.Context, cfg TableConfig, suffix string, ss []*Stepper)
 	}, nil
 }
 
-func writeHeapProfile(cfg TableConfig, n int, logw io.Writer) {
+// writeHeapProfile writes the bench process's heap profile to
+// MemProfile-<n><suffix>.pprof; its alloc_space against the one before the
+// steps (pprof -base) is what the measured steps allocated.
+func writeHeapProfile(cfg TableConfig, n int, suffix string, logw io.Writer) {
 	if cfg.MemProfile == "" {
 		return
 	}
-	f, err := os.Create(fmt.Sprintf("%s-%d.pprof", cfg.MemProfile, n))
+	f, err := os.Create(fmt.Sprintf("%s-%d%s.pprof", cfg.MemProfile, n, suffix))
 	if err != nil {
 		fmt.Fprintln(logw, "heap profile:", err)
 		return

@@ -46,7 +46,7 @@ func run() int {
 		cpuprof   = flag.String("cpuprofile", "", "CPU-profile the measured steps into PREFIX-<server>-<N>.pprof")
 		variant   = flag.String("variant", "shipped", "xds stack: shipped, or ordered-ads (an experiment, see bench.OrderedADS)")
 		abVariant = flag.String("ab", "", "instead of the table, compare the shipped stack with this variant side by side")
-		memprof   = flag.String("memprofile", "", "write the heap with shiftplane's fleet idle to PREFIX-<N>.pprof")
+		memprof   = flag.String("memprofile", "", "write the heap with shiftplane's fleet idle to PREFIX-<N>.pprof and after the steps to PREFIX-<N>-steps.pprof")
 		perN      = flag.Duration("per-n", 5*time.Minute, "time limit for each fleet size")
 		total     = flag.Duration("timeout", 15*time.Minute, "time limit for the whole run")
 		neighbour = flag.String("neighbours", "1,100,1000", "rollouts on one listener for the bytes-per-step table, comma-separated (\"\" for none)")
