@@ -25,7 +25,8 @@ import (
 //     wraps it in an Any. Every stream's response shares those Any values
 //     (a stream only gets its own small DiscoveryResponse, because the server
 //     writes its nonce into it), so a weight step to N streams marshals the
-//     route configuration once, not N times.
+//     route configuration once, not N times; a full-state response is even
+//     sent from bytes Set marshalled once (wire.go).
 //   - No cache-wide lock while streams are answered: watches live in
 //     shards, each with its own lock; Set swaps the served snapshot
 //     atomically and then answers the shards one by one, and a stream
