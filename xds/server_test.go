@@ -30,6 +30,7 @@ type testServer struct {
 	addr  string
 	pub   *Publisher
 	fleet *Fleet
+	cache *Cache
 }
 
 func startTestServer(t *testing.T) *testServer {
@@ -52,7 +53,7 @@ func startTestServerWith(t *testing.T, m *Metrics) *testServer {
 	}
 	go func() { _ = gs.Serve(lis) }()
 	t.Cleanup(func() { cancel(); gs.Stop() })
-	return &testServer{addr: lis.Addr().String(), pub: pub, fleet: fleet}
+	return &testServer{addr: lis.Addr().String(), pub: pub, fleet: fleet, cache: cache}
 }
 
 func testState(weight int) model.State {

@@ -3,8 +3,6 @@ package xds
 import (
 	"bytes"
 	"context"
-	"log/slog"
-	"net"
 	"testing"
 	"time"
 
@@ -15,8 +13,6 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/server/stream/v3"
 	"github.com/google/go-cmp/cmp"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
 )
@@ -147,49 +143,31 @@ func TestWireCodecSendsPreparedBytes(t *testing.T) {
 // Over a real gRPC stream from NewGRPCServer, a client receives the
 // prepared response intact, nonce included, and its ACK is accepted.
 func TestWireCodecOverGRPC(t *testing.T) {
-	c := NewCache()
-	mustSet(t, c, map[string][]types.Resource{resourcev3.RouteType: routes(2, 1)}, map[string]string{resourcev3.RouteType: "3"})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	gs := NewGRPCServer()
-	log := slog.New(slog.DiscardHandler)
-	fleet := NewFleet(log, nil, time.Now)
-	Register(ctx, gs, c, fleet, log)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	srv := startTestServer(t)
+	if _, err := srv.pub.Set(context.Background(), testState(10), "initial"); err != nil {
+		t.Fatal(err)
+	}
+	want := answerRDS(t, srv.cache, nil, "", "")
+	rn := names(want)
+	c := dialADS(t, srv.addr, "n1")
+	c.send(resourcev3.RouteType, rn, "", "", "")
+	got, err := c.stream.Recv()
 	if err != nil {
 		t.Fatal(err)
 	}
-	go func() { _ = gs.Serve(lis) }()
-	t.Cleanup(gs.Stop)
-	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
-	s, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	node := &corev3.Node{Id: "n1"}
-	if err := s.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.RouteType, ResourceNames: []string{"route-0", "route-1"}}); err != nil {
-		t.Fatal(err)
-	}
-	got, err := s.Recv()
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := answerRDS(t, c, nil, "", got.GetNonce())
 	if got.GetNonce() == "" {
 		t.Fatal("response has no nonce")
+	}
+	want.Nonce = got.GetNonce()
+	if preparedWire(want) == nil {
+		t.Fatal("the served RDS response is not a prepared one")
 	}
 	if d := cmp.Diff(want, got, protocmp.Transform()); d != "" {
 		t.Fatalf("received response differs (-prepared +received):\n%s", d)
 	}
-	if err := s.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.RouteType, ResourceNames: []string{"route-0", "route-1"}, VersionInfo: "3", ResponseNonce: got.GetNonce()}); err != nil {
-		t.Fatal(err)
-	}
+	c.send(resourcev3.RouteType, rn, got.GetVersionInfo(), got.GetNonce(), "")
 	acked := func() string {
-		for _, n := range fleet.Nodes() {
+		for _, n := range srv.fleet.Nodes() {
 			for _, ts := range n.Types {
 				if n.ID == "n1" && ts.TypeURL == resourcev3.RouteType {
 					return ts.Acked
@@ -199,9 +177,9 @@ func TestWireCodecOverGRPC(t *testing.T) {
 		return ""
 	}
 	deadline := time.Now().Add(5 * time.Second)
-	for acked() != "3" {
+	for acked() != got.GetVersionInfo() {
 		if time.Now().After(deadline) {
-			t.Fatalf("the ACK of the prepared response was not recorded: acked %q, want 3", acked())
+			t.Fatalf("the ACK of the prepared response was not recorded: acked %q, want %q", acked(), got.GetVersionInfo())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
