@@ -394,7 +394,9 @@ func (f *Fleet) request(id int64, node *corev3.Node, typeURL, nonce, version str
 	if !ok {
 		return nil
 	}
-	if node != nil && (s.node == nil || node.GetId() != s.node.GetId()) {
+	// go-control-plane hands every request after the first the node it
+	// kept from it: the same pointer, so the id needs no comparing.
+	if node != nil && node != s.node && (s.node == nil || node.GetId() != s.node.GetId()) {
 		if !s.ident.Allows(node.GetId()) {
 			f.log.Warn("xds stream refused: node id not allowed by its certificate", "node", node.GetId(), "identity", s.ident.String())
 			if f.metrics != nil {
@@ -441,9 +443,14 @@ func (f *Fleet) request(id int64, node *corev3.Node, typeURL, nonce, version str
 	if version == "" {
 		return nil
 	}
-	n, err := strconv.ParseUint(version, 10, 64)
-	if err != nil {
-		return nil
+	var n uint64
+	if version == st.sent && st.sentN != 0 {
+		n = st.sentN // the ACK of the last response: its number is known
+	} else {
+		var err error
+		if n, err = strconv.ParseUint(version, 10, 64); err != nil {
+			return nil
+		}
 	}
 	st.acked, st.ackedN = version, n
 	s.ready = true

@@ -101,4 +101,31 @@ func (c wireCodec) Marshal(v any) (mem.BufferSlice, error) {
 	return c.CodecV2.Marshal(v)
 }
 
+// Unmarshal is the proto codec's, except that a request's type URL of a
+// known type is replaced by the package's constant for it: every lookup
+// keyed by it later (go-control-plane's per-stream watch map, twice per ACK
+// and response; the cache's and the fleet tracker's type tables) then
+// compares a string with itself instead of reading the bytes of one decoded
+// a step ago.
+func (c wireCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	if err := c.CodecV2.Unmarshal(data, v); err != nil {
+		return err
+	}
+	switch m := v.(type) {
+	case *discoveryv3.DiscoveryRequest:
+		m.TypeUrl = internType(m.TypeUrl)
+	case *discoveryv3.DeltaDiscoveryRequest:
+		m.TypeUrl = internType(m.TypeUrl)
+	}
+	return nil
+}
+
+// internType returns the constant of a known type URL equal to t, or t.
+func internType(t string) string {
+	if i := knownType(t); i >= 0 {
+		return knownTypes[i]
+	}
+	return t
+}
+
 func newWireCodec() wireCodec { return wireCodec{encoding.GetCodecV2("proto")} }

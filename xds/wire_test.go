@@ -5,6 +5,7 @@ import (
 	"context"
 	"testing"
 	"time"
+	"unsafe"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -13,6 +14,7 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/server/stream/v3"
 	"github.com/google/go-cmp/cmp"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
 )
@@ -182,5 +184,45 @@ func TestWireCodecOverGRPC(t *testing.T) {
 			t.Fatalf("the ACK of the prepared response was not recorded: acked %q, want %q", acked(), got.GetVersionInfo())
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A decoded request's known type URL is the package's constant (the same
+// bytes, not an equal copy); an unknown one, and every other field, is as
+// decoded.
+func TestWireCodecInternsRequestTypeURL(t *testing.T) {
+	c := newWireCodec()
+	for _, typeURL := range []string{resourcev3.RouteType, resourcev3.ClusterType, "type.example.com/Other"} {
+		in := &discoveryv3.DiscoveryRequest{TypeUrl: typeURL, VersionInfo: "7", ResponseNonce: "3", ResourceNames: []string{"r"}}
+		b, err := proto.Marshal(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := &discoveryv3.DiscoveryRequest{}
+		if err := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer(b)}, got); err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(in, got, protocmp.Transform()); diff != "" {
+			t.Fatalf("%s: decoded request differs (-want +got):\n%s", typeURL, diff)
+		}
+		i := knownType(typeURL)
+		same := unsafe.StringData(got.TypeUrl) == unsafe.StringData(knownTypes[max(i, 0)])
+		if i >= 0 && !same {
+			t.Errorf("%s: type URL not interned", typeURL)
+		}
+		if i < 0 && same {
+			t.Errorf("%s: unknown type URL replaced", typeURL)
+		}
+		d := &discoveryv3.DeltaDiscoveryRequest{}
+		db, _ := proto.Marshal(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: typeURL})
+		if err := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer(db)}, d); err != nil {
+			t.Fatal(err)
+		}
+		if i >= 0 && unsafe.StringData(d.TypeUrl) != unsafe.StringData(knownTypes[i]) {
+			t.Errorf("%s: delta type URL not interned", typeURL)
+		}
+	}
+	if err := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer([]byte{0xff})}, &discoveryv3.DiscoveryRequest{}); err == nil {
+		t.Error("a malformed request decoded without error")
 	}
 }
