@@ -391,7 +391,11 @@ func (e *Envoy) Stop() error {
 // bootstrap and admin port, then waits until the admin endpoint answers.
 // Its xDS state starts empty, as after any Envoy restart.
 func (e *Envoy) Restart(ctx context.Context) error {
-	e.Drain(ctx)
+	if p := e.proc(); p != nil && !p.exited() {
+		if err := e.Drain(ctx); err != nil {
+			return err
+		}
+	}
 	if err := e.Stop(); err != nil {
 		return err
 	}
@@ -407,24 +411,35 @@ func (e *Envoy) Restart(ctx context.Context) error {
 }
 
 // Drain does what an operator does before restarting an Envoy that shares
-// its listener port (SO_REUSEPORT) with others: it closes the listeners, so
-// new connections go to the other Envoys, and waits out the drain time
-// (1 s) so that connections in use are closed after their current request
-// rather than reset by the exit.
-func (e *Envoy) Drain(ctx context.Context) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, e.AdminURL+"/drain_listeners?inboundonly", nil)
-	if err != nil {
-		return
+// its listener port (SO_REUSEPORT) with others. It fails Envoy's health
+// check, so the connections in use are closed after their current request
+// (Envoy's drain close), and stops every listener, so new connections go to
+// the other Envoys; then it waits out the drain time (1 s).
+//
+// Not /drain_listeners?inboundonly: that stops only listeners whose
+// traffic_direction is INBOUND, and shiftplane's listeners leave it unset, so
+// the listener stayed open and the exit reset connections queued on it.
+func (e *Envoy) Drain(ctx context.Context) error {
+	for _, path := range []string{"/healthcheck/fail", "/drain_listeners"} {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, e.AdminURL+path, nil)
+		if err != nil {
+			return err
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return fmt.Errorf("drain envoy: %w", err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("drain envoy: POST %s: %s", path, resp.Status)
+		}
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return
-	}
-	resp.Body.Close()
 	select {
 	case <-ctx.Done():
+		return ctx.Err()
 	case <-time.After(1500 * time.Millisecond):
 	}
+	return nil
 }
 
 // WaitListener polls until a TCP connection to addr (one of Envoy's
