@@ -42,6 +42,12 @@ type Cache struct {
 	cur    atomic.Pointer[served]
 	shards [cacheShards]watchShard
 	next   atomic.Uint64 // picks a watch's shard
+
+	// prepared is the last Prepare's resources by identity: a resource
+	// passed again (the translation reuses unchanged endpoints) is not
+	// marshalled and hashed again.
+	prepMu   sync.Mutex
+	prepared map[types.Resource]preparedResource
 }
 
 const cacheShards = 64
@@ -111,7 +117,15 @@ func (s *served) typ(typeURL string) (*preparedType, string) {
 // Prepare marshals (deterministically) and hashes every resource once.
 // The hashes are go-control-plane's (cache.HashResource of the marshalled
 // bytes), the per-resource versions delta xDS clients hold.
+//
+// Resources passed to Prepare belong to the cache from then on, as in
+// go-control-plane's snapshots: they must not be modified. One passed to the
+// next Prepare again, the same pointer, reuses its marshalled bytes.
 func (c *Cache) Prepare(byType map[string][]types.Resource) (*PreparedResources, error) {
+	c.prepMu.Lock()
+	defer c.prepMu.Unlock()
+	known := c.prepared
+	next := make(map[types.Resource]preparedResource, len(known))
 	p := &PreparedResources{types: make(map[string]*preparedType, len(byType))}
 	for t, rs := range byType {
 		pt := &preparedType{typeURL: t, names: make(map[string]int, len(rs)), res: make([]preparedResource, 0, len(rs)), hashes: make(map[string]string, len(rs))}
@@ -120,15 +134,20 @@ func (c *Cache) Prepare(byType map[string][]types.Resource) (*PreparedResources,
 			if _, dup := pt.names[name]; dup {
 				return nil, fmt.Errorf("%s %q: listed twice", shortType(t), name)
 			}
-			b, err := cachev3.MarshalResource(r)
-			if err != nil {
-				return nil, fmt.Errorf("marshal %s %q: %w", shortType(t), name, err)
+			pr, ok := known[r]
+			if !ok || pr.any.GetTypeUrl() != t || pr.name != name {
+				b, err := cachev3.MarshalResource(r)
+				if err != nil {
+					return nil, fmt.Errorf("marshal %s %q: %w", shortType(t), name, err)
+				}
+				h := cachev3.HashResource(b)
+				a := &anypb.Any{TypeUrl: t, Value: b}
+				pr = preparedResource{name: name, hash: h, any: a, delta: &discoveryv3.Resource{Name: name, Version: h, Resource: a}}
 			}
-			h := cachev3.HashResource(b)
-			a := &anypb.Any{TypeUrl: t, Value: b}
+			next[r] = pr
 			pt.names[name] = 0
-			pt.hashes[name] = h
-			pt.res = append(pt.res, preparedResource{name: name, hash: h, any: a, delta: &discoveryv3.Resource{Name: name, Version: h, Resource: a}})
+			pt.hashes[name] = pr.hash
+			pt.res = append(pt.res, pr)
 		}
 		sort.Slice(pt.res, func(i, j int) bool { return pt.res[i].name < pt.res[j].name })
 		pt.all = make([]*anypb.Any, len(pt.res))
@@ -138,6 +157,7 @@ func (c *Cache) Prepare(byType map[string][]types.Resource) (*PreparedResources,
 		}
 		p.types[t] = pt
 	}
+	c.prepared = next
 	return p, nil
 }
 

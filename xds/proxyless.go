@@ -7,7 +7,6 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
@@ -26,8 +25,8 @@ import (
 //     listeners and ignores them);
 //   - the target in the service's virtual host domains (grpc-go matches the
 //     virtual host against the target);
-//   - a load_balancing_weight on the service's localities (grpc-go ignores a
-//     locality with weight 0);
+//   - (in translate, when it builds the endpoints) a load_balancing_weight
+//     on the service's localities (grpc-go ignores a locality with weight 0);
 //   - once the canary is published, a route that matches no request and
 //     names the canary cluster (warmRoute), so grpc-go subscribes to the
 //     canary's cluster and endpoints before any weight sends it calls;
@@ -84,15 +83,6 @@ func addProxyless(out *Resources, services []model.Service) error {
 						vh.Routes = append([]*routev3.Route{warmRoute(s)}, vh.Routes...)
 					}
 				}
-			}
-		}
-		for _, r := range out.Endpoints {
-			cla := r.(*endpointv3.ClusterLoadAssignment)
-			if cla.GetClusterName() != s.Stable.Cluster && cla.GetClusterName() != s.Canary.Cluster {
-				continue
-			}
-			for _, lle := range cla.Endpoints {
-				lle.LoadBalancingWeight = wrapperspb.UInt32(1)
 			}
 		}
 		for _, r := range out.Clusters {

@@ -40,7 +40,7 @@ func (p *Publisher) SetReplicated(ctx context.Context, ds model.State, versions 
 			return Published{}, fmt.Errorf("replicated snapshot: %s version %q: %w", shortType(t), versions[t], err)
 		}
 	}
-	res, err := Translate(ds)
+	res, err := translate(ds, &p.assignments)
 	if err != nil {
 		return Published{}, fmt.Errorf("translate: %w", err)
 	}

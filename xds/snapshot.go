@@ -44,6 +44,8 @@ type Publisher struct {
 	// beforeSet, if set, runs after a version is assigned and before the
 	// snapshot is set; an error sets nothing (see replicated.go).
 	beforeSet func(ctx context.Context, rec Published, ds model.State) error
+	// assignments keeps the endpoints of the last translation (translate).
+	assignments assignmentMemo
 
 	mu       sync.Mutex
 	last     map[string][]types.Resource
@@ -84,7 +86,7 @@ func (p *Publisher) Publish(ctx context.Context, ds model.State, reason string) 
 // publish record; when nothing changed it sets nothing and reports no
 // changed types. An error leaves the fleet on the last good snapshot.
 func (p *Publisher) Set(ctx context.Context, ds model.State, reason string) (Published, error) {
-	res, err := Translate(ds)
+	res, err := translate(ds, &p.assignments)
 	if err != nil {
 		return Published{}, fmt.Errorf("translate: %w", err)
 	}

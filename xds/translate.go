@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -46,7 +48,11 @@ func ListenerName(address string) string {
 // Translate turns desired state into Envoy resources. It is pure: the same
 // input always gives the same, sorted output. The input is validated first
 // (model.State.Validate); an invalid one translates to nothing.
-func Translate(ds model.State) (Resources, error) {
+func Translate(ds model.State) (Resources, error) { return translate(ds, nil) }
+
+// translate is Translate with the endpoints of backends that did not change
+// since memo's last translation taken from it (nil: none).
+func translate(ds model.State, memo *assignmentMemo) (Resources, error) {
 	if err := ds.Validate(); err != nil {
 		return Resources{}, err
 	}
@@ -54,15 +60,20 @@ func Translate(ds model.State) (Resources, error) {
 	services := ds.Sorted().Services
 
 	byListener := map[string][]model.Service{}
+	assignments := memo.begin()
 	for _, s := range services {
+		// Proxyless gRPC clients drop endpoints whose locality has no
+		// load_balancing_weight; Envoy ignores it without locality-weighted
+		// load balancing.
+		weighted := len(s.Listener.GRPCTargets) > 0
 		if s.StablePublished {
 			out.Clusters = append(out.Clusters, edsCluster(s.Stable.Cluster, nil))
-			out.Endpoints = append(out.Endpoints, loadAssignment(s.Stable))
+			out.Endpoints = append(out.Endpoints, assignments.get(s.Stable, weighted))
 		}
 		if s.CanaryPublished {
 			od := s.Outlier
 			out.Clusters = append(out.Clusters, edsCluster(s.Canary.Cluster, &od))
-			out.Endpoints = append(out.Endpoints, loadAssignment(s.Canary))
+			out.Endpoints = append(out.Endpoints, assignments.get(s.Canary, weighted))
 		}
 		key := model.ListenerKey(s.Listener.Address)
 		byListener[key] = append(byListener[key], s)
@@ -91,7 +102,64 @@ func Translate(ds model.State) (Resources, error) {
 	if err := addProxyless(&out, services); err != nil { // proxyless.go
 		return Resources{}, err
 	}
+	memo.commit(assignments)
 	return out, nil
+}
+
+// assignmentMemo keeps the last translation's ClusterLoadAssignments by
+// cluster name, so a publish builds (and Cache.Prepare marshals) again only
+// the backends whose endpoints changed: a backend may have 1,000 endpoints,
+// and every operation on any rollout publishes all of them. Its values are
+// shared between translations and never modified. Safe for concurrent use.
+type assignmentMemo struct {
+	mu   sync.Mutex
+	last map[string]memoAssignment
+}
+
+type memoAssignment struct {
+	eps      []model.Endpoint // as the plan listed them
+	weighted bool
+	cla      *endpointv3.ClusterLoadAssignment
+}
+
+// assignments is one translation's use of a memo: what it found (prev) and
+// what it built or reused (next).
+type assignments struct {
+	prev, next map[string]memoAssignment
+}
+
+func (m *assignmentMemo) begin() *assignments {
+	if m == nil {
+		return nil
+	}
+	m.mu.Lock()
+	prev := m.last
+	m.mu.Unlock()
+	return &assignments{prev: prev, next: make(map[string]memoAssignment, len(prev))}
+}
+
+// commit keeps what a successful translation used; the memo holds only the
+// backends served now.
+func (m *assignmentMemo) commit(a *assignments) {
+	if m == nil || a == nil {
+		return
+	}
+	m.mu.Lock()
+	m.last = a.next
+	m.mu.Unlock()
+}
+
+func (a *assignments) get(b model.Backend, weighted bool) *endpointv3.ClusterLoadAssignment {
+	if a == nil {
+		return loadAssignment(b, weighted)
+	}
+	if m, ok := a.prev[b.Cluster]; ok && m.weighted == weighted && slices.Equal(m.eps, b.Endpoints) {
+		a.next[b.Cluster] = m
+		return m.cla
+	}
+	m := memoAssignment{eps: slices.Clone(b.Endpoints), weighted: weighted, cla: loadAssignment(b, weighted)}
+	a.next[b.Cluster] = m
+	return m.cla
 }
 
 func sortByName(rs []types.Resource) {
@@ -140,14 +208,15 @@ func edsCluster(name string, od *model.Outlier) *clusterv3.Cluster {
 	return c
 }
 
-func loadAssignment(b model.Backend) *endpointv3.ClusterLoadAssignment {
+func loadAssignment(b model.Backend, weighted bool) *endpointv3.ClusterLoadAssignment {
 	lle := &endpointv3.LocalityLbEndpoints{
 		// Proxyless gRPC clients reject endpoints without a locality.
 		Locality: &corev3.Locality{Region: "shiftplane", Zone: "default"},
 	}
-	eps := append([]model.Endpoint(nil), b.Endpoints...)
-	sort.Slice(eps, func(i, j int) bool { return eps[i].String() < eps[j].String() })
-	for _, e := range eps {
+	if weighted {
+		lle.LoadBalancingWeight = wrapperspb.UInt32(1)
+	}
+	for _, e := range sortedEndpoints(b.Endpoints) {
 		lle.LbEndpoints = append(lle.LbEndpoints, &endpointv3.LbEndpoint{
 			HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
 				Address: socketAddress(e.IP, e.Port),
@@ -158,6 +227,27 @@ func loadAssignment(b model.Backend) *endpointv3.ClusterLoadAssignment {
 		ClusterName: b.Cluster,
 		Endpoints:   []*endpointv3.LocalityLbEndpoints{lle},
 	}
+}
+
+// sortedEndpoints returns eps ordered by their "ip:port" text, each text
+// made once: a comparison that formats both endpoints cost a publish of
+// plans at the 1,000-endpoint cap seconds (n log n Sprintf calls per
+// backend, every plan, every publish).
+func sortedEndpoints(eps []model.Endpoint) []model.Endpoint {
+	type keyed struct {
+		key string
+		e   model.Endpoint
+	}
+	ks := make([]keyed, len(eps))
+	for i, e := range eps {
+		ks[i] = keyed{e.String(), e}
+	}
+	slices.SortFunc(ks, func(a, b keyed) int { return strings.Compare(a.key, b.key) })
+	out := make([]model.Endpoint, len(ks))
+	for i, k := range ks {
+		out[i] = k.e
+	}
+	return out
 }
 
 func socketAddress(host string, port uint32) *corev3.Address {
