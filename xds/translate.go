@@ -234,6 +234,9 @@ func loadAssignment(b model.Backend, weighted bool) *endpointv3.ClusterLoadAssig
 // plans at the 1,000-endpoint cap seconds (n log n Sprintf calls per
 // backend, every plan, every publish).
 func sortedEndpoints(eps []model.Endpoint) []model.Endpoint {
+	if len(eps) < 2 {
+		return eps // read only
+	}
 	type keyed struct {
 		key string
 		e   model.Endpoint

@@ -11,6 +11,7 @@ import (
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
+	"github.com/shiftplane/shiftplane/policy"
 	"github.com/shiftplane/shiftplane/test/bench/fleetsim"
 	"github.com/shiftplane/shiftplane/xds"
 )
@@ -245,17 +246,28 @@ func BenchmarkTranslate(b *testing.B) {
 	}
 }
 
-// BenchmarkPublish is one weight step of one plan among 1,000 through
+// BenchmarkPublish is one weight step of one plan among 1,000 (one endpoint
+// per backend), and among 100 with policy.MaxEndpoints per backend, through
 // Publisher.Set on a real cache with no streams: translate, compare with the
 // last snapshot per type, build, check and set.
 func BenchmarkPublish(b *testing.B) {
-	for _, shared := range []bool{true, false} {
+	type shape struct {
+		plans, endpoints int
+		shared           bool
+	}
+	for _, sh := range []shape{{1000, 1, true}, {1000, 1, false}, {100, policy.MaxEndpoints, true}} {
 		name := "listener-per-plan"
-		if shared {
+		if sh.shared {
 			name = "shared-listener"
 		}
-		b.Run(fmt.Sprintf("plans=1000/%s", name), func(b *testing.B) {
-			plans := Plans(1000, shared)
+		b.Run(fmt.Sprintf("plans=%d/endpoints=%d/%s", sh.plans, sh.endpoints, name), func(b *testing.B) {
+			plans := Plans(sh.plans, sh.shared)
+			for i := range plans {
+				for e := 1; e < sh.endpoints; e++ {
+					plans[i].Stable.Endpoints = append(plans[i].Stable.Endpoints, fmt.Sprintf("10.%d.%d.%d:%d", i/250, i%250, e%250, 8000+e/250))
+					plans[i].Canary.Endpoints = append(plans[i].Canary.Endpoints, fmt.Sprintf("10.%d.%d.%d:%d", i/250, i%250, e%250, 9000+e/250))
+				}
+			}
 			weights := make([]int, len(plans))
 			pub := xds.NewPublisher(xds.NewCache(), &Counter{}, time.Now, nil)
 			ctx := context.Background()
@@ -266,7 +278,7 @@ func BenchmarkPublish(b *testing.B) {
 			b.ResetTimer()
 			i := 0
 			for b.Loop() {
-				weights[500] = StepWeight(i)
+				weights[len(plans)/2] = StepWeight(i)
 				i++
 				rec, err := pub.Set(ctx, StateOf(plans, weights), "step")
 				if err != nil {
