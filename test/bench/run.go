@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -223,6 +224,40 @@ func Percentile(ds []time.Duration, p float64) time.Duration {
 	slices.Sort(s)
 	i := int(math.Ceil(p/100*float64(len(s)))) - 1
 	return s[max(0, min(i, len(s)-1))]
+}
+
+// RatioInterval is the central conf (e.g. 0.9) bootstrap interval of
+// Percentile(a, p) / Percentile(b, p). The steps of a and b alternated in
+// one run, so round i of a is resampled together with round i of b
+// (paired), keeping what the machine was doing then. With a few hundred
+// steps the p99 is the third or fourth slowest step: the interval says how
+// far another run of the same code may land. Deterministic: a fixed seed.
+func RatioInterval(a, b []time.Duration, p, conf float64) (lo, hi float64) {
+	n := min(len(a), len(b))
+	if n == 0 {
+		return 0, 0
+	}
+	const draws = 2000
+	rng := rand.New(rand.NewPCG(1, 2))
+	ratios := make([]float64, 0, draws)
+	ra, rb := make([]time.Duration, n), make([]time.Duration, n)
+	for range draws {
+		for j := range n {
+			k := rng.IntN(n)
+			ra[j], rb[j] = a[k], b[k]
+		}
+		if d := Percentile(rb, p); d > 0 {
+			ratios = append(ratios, float64(Percentile(ra, p))/float64(d))
+		}
+	}
+	if len(ratios) == 0 {
+		return 0, 0
+	}
+	slices.Sort(ratios)
+	at := func(q float64) float64 {
+		return ratios[max(0, min(int(q*float64(len(ratios))), len(ratios)-1))]
+	}
+	return at((1 - conf) / 2), at((1 + conf) / 2)
 }
 
 // Mem is a process memory reading after a full GC.

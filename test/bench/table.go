@@ -91,7 +91,7 @@ func RunTable(ctx context.Context, cfg TableConfig, out io.Writer) ([]Result, er
 		logw = io.Discard
 	}
 	if cfg.PerN == 0 {
-		cfg.PerN = 5 * time.Minute
+		cfg.PerN = 15 * time.Minute
 	}
 	var exe string
 	if !cfg.InProcess {
@@ -521,6 +521,19 @@ func WriteTable(out io.Writer, cfg TableConfig, rs []Result) {
 			return "-"
 		}
 		return fmt.Sprintf("%.2f", float64(Percentile(r.Shiftplane.Latency, 99))/float64(Percentile(r.Floor.Latency, 99)))
+	})
+	row("p99 / floor p99, 90% interval (paired bootstrap)", "", func(r Result) string {
+		if !ran(r.Shiftplane) || !ran(r.Floor) {
+			return "-"
+		}
+		lo, hi := RatioInterval(r.Shiftplane.Latency, r.Floor.Latency, 99, 0.9)
+		return fmt.Sprintf("%.2f – %.2f", lo, hi)
+	})
+	row("p50 / floor p50", "", func(r Result) string {
+		if !ran(r.Shiftplane) || !ran(r.Floor) {
+			return "-"
+		}
+		return fmt.Sprintf("%.2f", float64(Percentile(r.Shiftplane.Latency, 50))/float64(Percentile(r.Floor.Latency, 50)))
 	})
 	perType := func(s Steps, responses bool) string {
 		if !ran(s) {
