@@ -116,6 +116,7 @@ func run() int {
 			return 1
 		}
 		bench.WritePromoteTable(os.Stdout, pc, pr)
+		fmt.Println()
 	}
 	rc := 0
 	if *table {
